@@ -1,0 +1,118 @@
+/* cpu.c: the CPU backend. Matmuls go to OpenBLAS (sgemm); row-wise ops run the reference code on
+ * OpenMP-parallel chunks of rows, so they stay identical to ref. Attention splits (batch, head)
+ * pairs across threads. Faster fused kernels replace entries here as the profile asks. */
+#include <cblas.h>
+#include <string.h>
+
+#include "../ref/ref.h"
+
+static void linear_forward(float *out, const float *inp, const float *w, const float *bias,
+                           size_t N, size_t C, size_t OC) {
+    // out (N, OC) = inp (N, C) @ w (OC, C)^T
+    if (bias) {
+        for (size_t n = 0; n < N; n++) memcpy(out + n * OC, bias, OC * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)C, 1.0f, inp,
+                (int)C, w, (int)C, bias ? 1.0f : 0.0f, out, (int)OC);
+}
+
+static void linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                            const float *inp, const float *w, size_t N, size_t C, size_t OC) {
+    if (dinp) // dinp (N, C) += dout (N, OC) @ w (OC, C)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)OC, 1.0f,
+                    dout, (int)OC, w, (int)C, 1.0f, dinp, (int)C);
+    if (dw) // dw (OC, C) += dout^T (OC, N) @ inp (N, C)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)C, (int)N, 1.0f, dout,
+                    (int)OC, inp, (int)C, 1.0f, dw, (int)C);
+    if (dbias)
+        for (size_t n = 0; n < N; n++)
+            for (size_t o = 0; o < OC; o++) dbias[o] += dout[n * OC + o];
+}
+
+static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight,
+                            float eps, float offset, size_t N, size_t C) {
+#pragma omp parallel for schedule(static) if (N * C > 32768)
+    for (size_t n = 0; n < N; n++)
+        st_ref_rmsnorm_forward(out + n * C, rstd + n, inp + n * C, weight, eps, offset, 1, C);
+}
+
+static void rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t,
+                         const int32_t *pos, size_t N, size_t nh, size_t hd) {
+#pragma omp parallel for schedule(static) if (N * nh * hd > 32768)
+    for (size_t n = 0; n < N; n++)
+        st_ref_rope_forward(out + n * nh * hd, inp + n * nh * hd, cos_t, sin_t, pos + n, 1, nh,
+                            hd);
+}
+
+static void rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t,
+                          const int32_t *pos, size_t N, size_t nh, size_t hd) {
+#pragma omp parallel for schedule(static) if (N * nh * hd > 32768)
+    for (size_t n = 0; n < N; n++)
+        st_ref_rope_backward(dinp + n * nh * hd, dout + n * nh * hd, cos_t, sin_t, pos + n, 1, nh,
+                             hd);
+}
+
+static void glu_forward(float *out, const float *gate, const float *up, enum st_act act, size_t N,
+                        size_t H) {
+#pragma omp parallel for schedule(static) if (N * H > 32768)
+    for (size_t n = 0; n < N; n++) st_ref_glu_forward(out + n * H, gate + n * H, up + n * H, act, 1, H);
+}
+
+static void glu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                         const float *up, enum st_act act, size_t N, size_t H) {
+#pragma omp parallel for schedule(static) if (N * H > 32768)
+    for (size_t n = 0; n < N; n++)
+        st_ref_glu_backward(dgate + n * H, dup + n * H, dout + n * H, gate + n * H, up + n * H,
+                            act, 1, H);
+}
+
+static void attention_forward(float *out, float *att, const float *q, const float *k,
+                              const float *v, const int32_t *seg, float scale, int window,
+                              size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
+    size_t group = nh / nkv, kvs = nkv * hd;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < nh; h++) {
+            size_t kh = h / group;
+            for (size_t i = 0; i < Tq; i++)
+                st_ref_attention_row(out + ((b * Tq + i) * nh + h) * hd,
+                                     att + ((b * nh + h) * Tq + i) * Tk,
+                                     q + ((b * Tq + i) * nh + h) * hd, k + b * Tk * kvs + kh * hd,
+                                     v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale,
+                                     window, Tq, Tk, i, kvs, hd);
+        }
+}
+
+static void crossentropy_forward(float *losses, const float *logits, const int32_t *targets,
+                                 size_t N, size_t V) {
+#pragma omp parallel for schedule(static) if (N * V > 65536)
+    for (size_t n = 0; n < N; n++)
+        st_ref_crossentropy_forward(losses + n, logits + n * V, targets + n, 1, V);
+}
+
+static void crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets,
+                                  float dloss, size_t N, size_t V) {
+#pragma omp parallel for schedule(static) if (N * V > 65536)
+    for (size_t n = 0; n < N; n++)
+        st_ref_crossentropy_backward(dlogits + n * V, logits + n * V, targets + n, dloss, 1, V);
+}
+
+static const struct st_kernels cpu_table = {
+    .name = "cpu",
+    .embedding_forward = st_ref_embedding_forward,
+    .embedding_backward = st_ref_embedding_backward,
+    .rmsnorm_forward = rmsnorm_forward,
+    .rmsnorm_backward = st_ref_rmsnorm_backward,
+    .rope_forward = rope_forward,
+    .rope_backward = rope_backward,
+    .attention_forward = attention_forward,
+    .attention_backward = st_ref_attention_backward,
+    .glu_forward = glu_forward,
+    .glu_backward = glu_backward,
+    .linear_forward = linear_forward,
+    .linear_backward = linear_backward,
+    .crossentropy_forward = crossentropy_forward,
+    .crossentropy_backward = crossentropy_backward,
+};
+
+const struct st_kernels *st_kernels_cpu(void) { return &cpu_table; }

@@ -1,0 +1,100 @@
+/* test_core.c: status messages, allocator counting and fail-the-Nth, arena, rng, parsing. */
+#include "harness.h"
+#include "streamtune/core.h"
+
+TEST(errors) {
+    struct st_error err = {0};
+    enum st_status rc = st_errorf(&err, ST_ERR_FORMAT, "%s: bad byte at %d", "x.bin", 7);
+    CHECK(rc == ST_ERR_FORMAT);
+    CHECK(err.code == ST_ERR_FORMAT);
+    CHECK(strcmp(err.msg, "x.bin: bad byte at 7") == 0);
+    st_error_prefix(&err, "loading: ");
+    CHECK(strcmp(err.msg, "loading: x.bin: bad byte at 7") == 0);
+    CHECK(strcmp(st_status_str(ST_OK), "ok") == 0);
+    CHECK(st_errorf(NULL, ST_ERR_IO, "nothing") == ST_ERR_IO);
+}
+
+TEST(alloc_counts) {
+    size_t live = st_alloc_live_count(), bytes = st_alloc_live_bytes();
+    void *a = st_malloc(100);
+    void *b = st_calloc(10, 10);
+    CHECK(a && b);
+    CHECK(st_alloc_live_count() == live + 2);
+    CHECK(st_alloc_live_bytes() == bytes + 200);
+    a = st_realloc(a, 1000);
+    CHECK(st_alloc_live_bytes() == bytes + 1100);
+    st_free(a);
+    st_free(b);
+    CHECK(st_alloc_live_count() == live);
+    CHECK(st_alloc_live_bytes() == bytes);
+    CHECK(st_calloc(SIZE_MAX / 2, 4) == NULL); /* overflow refused */
+}
+
+TEST(alloc_fail_nth) {
+    st_alloc_fail_nth(2);
+    void *a = st_malloc(8);
+    void *b = st_malloc(8);
+    void *c = st_malloc(8);
+    CHECK(a != NULL);
+    CHECK(b == NULL);
+    CHECK(c != NULL);
+    st_free(a);
+    st_free(c);
+    st_alloc_fail_nth(0);
+}
+
+TEST(arena) {
+    struct st_arena a;
+    struct st_error err;
+    CHECK(st_arena_init(&a, 1000, &err) == ST_OK);
+    float *x = st_arena_take(&a, 10 * sizeof(float));
+    float *y = st_arena_take(&a, 100);
+    CHECK(x && y);
+    CHECK(((uintptr_t)x & 63) == 0 && ((uintptr_t)y & 63) == 0);
+    CHECK(x[0] == 0 && x[9] == 0);
+    CHECK(st_arena_take(&a, 1000) == NULL);
+    st_arena_free(&a);
+    st_alloc_fail_nth(1);
+    CHECK(st_arena_init(&a, 1000, &err) == ST_ERR_NOMEM);
+    st_alloc_fail_nth(0);
+}
+
+TEST(rng) {
+    struct st_rng r1, r2;
+    st_rng_seed(&r1, 42);
+    st_rng_seed(&r2, 42);
+    for (int i = 0; i < 100; i++) CHECK(st_rng_u64(&r1) == st_rng_u64(&r2));
+    double sum = 0, sq = 0;
+    int n = 20000;
+    for (int i = 0; i < n; i++) {
+        double u = st_rng_uniform(&r1);
+        CHECK(u >= 0 && u < 1);
+        double z = st_rng_normal(&r1);
+        sum += z;
+        sq += z * z;
+    }
+    CHECKF(fabs(sum / n) < 0.05, "mean %g", sum / n);
+    CHECKF(fabs(sq / n - 1) < 0.05, "var %g", sq / n);
+}
+
+TEST(parse) {
+    int64_t v;
+    double d;
+    CHECK(st_parse_i64("123", 0, 1000, &v) == 0 && v == 123);
+    CHECK(st_parse_i64("12x", 0, 1000, &v) != 0);
+    CHECK(st_parse_i64("", 0, 1000, &v) != 0);
+    CHECK(st_parse_i64("2000", 0, 1000, &v) != 0);
+    CHECK(st_parse_f64("0.5", &d) == 0 && d == 0.5);
+    CHECK(st_parse_f64("nan", &d) != 0);
+    CHECK(st_parse_f64("1e", &d) != 0);
+}
+
+int main(void) {
+    RUN(errors);
+    RUN(alloc_counts);
+    RUN(alloc_fail_nth);
+    RUN(arena);
+    RUN(rng);
+    RUN(parse);
+    return test_finish();
+}
