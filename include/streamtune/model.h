@@ -1,0 +1,129 @@
+/* streamtune model: a Hugging Face decoder LLM (Llama, Mistral, Qwen2, Gemma) as one configurable
+ * transformer block, with planned activation buffers, KV-cache decoding and sampling.
+ *
+ * DESIGN: weights stay in the read-only safetensors maps when they are F32; BF16/F16 tensors are
+ * converted once into one arena (the fast bf16 path comes with the performance issue). Activations
+ * for (B, T) are sized by st_acts_plan before anything runs and live in one arena. */
+#ifndef STREAMTUNE_MODEL_H
+#define STREAMTUNE_MODEL_H
+
+#include "streamtune/config.h"
+#include "streamtune/formats.h"
+#include "streamtune/kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct st_layer_weights {
+    const float *in_norm;                 // (D)
+    const float *wq, *wk, *wv, *wo;        // (nh*hd, D), (nkv*hd, D), (nkv*hd, D), (D, nh*hd)
+    const float *bq, *bk, *bv, *bo;        // biases or NULL
+    const float *post_norm;               // (D)
+    const float *wg, *wu, *wd;            // (H, D), (H, D), (D, H)
+    const float *bg, *bu, *bd;            // biases or NULL
+};
+
+struct st_model {
+    struct st_model_config cfg;
+    const struct st_kernels *k;
+    const float *embed;      // (V, D)
+    const float *final_norm; // (D)
+    const float *lm_head;    // (V, D); == embed when tied
+    struct st_layer_weights *layers;
+    float *inv_freq;         // (hd/2)
+    struct st_safetensors *st;
+    struct st_arena converted; // F32 copies of BF16/F16 tensors
+    size_t n_params;
+    size_t bytes_on_disk;      // sum of the tensors' stored bytes
+    enum st_dtype dtype;       // dtype of the embedding (the model's storage dtype)
+    char path[1024];
+};
+
+/* Load DIR (config.json + safetensors). Validates every tensor's presence, shape and dtype. */
+enum st_status st_model_load(struct st_model *m, const char *dir, struct st_error *err);
+void st_model_free(struct st_model *m);
+
+/* Activation buffers for a batch of B sequences of T tokens. With keep_all (training), every
+ * layer keeps its activations for backward; without, layers share one set (inference). */
+struct st_layer_acts {
+    float *res_mid;           // (N, D) residual after attention
+    float *rstd1, *rstd2;     // (N)
+    float *xn1, *xn2;         // (N, D) normed inputs
+    float *q, *k, *v;         // (N, nh*hd), (N, nkv*hd) x2, after RoPE
+    float *att;               // (B, nh, T, T) probabilities
+    float *ay;                // (N, nh*hd) attention output before o_proj
+    float *gate, *up, *g;     // (N, H)
+};
+struct st_acts {
+    size_t B, T;
+    int keep_all;
+    float *res;               // (L+1, N, D) with keep_all, else (2, N, D): residual stream
+    struct st_layer_acts *layer; // L entries (all alias entry 0 without keep_all)
+    float *rstdf;             // (N)
+    float *xf;                // (N, D) final normed
+    float *logits;            // (N, V)
+    float *tmp;               // (N, max(D, H)) scratch
+    float *cos, *sin;         // (T, hd/2)
+    int32_t *pos;             // (N)
+    struct st_arena arena;
+};
+/* Bytes st_acts_init will allocate for (B, T). */
+size_t st_acts_bytes(const struct st_model_config *c, size_t B, size_t T, int keep_all);
+enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t B, size_t T,
+                            int keep_all, struct st_error *err);
+void st_acts_free(struct st_acts *a);
+
+/* Forward B sequences of T tokens (ids (B, T), each in [0, V)): fills a->logits (B*T, V).
+ * seg (B, T) may be NULL; otherwise tokens attend only within their segment and pos restarts
+ * per segment (packing). Returns ST_ERR_ARG for an out-of-range id (naming its index). */
+enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
+                                const int32_t *seg, struct st_error *err);
+
+/* Mean next-token cross-entropy of one sequence: *loss_sum += sum of -log p(ids[t+1] | ids[..t]),
+ * *count += T - 1. Uses a (B = 1, T >= n). */
+enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const int32_t *ids,
+                              size_t n, double *loss_sum, size_t *count, struct st_error *err);
+
+/* ---- inference with a KV cache ---- */
+struct st_kv_state;
+/* A cache for up to max_T positions; forward chunks of at most chunk tokens at a time. */
+enum st_status st_kv_init(struct st_kv_state **out, const struct st_model *m, size_t max_T,
+                          size_t chunk, struct st_error *err);
+void st_kv_free(struct st_kv_state *s);
+size_t st_kv_len(const struct st_kv_state *s); /* positions filled so far */
+void st_kv_reset(struct st_kv_state *s);
+/* Append n tokens (n <= chunk, len + n <= max_T) and return the logits (V) of the last one
+ * (valid until the next call). */
+enum st_status st_kv_forward(const struct st_model *m, struct st_kv_state *s, const int32_t *ids,
+                             size_t n, const float **logits, struct st_error *err);
+
+/* ---- sampling ---- */
+struct st_sampler {
+    float temperature; /* <= 0: greedy */
+    int top_k;         /* <= 0: off */
+    float top_p;       /* >= 1: off */
+};
+/* Pick a token from logits (V). scratch holds V floats + V ints (st_sample_scratch_bytes). */
+size_t st_sample_scratch_bytes(size_t V);
+int32_t st_sample(const float *logits, size_t V, const struct st_sampler *s, struct st_rng *rng,
+                  void *scratch);
+
+struct st_gen_params {
+    int max_tokens;
+    struct st_sampler sampler;
+    uint64_t seed;
+    int stop_at_eos; /* stop after emitting an eos id of the config */
+};
+/* Generate up to p->max_tokens ids after the prompt into out (capacity p->max_tokens); *n_out is
+ * the number written. on_token (may be NULL) sees each id as it is produced; returning non-zero
+ * stops early. */
+enum st_status st_model_generate(const struct st_model *m, const int32_t *prompt, size_t n_prompt,
+                                 const struct st_gen_params *p, int32_t *out, size_t *n_out,
+                                 int (*on_token)(void *ctx, int32_t id), void *ctx,
+                                 struct st_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
