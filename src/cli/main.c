@@ -1,1 +1,150 @@
-int main(void){return 0;}
+/* main.c: the streamtune command. Dispatches to one file per subcommand; global options
+ * (--threads, --quiet, --verbose) are read here and removed before the subcommand sees argv. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char *usage_text =
+    "usage: streamtune <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  info      --model DIR                 architecture, parameters, dtype, memory\n"
+    "  eval      --model DIR --data F.jsonl  mean next-token loss and perplexity\n"
+    "  generate  --model DIR --prompt-ids 1,2,3  sample a continuation\n"
+    "\n"
+    "global options: --threads N (default: all cores), --verbose, --quiet, --version\n"
+    "every command takes --json (one JSON object on stdout) and --help\n";
+
+int cli_fail(int json, const struct st_error *err) {
+    if (json) {
+        fputs("{\"error\": ", stdout);
+        cli_json_string(stdout, err->msg);
+        fprintf(stdout, ", \"status\": ");
+        cli_json_string(stdout, st_status_str(err->code));
+        fputs("}\n", stdout);
+    }
+    fprintf(stderr, "streamtune: error: %s\n", err->msg);
+    return CLI_EXIT_ERR;
+}
+
+int cli_usage(const char *usage, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "streamtune: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n%s", usage);
+    va_end(ap);
+    return CLI_EXIT_USAGE;
+}
+
+const char *cli_opt(int argc, char **argv, int *i, const char *name, int *missing) {
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0) return NULL;
+    if (a[n] == '=') return a + n + 1;
+    if (a[n] != '\0') return NULL;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+int cli_int(const char *s, long lo, long hi, long *out) {
+    int64_t v;
+    if (st_parse_i64(s, lo, hi, &v)) return 1;
+    *out = (long)v;
+    return 0;
+}
+
+int cli_float(const char *s, double lo, double hi, double *out) {
+    double v;
+    if (st_parse_f64(s, &v) || v < lo || v > hi) return 1;
+    *out = v;
+    return 0;
+}
+
+void cli_json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p == '\n') fputs("\\n", f);
+        else if (*p == '\t') fputs("\\t", f);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+void cli_progress_start(struct cli_progress *p, const char *label, double total) {
+    p->label = label;
+    p->total = total;
+    p->start = st_time_now();
+    p->last_draw = 0;
+    p->enabled = isatty(2) && st_log_get_level() >= ST_LOG_INFO;
+}
+
+void cli_progress_update(struct cli_progress *p, double done, const char *extra) {
+    if (!p->enabled) return;
+    double now = st_time_now();
+    if (now - p->last_draw < 0.1 && done < p->total) return;
+    p->last_draw = now;
+    double frac = p->total > 0 ? done / p->total : 0;
+    if (frac > 1) frac = 1;
+    int width = 30, fill = (int)(frac * width);
+    char bar[64];
+    for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+    bar[width] = '\0';
+    double el = now - p->start, eta = frac > 0 ? el / frac - el : 0;
+    fprintf(stderr, "\r%s [%s] %3.0f%% %.0f/%.0f %s elapsed %.0fs eta %.0fs  ", p->label, bar,
+            100 * frac, done, p->total, extra ? extra : "", el, eta);
+}
+
+void cli_progress_end(struct cli_progress *p) {
+    if (p->enabled) fputc('\n', stderr);
+}
+
+int main(int argc, char **argv) {
+    int threads = 0;
+    /* pull global options out of argv */
+    int out = 1;
+    for (int i = 1; i < argc; i++) {
+        int missing = 0;
+        const char *v;
+        if ((v = cli_opt(argc, argv, &i, "--threads", &missing))) {
+            long t;
+            if (cli_int(v, 1, 1024, &t)) return cli_usage(usage_text, "--threads: expected 1..1024, got '%s'", v);
+            threads = (int)t;
+            continue;
+        }
+        if (missing) return cli_usage(usage_text, "--threads needs a value");
+        if (strcmp(argv[i], "--verbose") == 0) {
+            st_log_set_level(ST_LOG_DEBUG);
+            continue;
+        }
+        if (strcmp(argv[i], "--quiet") == 0) {
+            st_log_set_level(ST_LOG_ERROR);
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    argc = out;
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0 ||
+        strcmp(argv[1], "-h") == 0) {
+        fputs(usage_text, argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("streamtune %s\n", STREAMTUNE_VERSION);
+        return 0;
+    }
+    st_threads_set(threads);
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
+    if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
+    if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    return cli_usage(usage_text, "unknown command '%s'", cmd);
+}

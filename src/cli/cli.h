@@ -1,0 +1,44 @@
+/* cli.h: what the subcommands share: option parsing, error exit, JSON output, progress bar. */
+#ifndef ST_CLI_H
+#define ST_CLI_H
+
+#include <stdio.h>
+
+#include "streamtune/streamtune.h"
+
+/* Subcommand entry points: argv[0] is the subcommand name. Return the process exit code. */
+int cmd_info(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+
+/* Exit codes: 0 ok, 1 runtime error (bad file, ...), 2 usage error. */
+#define CLI_EXIT_ERR 1
+#define CLI_EXIT_USAGE 2
+
+/* Print "streamtune: error: <msg>" (or a JSON {"error": ...} object when json) and return 1. */
+int cli_fail(int json, const struct st_error *err);
+/* Print a usage error with the subcommand's usage text and return 2. */
+int cli_usage(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Option parsing: returns the value of "--name V" / "--name=V" at argv[*i] (advancing *i), or NULL
+ * when argv[*i] is not that option. *missing is set when the option has no value. */
+const char *cli_opt(int argc, char **argv, int *i, const char *name, int *missing);
+
+/* Common numeric option helpers: 0 on success. */
+int cli_int(const char *s, long lo, long hi, long *out);
+int cli_float(const char *s, double lo, double hi, double *out);
+
+/* Progress bar on stderr (only when stderr is a terminal). */
+struct cli_progress {
+    const char *label;
+    double total, start, last_draw;
+    int enabled;
+};
+void cli_progress_start(struct cli_progress *p, const char *label, double total);
+void cli_progress_update(struct cli_progress *p, double done, const char *extra);
+void cli_progress_end(struct cli_progress *p);
+
+/* Write s as a JSON string literal (with quotes) to f. */
+void cli_json_string(FILE *f, const char *s);
+
+#endif

@@ -1,0 +1,159 @@
+/* eval.c: `streamtune eval --model DIR --data FILE.jsonl [--json]`: mean next-token cross-entropy
+ * over every predicted token of every record ({"ids": [...]} per line), and perplexity.
+ * Two passes over the file: the first validates every record and finds the longest, so the
+ * activations are planned once; the second scores. Memory does not grow with the file. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char *usage =
+    "usage: streamtune eval --model DIR --data FILE.jsonl [--json]\n"
+    "  each line of FILE.jsonl is {\"ids\": [token ids]}; blank lines are skipped\n";
+
+#define MAX_LINE (64u << 20)
+
+/* Parse one record's ids into *ids (growing *cap). */
+static enum st_status parse_ids(const char *line, size_t len, const char *path, long lineno,
+                                int vocab, int32_t **ids, size_t *cap, size_t *n,
+                                struct st_error *err) {
+    cJSON *root = cJSON_ParseWithLength(line, len);
+    if (!root) return st_errorf(err, ST_ERR_FORMAT, "%s:%ld: not valid JSON", path, lineno);
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "ids");
+    enum st_status rc = ST_OK;
+    if (!cJSON_IsArray(arr)) {
+        rc = st_errorf(err, ST_ERR_FORMAT,
+                       "%s:%ld: record has no \"ids\" array (text records need the tokenizer, "
+                       "which this command does not use yet)",
+                       path, lineno);
+        goto done;
+    }
+    size_t k = 0, count = (size_t)cJSON_GetArraySize(arr);
+    if (count > *cap) {
+        int32_t *p = st_realloc(*ids, count * sizeof *p);
+        if (!p) {
+            rc = st_errorf(err, ST_ERR_NOMEM, "%s:%ld: out of memory", path, lineno);
+            goto done;
+        }
+        *ids = p;
+        *cap = count;
+    }
+    for (const cJSON *x = arr->child; x; x = x->next, k++) {
+        if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < 0 ||
+            x->valuedouble >= vocab) {
+            rc = st_errorf(err, ST_ERR_FORMAT,
+                           "%s:%ld: ids[%zu] is not a token id in [0, %d)", path, lineno, k, vocab);
+            goto done;
+        }
+        (*ids)[k] = (int32_t)x->valuedouble;
+    }
+    *n = count;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *dir = NULL, *data = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        int missing = 0;
+        const char *v;
+        if ((v = cli_opt(argc, argv, &i, "--model", &missing))) dir = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--data", &missing))) data = v;
+        else if (missing) return cli_usage(usage, "%s needs a value", argv[i]);
+        else if (strcmp(argv[i], "--json") == 0) json = 1;
+        else if (strcmp(argv[i], "--help") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else return cli_usage(usage, "eval: unknown option '%s'", argv[i]);
+    }
+    if (!dir || !data) return cli_usage(usage, "eval: --model DIR and --data FILE are required");
+
+    struct st_error err = {0};
+    struct st_model m;
+    if (st_model_load(&m, dir, &err)) return cli_fail(json, &err);
+    FILE *f = fopen(data, "rb");
+    if (!f) {
+        st_errorf(&err, ST_ERR_IO, "%s: cannot open: %s", data, strerror(errno));
+        st_model_free(&m);
+        return cli_fail(json, &err);
+    }
+    char *line = NULL;
+    size_t lcap = 0, icap = 0, n = 0, maxlen = 0, records = 0;
+    int32_t *ids = NULL;
+    ssize_t len;
+    long lineno = 0;
+    enum st_status rc = ST_OK;
+    /* pass 1: validate, find the longest record */
+    while (!rc && (len = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        if ((size_t)len > MAX_LINE) {
+            rc = st_errorf(&err, ST_ERR_FORMAT, "%s:%ld: line longer than %u bytes", data, lineno,
+                           MAX_LINE);
+            break;
+        }
+        size_t k = (size_t)len;
+        while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
+        if (k == 0) continue;
+        rc = parse_ids(line, k, data, lineno, m.cfg.vocab_size, &ids, &icap, &n, &err);
+        if (rc) break;
+        if (n > (size_t)m.cfg.max_seq_len)
+            rc = st_errorf(&err, ST_ERR_FORMAT,
+                           "%s:%ld: record has %zu ids, more than the model's context of %d", data,
+                           lineno, n, m.cfg.max_seq_len);
+        if (n > maxlen) maxlen = n;
+        records++;
+    }
+    if (!rc && ferror(f)) rc = st_errorf(&err, ST_ERR_IO, "%s: read error", data);
+    if (!rc && records == 0) rc = st_errorf(&err, ST_ERR_FORMAT, "%s: no records", data);
+    double sum = 0;
+    size_t count = 0;
+    struct st_acts a = {0};
+    if (!rc) rc = st_acts_init(&a, &m, 1, maxlen < 2 ? 2 : maxlen, 0, &err);
+    /* pass 2: score */
+    if (!rc) {
+        rewind(f);
+        lineno = 0;
+        size_t done = 0;
+        struct cli_progress prog;
+        cli_progress_start(&prog, "eval", (double)records);
+        double t0 = st_time_now();
+        while (!rc && (len = getline(&line, &lcap, f)) >= 0) {
+            lineno++;
+            size_t k = (size_t)len;
+            while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
+            if (k == 0) continue;
+            rc = parse_ids(line, k, data, lineno, m.cfg.vocab_size, &ids, &icap, &n, &err);
+            if (!rc) rc = st_model_score(&m, &a, ids, n, &sum, &count, &err);
+            done++;
+            char extra[64];
+            snprintf(extra, sizeof extra, "%.0f tok/s",
+                     (double)count / (st_time_now() - t0 + 1e-9));
+            cli_progress_update(&prog, (double)done, extra);
+        }
+        cli_progress_end(&prog);
+    }
+    st_acts_free(&a);
+    free(line);
+    st_free(ids);
+    fclose(f);
+    st_model_free(&m);
+    if (rc) return cli_fail(json, &err);
+    if (count == 0) {
+        st_errorf(&err, ST_ERR_FORMAT, "%s: no record has two or more ids, nothing to predict",
+                  data);
+        return cli_fail(json, &err);
+    }
+    double loss = sum / (double)count;
+    if (json)
+        printf("{\"loss\": %.6f, \"ppl\": %.6f, \"tokens\": %zu, \"records\": %zu}\n", loss,
+               exp(loss), count, records);
+    else
+        printf("loss %.4f  ppl %.4f  over %zu predicted tokens in %zu records\n", loss, exp(loss),
+               count, records);
+    return 0;
+}

@@ -1,0 +1,190 @@
+/* generate.c: `streamtune generate --model DIR --prompt-ids 1,2,3 [--max-tokens N --temperature T
+ * --top-k K --top-p P --seed S --ignore-eos --json]`.
+ * Sampling defaults follow the model's generation_config.json the way Hugging Face generate()
+ * does (do_sample false -> greedy; its temperature/top_k/top_p and extra eos ids otherwise);
+ * command-line flags override it. Ids stream to stdout as they are made; --json prints
+ * {"ids": [...]} (generated ids only) at the end. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char *usage =
+    "usage: streamtune generate --model DIR --prompt-ids 1,2,3 [options]\n"
+    "  --max-tokens N     tokens to generate (default 64)\n"
+    "  --temperature T    0 = greedy (default: generation_config.json, else greedy)\n"
+    "  --top-k K          keep the K most likely tokens (0 = off)\n"
+    "  --top-p P          nucleus sampling mass (1 = off)\n"
+    "  --seed S           random seed (default 0)\n"
+    "  --ignore-eos       keep going after an end-of-sequence token\n"
+    "  --json             print {\"ids\": [...]} instead of streaming ids\n";
+
+/* Defaults from DIR/generation_config.json (absent file: nothing changes). */
+static void read_generation_config(const char *dir, struct st_sampler *s,
+                                   struct st_model_config *c) {
+    char path[2048], *text;
+    size_t len;
+    struct st_error err;
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (st_read_file(path, 1u << 20, &text, &len, &err)) return;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    st_free(text);
+    if (!root) {
+        st_log(ST_LOG_WARN, "%s: not valid JSON; ignoring it", path);
+        return;
+    }
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(root, "do_sample");
+    if (cJSON_IsTrue(ds)) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "temperature");
+        const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "top_k");
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "top_p");
+        s->temperature = cJSON_IsNumber(t) ? (float)t->valuedouble : 1.0f;
+        s->top_k = cJSON_IsNumber(k) ? k->valueint : 50; /* HF's default */
+        s->top_p = cJSON_IsNumber(p) ? (float)p->valuedouble : 1.0f;
+    }
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    const cJSON *one = cJSON_IsNumber(eos) ? eos : NULL;
+    for (const cJSON *x = one ? one : (cJSON_IsArray(eos) ? eos->child : NULL); x;
+         x = one ? NULL : x->next) {
+        if (!cJSON_IsNumber(x) || x->valueint < 0 || x->valueint >= c->vocab_size) continue;
+        int seen = 0;
+        for (int i = 0; i < c->n_eos; i++) seen |= c->eos_token_ids[i] == x->valueint;
+        if (!seen && c->n_eos < ST_MAX_EOS) c->eos_token_ids[c->n_eos++] = x->valueint;
+    }
+    cJSON_Delete(root);
+}
+
+static int parse_id_list(const char *s, int32_t **out, size_t *n) {
+    size_t cap = 16, k = 0;
+    int32_t *ids = st_malloc(cap * sizeof *ids);
+    if (!ids) return 1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            st_free(ids);
+            return 1;
+        }
+        if (k == cap) {
+            int32_t *q = st_realloc(ids, 2 * cap * sizeof *ids);
+            if (!q) {
+                st_free(ids);
+                return 1;
+            }
+            ids = q;
+            cap *= 2;
+        }
+        ids[k++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    if (k == 0) {
+        st_free(ids);
+        return 1;
+    }
+    *out = ids;
+    *n = k;
+    return 0;
+}
+
+static int print_token(void *ctx, int32_t id) {
+    int *first = ctx;
+    printf(*first ? "%d" : " %d", id);
+    *first = 0;
+    fflush(stdout);
+    return 0;
+}
+
+int cmd_generate(int argc, char **argv) {
+    const char *dir = NULL, *prompt = NULL;
+    const char *temp_s = NULL, *topk_s = NULL, *topp_s = NULL;
+    long max_tokens = 64, seed = 0;
+    int json = 0, ignore_eos = 0;
+    for (int i = 1; i < argc; i++) {
+        int missing = 0;
+        const char *v;
+        const char *a = argv[i];
+        if ((v = cli_opt(argc, argv, &i, "--model", &missing))) dir = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--prompt-ids", &missing))) prompt = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--max-tokens", &missing))) {
+            if (cli_int(v, 0, 1 << 24, &max_tokens))
+                return cli_usage(usage, "--max-tokens: expected an integer >= 0, got '%s'", v);
+        } else if (!missing && (v = cli_opt(argc, argv, &i, "--temperature", &missing))) temp_s = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--top-k", &missing))) topk_s = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--top-p", &missing))) topp_s = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--seed", &missing))) {
+            if (cli_int(v, 0, INT64_MAX, &seed))
+                return cli_usage(usage, "--seed: expected a non-negative integer, got '%s'", v);
+        } else if (missing) return cli_usage(usage, "%s needs a value", a);
+        else if (strcmp(a, "--json") == 0) json = 1;
+        else if (strcmp(a, "--ignore-eos") == 0) ignore_eos = 1;
+        else if (strcmp(a, "--help") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else return cli_usage(usage, "generate: unknown option '%s'", a);
+    }
+    if (!dir) return cli_usage(usage, "generate: --model DIR is required");
+    if (!prompt)
+        return cli_usage(usage, "generate: --prompt-ids is required (text prompts come with the "
+                                "tokenizer)");
+    int32_t *ids;
+    size_t n_ids;
+    if (parse_id_list(prompt, &ids, &n_ids))
+        return cli_usage(usage, "--prompt-ids: expected comma-separated token ids, got '%s'",
+                         prompt);
+
+    struct st_error err = {0};
+    struct st_model m;
+    if (st_model_load(&m, dir, &err)) {
+        st_free(ids);
+        return cli_fail(json, &err);
+    }
+    struct st_gen_params gp = {.max_tokens = (int)max_tokens,
+                               .sampler = {0.0f, 0, 1.0f},
+                               .seed = (uint64_t)seed,
+                               .stop_at_eos = !ignore_eos};
+    read_generation_config(dir, &gp.sampler, &m.cfg);
+    double d;
+    long k;
+    int bad = 0;
+    if (temp_s) {
+        if (cli_float(temp_s, 0, 100, &d)) bad = cli_usage(usage, "--temperature: expected 0..100, got '%s'", temp_s);
+        else gp.sampler.temperature = (float)d;
+    }
+    if (!bad && topk_s) {
+        if (cli_int(topk_s, 0, INT32_MAX, &k)) bad = cli_usage(usage, "--top-k: expected an integer >= 0, got '%s'", topk_s);
+        else gp.sampler.top_k = (int)k;
+    }
+    if (!bad && topp_s) {
+        if (cli_float(topp_s, 0, 1, &d) || d == 0) bad = cli_usage(usage, "--top-p: expected (0, 1], got '%s'", topp_s);
+        else gp.sampler.top_p = (float)d;
+    }
+    if (bad) {
+        st_free(ids);
+        st_model_free(&m);
+        return bad;
+    }
+    int32_t *out = st_malloc((size_t)(max_tokens ? max_tokens : 1) * sizeof *out);
+    size_t n_out = 0;
+    int first = 1;
+    double t0 = st_time_now();
+    enum st_status rc = out ? st_model_generate(&m, ids, n_ids, &gp, out, &n_out,
+                                                json ? NULL : print_token, &first, &err)
+                            : st_errorf(&err, ST_ERR_NOMEM, "out of memory");
+    double el = st_time_now() - t0;
+    if (!json && n_out) printf("\n");
+    fflush(stdout);
+    if (!rc && json) {
+        printf("{\"ids\": [");
+        for (size_t i = 0; i < n_out; i++) printf(i ? ", %d" : "%d", out[i]);
+        printf("]}\n");
+    }
+    if (!rc)
+        st_log(ST_LOG_INFO, "%zu prompt + %zu generated tokens in %.2fs (%.1f tok/s)", n_ids,
+               n_out, el, (double)n_out / (el + 1e-9));
+    st_free(out);
+    st_free(ids);
+    st_model_free(&m);
+    return rc ? cli_fail(json, &err) : 0;
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""test_cli.py: the streamtune command as users and scripts run it: --json contracts of info,
+eval and generate, exit codes, and error messages that name the file at fault.
+Usage: test_cli.py path/to/streamtune  (run by ctest)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+EXE = sys.argv[1]
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("ST_SHARED_DIR", os.path.join(SRC, "..", "shared"))
+GOLDEN = os.path.join(SRC, "tests", "golden")
+failures = 0
+
+
+def run(*args):
+    p = subprocess.run([EXE, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return p.returncode, p.stdout, p.stderr
+
+
+def check(cond, what):
+    global failures
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures += 1
+
+
+# info --json on every golden family
+for name in sorted(os.listdir(GOLDEN)):
+    d = os.path.join(GOLDEN, name)
+    if not os.path.isdir(d):
+        continue
+    rc, out, err = run("info", "--model", d, "--json")
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    ok = rc == 0
+    if ok:
+        info = json.loads(out)
+        ok = (info["model_type"] == cfg["model_type"] and info["layers"] == cfg["num_hidden_layers"]
+              and info["vocab_size"] == cfg["vocab_size"] and info["params"] > 0)
+    check(ok, f"info --json {name}")
+
+# generate --json is deterministic for a seed and greedy by default
+d = os.path.join(GOLDEN, "llama2_f32")
+rc1, o1, _ = run("generate", "--model", d, "--prompt-ids", "1,5,7", "--max-tokens", "8", "--json",
+                 "--temperature", "0.9", "--seed", "4", "--ignore-eos")
+rc2, o2, _ = run("generate", "--model", d, "--prompt-ids", "1,5,7", "--max-tokens", "8", "--json",
+                 "--temperature", "0.9", "--seed", "4", "--ignore-eos")
+check(rc1 == 0 and o1 == o2 and len(json.loads(o1)["ids"]) == 8, "generate --json seeded repeat")
+rc, o, _ = run("generate", "--model", d, "--prompt-ids", "1,5,7", "--max-tokens", "8", "--ignore-eos")
+rcj, oj, _ = run("generate", "--model", d, "--prompt-ids", "1,5,7", "--max-tokens", "8", "--json",
+                 "--ignore-eos")
+check(rc == 0 and [int(x) for x in o.split()] == json.loads(oj)["ids"], "generate streams the same ids as --json")
+check(set(json.loads(oj).keys()) == {"ids"}, "generate --json object is {\"ids\": [...]}")
+
+# usage errors exit 2, runtime errors exit 1 with the file named
+rc, _, err = run("info")
+check(rc == 2 and "--model" in err, "info without --model: usage error")
+rc, _, err = run("bogus")
+check(rc == 2, "unknown command: exit 2")
+rc, out, err = run("info", "--model", "/nonexistent/dir", "--json")
+check(rc == 1 and "/nonexistent/dir" in err and "error" in json.loads(out), "missing model: names the path")
+rc, _, err = run("generate", "--model", d, "--prompt-ids", "1,x")
+check(rc == 2 and "--prompt-ids" in err, "bad --prompt-ids: usage error")
+rc, _, err = run("generate", "--model", d, "--prompt-ids", "1,500000")
+check(rc == 1 and "500000" in err, "out-of-vocabulary prompt id: error names it")
+with tempfile.TemporaryDirectory() as t:
+    bad = os.path.join(t, "bad.jsonl")
+    open(bad, "w").write('{"ids": [1, 2, 3]}\n{"ids": [1, "a"]}\n')
+    rc, _, err = run("eval", "--model", d, "--data", bad)
+    check(rc == 1 and "bad.jsonl:2" in err, "eval: bad record names file:line")
+
+# the real model: eval and greedy generate against ../shared/data expectations
+model = os.path.join(SHARED, "data", "models", "stories260K")
+if not os.path.isdir(model):
+    print(f"skip stories260K checks: {model} is absent")
+else:
+    exp = json.load(open(os.path.join(model, "expected.json")))
+    with tempfile.TemporaryDirectory() as t:
+        f = os.path.join(t, "ce.jsonl")
+        with open(f, "w") as fh:
+            for c in exp["cross_entropy"]:
+                fh.write(json.dumps({"ids": c["ids"]}) + "\n")
+        rc, out, err = run("eval", "--model", model, "--data", f, "--json")
+        ok = rc == 0
+        if ok:
+            r = json.loads(out)
+            n = sum(len(c["ids"]) - 1 for c in exp["cross_entropy"])
+            want = sum(c["mean_ce_nats"] * (len(c["ids"]) - 1) for c in exp["cross_entropy"]) / n
+            ok = r["tokens"] == n and abs(r["loss"] - want) < 1e-5 * want and set(r) >= {"loss", "ppl", "tokens"}
+            print(f"     eval loss {r['loss']:.6f} want {want:.6f}")
+        check(ok, "eval --json on stories260K equals the reference cross-entropy")
+    g = exp["greedy"][0]
+    rc, out, err = run("generate", "--model", model, "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
+                       "--max-tokens", str(len(g["generated_ids"])), "--json", "--ignore-eos")
+    check(rc == 0 and json.loads(out)["ids"] == g["generated_ids"], "generate greedy reproduces llama2.c")
+
+print(f"{failures} failures")
+sys.exit(1 if failures else 0)
