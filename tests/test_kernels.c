@@ -141,7 +141,9 @@ static void fd_grad(double *g, double *x, size_t n, loss_fn f, const void *ctx) 
 }
 
 #define NBACKENDS 2
-static const struct st_kernels *backend(int i) { return i == 0 ? st_kernels_ref() : st_kernels_cpu(); }
+static const struct st_kernels *backend(int i) {
+    return i == 0 ? st_kernels_ref() : st_kernels_cpu();
+}
 
 /* ---------------------------------------------------------------- float64 oracle */
 
@@ -378,8 +380,8 @@ TEST(rope_inv_freq) {
 
 TEST(rope_table) {
     /* inv_freq 1, 0.1, 0.01, 0.001 (theta 1e4, hd 8) and positions up to 2999: angles up to
-     * 3000 rad, where a float32 product pos * inv_freq would be off by up to ~1e-4 rad, while
-     * the header promises angles computed in double. */
+     * 3000 rad. The header promises HF's angle, the float32 product (float)pos * inv_freq (which
+     * differs from the exact double angle by up to ~1e-4 rad there), then cos/sin in double. */
     const size_t hd = 8, h2 = hd / 2, T = 3000;
     struct st_rope_params p = {10000.0, ST_ROPE_DEFAULT, 1, 1, 1, 0};
     double invd[4];
@@ -394,11 +396,11 @@ TEST(rope_table) {
     double *cw = dnew(T * h2), *sw = dnew(T * h2);
     for (size_t t = 0; t < T; t++)
         for (size_t j = 0; j < h2; j++) {
-            double a = (double)t * (double)inv[j];
+            double a = (double)((float)t * inv[j]); /* float32 product, as HF */
             cw[t * h2 + j] = cos(a);
             sw[t * h2 + j] = sin(a);
         }
-    /* Angles in double, cos/sin rounded to float (header): within 6e-8; bound 1e-6 abs. */
+    /* Same float angle, cos/sin in double rounded to float: within 6e-8; bound 1e-6 abs. */
     struct cmp cc = compare(c, cw, T * h2), cs = compare(s, sw, T * h2);
     CHECKF(cc.err <= 1e-6, "rope_table cos: max|diff| %.3g at pos %zu j %zu: got %.9g want %.9g",
            cc.err, cc.worst / h2, cc.worst % h2, cc.got_w, cc.ref_w);
@@ -1033,7 +1035,8 @@ TEST(cpu_matches_ref) {
         {"B=2 Tq=17 Tk=33 window=9 seg", 2, 17, 33, 4, 2, 16, 9, 1},
         {"B=1 T=40 nh=8 nkv=1 hd=64", 1, 40, 40, 8, 1, 64, 0, 0},
     };
-    for (size_t i = 0; i < sizeof acases / sizeof acases[0]; i++) xb_attention(cpu, ref, &acases[i]);
+    for (size_t i = 0; i < sizeof acases / sizeof acases[0]; i++)
+        xb_attention(cpu, ref, &acases[i]);
 
     /* Row-wise ops: sizes past 32768 (65536 for cross-entropy) elements so that backends which
      * thread only above a size threshold run their threaded path here. */

@@ -27,7 +27,9 @@ struct st_rope_params {
 };
 /* inv_freq (hd/2): HF "rotate_half" frequencies with linear or llama3 scaling applied. */
 void st_rope_inv_freq(float *inv_freq, const struct st_rope_params *p, size_t hd);
-/* cos, sin (T, hd/2) for positions 0..T-1 (angles computed in double, then rounded). */
+/* cos, sin (T, hd/2) for positions 0..T-1. The angle is the float32 product (float)pos *
+ * inv_freq[j], exactly as Hugging Face computes it (so long positions round the same way); cos and
+ * sin of that float angle are then taken in double and rounded. */
 void st_rope_table(float *cos, float *sin, const float *inv_freq, size_t T, size_t hd);
 
 /* The backend table. Every entry has a reference implementation in src/kernels/ref. */

@@ -119,9 +119,22 @@ static enum st_status parse_rope(struct st_model_config *c, const cJSON *root, c
 enum st_status st_config_parse(struct st_model_config *c, const char *json, size_t len,
                                const char *what, struct st_error *err) {
     memset(c, 0, sizeof *c);
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root) return st_errorf(err, ST_ERR_FORMAT, "%s: not valid JSON", what);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (!root) {
+        const char *ep = cJSON_GetErrorPtr();
+        long off = ep && ep >= json && ep <= json + len ? (long)(ep - json) : -1;
+        return st_errorf(err, ST_ERR_FORMAT, "%s: not valid JSON (near byte %ld)", what, off);
+    }
     enum st_status rc = ST_OK;
+    /* nothing but whitespace may follow the object */
+    for (const char *q = end && end >= json ? end : json + len; q < json + len; q++) {
+        if (*q != ' ' && *q != '\t' && *q != '\n' && *q != '\r') {
+            rc = st_errorf(err, ST_ERR_FORMAT, "%s: not valid JSON (unexpected byte %ld after the "
+                           "object)", what, (long)(q - json));
+            goto done;
+        }
+    }
     if (!cJSON_IsObject(root)) {
         rc = st_errorf(err, ST_ERR_FORMAT, "%s: not a JSON object", what);
         goto done;
@@ -264,10 +277,13 @@ enum st_status st_config_parse(struct st_model_config *c, const char *json, size
     TRY(get_int(root, "pad_token_id", -1, -1, 1 << 30, &c->pad_token_id, what, err));
     const cJSON *eos = get(root, "eos_token_id");
     if (cJSON_IsArray(eos)) {
-        for (const cJSON *x = eos->child; x; x = x->next) {
-            if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble >= c->vocab_size ||
-                c->n_eos >= ST_MAX_EOS) {
-                rc = st_errorf(err, ST_ERR_FORMAT, "%s: 'eos_token_id' has a bad entry", what);
+        int k = 0;
+        for (const cJSON *x = eos->child; x; x = x->next, k++) {
+            if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) ||
+                x->valuedouble < 0 || x->valuedouble >= c->vocab_size || c->n_eos >= ST_MAX_EOS) {
+                rc = st_errorf(err, ST_ERR_FORMAT,
+                               "%s: eos_token_id[%d] is not a token id in [0, %d) (at most %d ids)",
+                               what, k, c->vocab_size, ST_MAX_EOS);
                 goto done;
             }
             c->eos_token_ids[c->n_eos++] = (int)x->valuedouble;

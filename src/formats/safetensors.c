@@ -55,16 +55,34 @@ static int json_u64(const cJSON *v, uint64_t *out) {
     return 0;
 }
 
+/* Parse exactly one JSON value followed by nothing but whitespace (the padding writers add).
+ * On failure returns NULL and *bad_off is the byte offset of the error (-1 when unknown). */
+static cJSON *json_parse_whole(const char *s, size_t len, long *bad_off) {
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(s, len, &end, 0);
+    if (!root) {
+        const char *ep = cJSON_GetErrorPtr();
+        *bad_off = ep && ep >= s && ep <= s + len ? (long)(ep - s) : -1;
+        return NULL;
+    }
+    for (const char *q = end && end >= s ? end : s + len; q < s + len; q++) {
+        if (*q != ' ' && *q != '\t' && *q != '\n' && *q != '\r') {
+            *bad_off = (long)(q - s);
+            cJSON_Delete(root);
+            return NULL;
+        }
+    }
+    return root;
+}
+
 enum st_status st_st_header_parse(struct st_st_header *h, const char *json, size_t json_len,
                                   uint64_t data_len, const char *what, struct st_error *err) {
     memset(h, 0, sizeof *h);
-    cJSON *root = cJSON_ParseWithLength(json, json_len);
-    if (!root) {
-        const char *ep = cJSON_GetErrorPtr();
-        long off = ep && ep >= json && ep <= json + json_len ? (long)(ep - json) : -1;
+    long bad = 0;
+    cJSON *root = json_parse_whole(json, json_len, &bad);
+    if (!root)
         return st_errorf(err, ST_ERR_FORMAT, "%s: header is not valid JSON (near header byte %ld)",
-                         what, off);
-    }
+                         what, bad);
     enum st_status rc = ST_OK;
     if (!cJSON_IsObject(root)) {
         rc = st_errorf(err, ST_ERR_FORMAT, "%s: header is not a JSON object", what);
@@ -206,17 +224,20 @@ enum st_status st_st_header_parse(struct st_st_header *h, const char *json, size
             if (strcmp(tmp[k - 1].name, tmp[k].name) == 0)
                 rc = st_errorf(err, ST_ERR_FORMAT, "%s: tensor '%s' appears twice in the header",
                                what, tmp[k].name);
-        /* overlap check on offset order */
+        /* overlap check on offset order: compare each tensor with the last non-empty one before
+         * it (empty tensors own no bytes, and must not hide an overlap between their neighbours) */
         qsort(tmp, (size_t)n, sizeof *tmp, cmp_offset);
-        for (int k = 1; k < n && rc == ST_OK; k++) {
-            if (tmp[k].nbytes == 0 || tmp[k - 1].nbytes == 0) continue;
-            if (tmp[k - 1].offset + tmp[k - 1].nbytes > tmp[k].offset)
+        int prev = -1;
+        for (int k = 0; k < n && rc == ST_OK; k++) {
+            if (tmp[k].nbytes == 0) continue;
+            if (prev >= 0 && tmp[prev].offset + tmp[prev].nbytes > tmp[k].offset)
                 rc = st_errorf(err, ST_ERR_FORMAT,
                                "%s: tensors '%s' and '%s' overlap in the data buffer (bytes %llu "
                                "and %llu)",
-                               what, tmp[k - 1].name, tmp[k].name,
-                               (unsigned long long)tmp[k - 1].offset,
+                               what, tmp[prev].name, tmp[k].name,
+                               (unsigned long long)tmp[prev].offset,
                                (unsigned long long)tmp[k].offset);
+            prev = k;
         }
         st_free(tmp);
     }
@@ -321,9 +342,11 @@ static enum st_status read_index(const char *dir, const char *index_path, char *
     size_t len;
     enum st_status rc = st_read_file(index_path, 64u << 20, &text, &len, err);
     if (rc) return rc;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    long bad = 0;
+    cJSON *root = json_parse_whole(text, len, &bad);
     st_free(text);
-    if (!root) return st_errorf(err, ST_ERR_FORMAT, "%s: not valid JSON", index_path);
+    if (!root)
+        return st_errorf(err, ST_ERR_FORMAT, "%s: not valid JSON (near byte %ld)", index_path, bad);
     cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!cJSON_IsObject(wm)) {
         cJSON_Delete(root);
@@ -445,7 +468,10 @@ enum st_status st_safetensors_open(struct st_safetensors **out, const char *path
     for (int i = 0; i < n_files; i++) {
         s->n_shards = i + 1;
         rc = shard_open(&s->shards[i], files[i], err);
-        if (rc) goto fail;
+        if (rc) {
+            if (index_root) st_error_prefix(err, "%s: shard named in weight_map: ", index_path);
+            goto fail;
+        }
         total += (size_t)s->shards[i].hdr.n_tensors;
     }
     s->index = st_calloc(total ? total : 1, sizeof *s->index);
@@ -463,16 +489,22 @@ enum st_status st_safetensors_open(struct st_safetensors **out, const char *path
             goto fail;
         }
     if (index_root) {
-        /* every tensor the index names must be in the shard it names */
+        /* every tensor the index names must be in the shard it names, and every tensor of every
+         * shard must be named */
         cJSON *wm = cJSON_GetObjectItemCaseSensitive(index_root, "weight_map");
-        for (cJSON *e = wm->child; e; e = e->next) {
+        uint8_t *listed = st_calloc(s->n ? (size_t)s->n : 1, 1);
+        if (!listed) {
+            rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        for (cJSON *e = wm->child; e && rc == ST_OK; e = e->next) {
             const struct st_tensor_view *t = st_safetensors_find(s, e->string);
             if (!t) {
                 rc = st_errorf(err, ST_ERR_FORMAT,
                                "%s: weight_map lists tensor '%s' in %s, but that file does not "
                                "contain it",
                                index_path, e->string, e->valuestring);
-                goto fail;
+                break;
             }
             const char *base = strrchr(t->file, '/');
             base = base ? base + 1 : t->file;
@@ -480,9 +512,16 @@ enum st_status st_safetensors_open(struct st_safetensors **out, const char *path
                 rc = st_errorf(err, ST_ERR_FORMAT,
                                "%s: weight_map puts tensor '%s' in %s, but it is in %s",
                                index_path, e->string, e->valuestring, base);
-                goto fail;
+                break;
             }
+            listed[t - s->index] = 1;
         }
+        for (int k = 0; k < s->n && rc == ST_OK; k++)
+            if (!listed[k])
+                rc = st_errorf(err, ST_ERR_FORMAT, "%s: tensor '%s' is in %s but not in weight_map",
+                               index_path, s->index[k].name, s->index[k].file);
+        st_free(listed);
+        if (rc) goto fail;
     }
     for (int i = 0; i < n_files; i++) st_free(files[i]);
     st_free(files);
