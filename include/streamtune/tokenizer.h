@@ -63,16 +63,21 @@ enum st_status st_tokenizer_decode(const struct st_tokenizer *t, const int32_t *
 struct st_decode_stream {
     const struct st_tokenizer *t;
     int skip_special;
-    int32_t *ids;
+    int32_t *ids;        /* window of recent ids (context + not yet emitted) */
     size_t n, cap;
-    size_t emitted; /* bytes of the decoded text already returned */
-    char *prev;     /* last decoded text */
+    size_t prefix_index; /* ids before this are context only */
+    size_t read_index;   /* ids before this are already emitted */
+    char *prefix;        /* decode(ids[prefix_index..read_index]) */
+    size_t prefix_len;
+    char *piece;         /* the text returned by the last step or flush */
 };
 void st_decode_stream_init(struct st_decode_stream *s, const struct st_tokenizer *t,
                            int skip_special);
 /* Append id; *piece (owned by s, valid until the next call) is the new text, maybe "". */
 enum st_status st_decode_stream_step(struct st_decode_stream *s, int32_t id, const char **piece,
                                      struct st_error *err);
+/* At the end of generation: whatever was held back (text ending in U+FFFD). */
+const char *st_decode_stream_flush(struct st_decode_stream *s);
 void st_decode_stream_free(struct st_decode_stream *s);
 
 #ifdef __cplusplus

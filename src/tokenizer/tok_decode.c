@@ -266,13 +266,29 @@ void st_decode_stream_init(struct st_decode_stream *s, const struct st_tokenizer
 
 void st_decode_stream_free(struct st_decode_stream *s) {
     st_free(s->ids);
-    st_free(s->prev);
+    st_free(s->prefix);
+    st_free(s->piece);
     memset(s, 0, sizeof *s);
 }
 
-/* Decoding all ids so far and returning the new suffix is exact for every decoder chain (a
- * Strip or Metaspace decoder treats the first token differently, so piecewise decoding is not).
- * A trailing U+FFFD may be an incomplete byte sequence still being generated: hold it back. */
+static int ends_with_fffd(const char *s, size_t n) {
+    return n >= 3 && !memcmp(s + n - 3, "\xef\xbf\xbd", 3);
+}
+
+static const char *set_piece(struct st_decode_stream *s, const char *src, size_t n) {
+    char *p = st_malloc(n + 1);
+    if (!p) return NULL;
+    memcpy(p, src, n);
+    p[n] = '\0';
+    st_free(s->piece);
+    s->piece = p;
+    return p;
+}
+
+/* HF's DecodeStream: decode a window of recent ids; the text is new once it is longer than the
+ * window's already-emitted prefix and does not end in U+FFFD (an unfinished character: byte
+ * fallback decodes a run of byte tokens as a whole). The window keeps the emitted ids as context
+ * so decoders that treat the first token specially (Metaspace, Strip) stay exact. */
 enum st_status st_decode_stream_step(struct st_decode_stream *s, int32_t id, const char **piece,
                                      struct st_error *err) {
     *piece = "";
@@ -286,20 +302,49 @@ enum st_status st_decode_stream_step(struct st_decode_stream *s, int32_t id, con
     s->ids[s->n++] = id;
     char *text;
     size_t len;
-    enum st_status rc = st_tokenizer_decode(s->t, s->ids, s->n, s->skip_special, &text, &len, err);
+    enum st_status rc = st_tokenizer_decode(s->t, s->ids + s->prefix_index, s->n - s->prefix_index,
+                                            s->skip_special, &text, &len, err);
     if (rc) {
         s->n--;
         return rc;
     }
-    size_t complete = len;
-    if (len >= 3 && !memcmp(text + len - 3, "\xef\xbf\xbd", 3)) complete = len - 3;
-    st_free(s->prev);
-    s->prev = text;
-    if (complete > s->emitted) {
-        /* return [emitted, complete): copy into the tail of prev via a NUL at complete */
-        s->prev[complete] = '\0';
-        *piece = s->prev + s->emitted;
-        s->emitted = complete;
+    if (len > s->prefix_len && !ends_with_fffd(text, len)) {
+        /* the emitted prefix normally stays a prefix; if a decoder rewrote it, emit the tail */
+        size_t from = (s->prefix_len <= len && !memcmp(text, s->prefix ? s->prefix : "", s->prefix_len))
+                          ? s->prefix_len : len;
+        const char *p = set_piece(s, text + from, len - from);
+        if (!p) {
+            st_free(text);
+            return st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        }
+        *piece = p;
+        /* slide the window: keep ids from read_index as context */
+        size_t keep_from = s->read_index;
+        memmove(s->ids, s->ids + keep_from, (s->n - keep_from) * sizeof *s->ids);
+        s->n -= keep_from;
+        s->prefix_index = 0;
+        s->read_index = s->n;
+        /* prefix = decode(window[prefix_index..read_index]) */
+        st_free(s->prefix);
+        s->prefix = NULL;
+        s->prefix_len = 0;
+        rc = st_tokenizer_decode(s->t, s->ids, s->n, s->skip_special, &s->prefix, &s->prefix_len, err);
     }
-    return ST_OK;
+    st_free(text);
+    return rc;
+}
+
+const char *st_decode_stream_flush(struct st_decode_stream *s) {
+    if (s->read_index >= s->n) return "";
+    char *text;
+    size_t len;
+    struct st_error err;
+    if (st_tokenizer_decode(s->t, s->ids + s->prefix_index, s->n - s->prefix_index,
+                            s->skip_special, &text, &len, &err))
+        return "";
+    size_t from = s->prefix_len <= len ? s->prefix_len : len;
+    const char *p = set_piece(s, text + from, len - from);
+    st_free(text);
+    s->read_index = s->n;
+    return p ? p : "";
 }

@@ -183,7 +183,7 @@ int pool_push_range(struct pool *p, size_t off, size_t len, int32_t origin) {
 
 int pool_append(struct pool *p, const char *s, size_t len, const int32_t *orig, int32_t fill) {
     if (pool_reserve(p, len)) return 1;
-    memcpy(p->s + p->n, s, len);
+    if (len) memcpy(p->s + p->n, s, len);
     for (size_t i = 0; i < len; i++) p->orig[p->n + i] = orig ? orig[i] : fill;
     p->n += len;
     return 0;
