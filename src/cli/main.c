@@ -13,7 +13,9 @@ static const char *usage_text =
     "commands:\n"
     "  info      --model DIR                 architecture, parameters, dtype, memory\n"
     "  eval      --model DIR --data F.jsonl  mean next-token loss and perplexity\n"
-    "  generate  --model DIR --prompt-ids 1,2,3  sample a continuation\n"
+    "  generate  --model DIR --prompt TEXT     sample a continuation (or --prompt-ids 1,2,3)\n"
+    "  tokenize  --model DIR --text T|--file F  token ids (--json: one array per line)\n"
+    "  detokenize --model DIR --ids 1,2|--file F  text from ids\n"
     "\n"
     "global options: --threads N (default: all cores), --verbose, --quiet, --version\n"
     "every command takes --json (one JSON object on stdout) and --help\n";
@@ -146,5 +148,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "detokenize") == 0) return cmd_detokenize(argc - 1, argv + 1);
     return cli_usage(usage_text, "unknown command '%s'", cmd);
 }
