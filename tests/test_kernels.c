@@ -327,7 +327,8 @@ TEST(tables_complete) {
                  kp->rmsnorm_forward && kp->rmsnorm_backward && kp->rope_forward &&
                  kp->rope_backward && kp->attention_forward && kp->attention_backward &&
                  kp->glu_forward && kp->glu_backward && kp->linear_forward &&
-                 kp->linear_backward && kp->crossentropy_forward && kp->crossentropy_backward;
+                 kp->linear_backward && kp->crossentropy_forward && kp->crossentropy_backward &&
+                 kp->lora_forward && kp->lora_backward;
         CHECKF(ok, "backend %d (%s) has a NULL entry", bi, kp->name ? kp->name : "?");
         if (!ok) tables_ok = 0;
     }

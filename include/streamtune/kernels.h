@@ -91,6 +91,16 @@ struct st_kernels {
     void (*linear_backward)(float *dinp, float *dw, float *dbias, const float *dout,
                             const float *inp, const float *w, size_t N, size_t C, size_t OC);
 
+    /* LoRA on a linear layer (PEFT math): out (N, OC) += scale * xa @ b^T where
+     * xa (N, r) = inp (N, C) @ a^T is saved for backward; a (r, C), b (OC, r). Dropout, when
+     * used, is applied by the caller to inp. */
+    void (*lora_forward)(float *out, float *xa, const float *inp, const float *a, const float *b,
+                         float scale, size_t N, size_t C, size_t OC, size_t r);
+    /* da (r, C) +=, db (OC, r) +=, dinp (N, C) += (dinp may be NULL); dxa (N, r) is scratch. */
+    void (*lora_backward)(float *dinp, float *da, float *db, float *dxa, const float *dout,
+                          const float *inp, const float *xa, const float *a, const float *b,
+                          float scale, size_t N, size_t C, size_t OC, size_t r);
+
     /* losses (N) = -log softmax(logits[n])[targets[n]]; 0 where targets[n] < 0 (ignored, the
      * -100 convention). logits (N, V). targets must be < V. */
     void (*crossentropy_forward)(float *losses, const float *logits, const int32_t *targets,

@@ -186,7 +186,8 @@ enum st_status st_config_parse(struct st_model_config *c, const char *json, size
                        c->head_dim);
         goto done;
     }
-    if (!get(root, "head_dim") && c->dim % c->n_heads) {
+    const cJSON *hd = get(root, "head_dim"); /* null means "use the default", like absent */
+    if ((!hd || cJSON_IsNull(hd)) && c->dim % c->n_heads) {
         rc = st_errorf(err, ST_ERR_FORMAT,
                        "%s: hidden_size %d is not divisible by num_attention_heads %d and no "
                        "head_dim is given",
@@ -196,8 +197,9 @@ enum st_status st_config_parse(struct st_model_config *c, const char *json, size
     TRY(get_int(root, "max_position_embeddings", 2048, 1, 1 << 24, &c->max_seq_len, what, err));
     double eps = 1e-6;
     TRY(get_num(root, "rms_norm_eps", 1e-6, &eps, what, err));
-    if (!(eps > 0) || eps > 1) {
-        rc = st_errorf(err, ST_ERR_FORMAT, "%s: 'rms_norm_eps' must be in (0, 1]", what);
+    if (!(eps > 0) || eps > 1 || !((float)eps > 0)) { /* 1e-50 > 0, but (float)1e-50 == 0 */
+        rc = st_errorf(err, ST_ERR_FORMAT, "%s: 'rms_norm_eps' = %g must be in (0, 1] (as float32)",
+                       what, eps);
         goto done;
     }
     c->norm_eps = (float)eps;

@@ -186,7 +186,13 @@ enum st_status st_st_header_parse(struct st_st_header *h, const char *json, size
                            name);
             goto done;
         }
-        if (en < b || en > data_len) {
+        if (en < b) {
+            rc = st_errorf(err, ST_ERR_FORMAT,
+                           "%s: tensor '%s': data_offsets [%llu, %llu] begin is after end", what,
+                           name, (unsigned long long)b, (unsigned long long)en);
+            goto done;
+        }
+        if (en > data_len) {
             rc = st_errorf(err, ST_ERR_FORMAT,
                            "%s: tensor '%s': data_offsets [%llu, %llu] out of range (data buffer "
                            "is %llu bytes)",

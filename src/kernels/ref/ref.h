@@ -36,6 +36,12 @@ void st_ref_crossentropy_forward(float *losses, const float *logits, const int32
 void st_ref_crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets,
                                   float dloss, size_t N, size_t V);
 
+void st_ref_lora_forward(float *out, float *xa, const float *inp, const float *a, const float *b,
+                         float scale, size_t N, size_t C, size_t OC, size_t r);
+void st_ref_lora_backward(float *dinp, float *da, float *db, float *dxa, const float *dout,
+                          const float *inp, const float *xa, const float *a, const float *b,
+                          float scale, size_t N, size_t C, size_t OC, size_t r);
+
 /* One attention head for one query row (used by both backends). */
 void st_ref_attention_row(float *out, float *att, const float *q, const float *k, const float *v,
                           const int32_t *seg, float scale, int window, size_t Tq, size_t Tk,

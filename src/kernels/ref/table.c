@@ -15,6 +15,8 @@ static const struct st_kernels ref_table = {
     .glu_backward = st_ref_glu_backward,
     .linear_forward = st_ref_linear_forward,
     .linear_backward = st_ref_linear_backward,
+    .lora_forward = st_ref_lora_forward,
+    .lora_backward = st_ref_lora_backward,
     .crossentropy_forward = st_ref_crossentropy_forward,
     .crossentropy_backward = st_ref_crossentropy_backward,
 };
