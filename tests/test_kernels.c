@@ -784,6 +784,98 @@ TEST(glu) {
     }
 }
 
+
+/* ---------------------------------------------------------------- lora */
+
+struct lora_ctx {
+    double *inp, *a, *b, *out, *h;
+    const double *dout;
+    double scale;
+    size_t N, C, OC, r;
+};
+/* out = scale * (inp a^T) b^T in float64 (the LoRA term alone; out starts at 0) */
+static void ref_lora(const struct lora_ctx *c) {
+    for (size_t n = 0; n < c->N; n++) {
+        for (size_t k = 0; k < c->r; k++) {
+            double s = 0;
+            for (size_t j = 0; j < c->C; j++) s += c->inp[n * c->C + j] * c->a[k * c->C + j];
+            c->h[n * c->r + k] = s;
+        }
+        for (size_t o = 0; o < c->OC; o++) {
+            double s = 0;
+            for (size_t k = 0; k < c->r; k++) s += c->h[n * c->r + k] * c->b[o * c->r + k];
+            c->out[n * c->OC + o] = c->scale * s;
+        }
+    }
+}
+static double lora_loss(const void *p) {
+    const struct lora_ctx *c = p;
+    ref_lora(c);
+    return dot(c->dout, c->out, c->N * c->OC);
+}
+
+TEST(lora) {
+    const struct {
+        size_t N, C, OC, r;
+    } cases[] = {{5, 37, 23, 4}, {3, 16, 16, 1}, {1, 9, 30, 8}, {7, 12, 5, 3}};
+    for (int bi = 0; bi < NBACKENDS; bi++) {
+        const struct st_kernels *kp = backend(bi);
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            size_t N = cases[ci].N, C = cases[ci].C, OC = cases[ci].OC, r = cases[ci].r;
+            float scale = 1.75f;
+            float *inp = fnew(N * C), *a = fnew(r * C), *b = fnew(OC * r), *out = fnew(N * OC);
+            float *xa = fnew(N * r), *dout = fnew(N * OC), *dinp = fnew(N * C);
+            float *da = fnew(r * C), *db = fnew(OC * r), *dxa = fnew(N * r);
+            float *pre_o = fnew(N * OC), *pre_i = fnew(N * C), *pre_a = fnew(r * C),
+                  *pre_b = fnew(OC * r);
+            fill_uniform(inp, N * C, -1, 1);
+            fill_uniform(a, r * C, -1, 1);
+            fill_uniform(b, OC * r, -1, 1);
+            fill_uniform(dout, N * OC, -1, 1);
+            double *id = to_double(inp, N * C), *ad = to_double(a, r * C), *bd = to_double(b, OC * r);
+            double *dd = to_double(dout, N * OC), *want = dnew(N * OC), *h = dnew(N * r);
+            struct lora_ctx ctx = {id, ad, bd, want, h, dd, scale, N, C, OC, r};
+            /* forward: out += scale (inp a^T) b^T on top of what is there; xa saved */
+            fill_pattern(pre_o, N * OC);
+            memcpy(out, pre_o, N * OC * sizeof *out);
+            kp->lora_forward(out, xa, inp, a, b, scale, N, C, OC, r);
+            ref_lora(&ctx);
+            double *ewant = plus_prefill(pre_o, want, N * OC);
+            CHECK_CLOSE(kp, LBL("lora fwd (+=) N=%zu C=%zu OC=%zu r=%zu", N, C, OC, r), out, ewant,
+                        N * OC, FWD_TOL);
+            CHECK_CLOSE(kp, LBL("lora xa N=%zu r=%zu", N, r), xa, h, N * r, FWD_TOL);
+            /* backward: da, db, dinp all += */
+            double *gi = dnew(N * C), *ga = dnew(r * C), *gb = dnew(OC * r);
+            fd_grad(gi, id, N * C, lora_loss, &ctx);
+            fd_grad(ga, ad, r * C, lora_loss, &ctx);
+            fd_grad(gb, bd, OC * r, lora_loss, &ctx);
+            fill_pattern(pre_i, N * C);
+            fill_pattern(pre_a, r * C);
+            fill_pattern(pre_b, OC * r);
+            double *ei = plus_prefill(pre_i, gi, N * C), *ea = plus_prefill(pre_a, ga, r * C);
+            double *eb = plus_prefill(pre_b, gb, OC * r);
+            for (int with_dinp = 1; with_dinp >= 0; with_dinp--) {
+                memcpy(dinp, pre_i, N * C * sizeof *dinp);
+                memcpy(da, pre_a, r * C * sizeof *da);
+                memcpy(db, pre_b, OC * r * sizeof *db);
+                kp->lora_backward(with_dinp ? dinp : NULL, da, db, dxa, dout, inp, xa, a, b, scale,
+                                  N, C, OC, r);
+                if (with_dinp)
+                    CHECK_CLOSE(kp, LBL("lora dinp (+=) N=%zu C=%zu OC=%zu r=%zu", N, C, OC, r),
+                                dinp, ei, N * C, BWD_TOL);
+                CHECK_CLOSE(kp, LBL("lora da (+=) N=%zu C=%zu r=%zu", N, C, r), da, ea, r * C,
+                            BWD_TOL);
+                CHECK_CLOSE(kp, LBL("lora db (+=) N=%zu OC=%zu r=%zu", N, OC, r), db, eb, OC * r,
+                            BWD_TOL);
+            }
+            free(inp), free(a), free(b), free(out), free(xa), free(dout), free(dinp), free(da);
+            free(db), free(dxa), free(pre_o), free(pre_i), free(pre_a), free(pre_b), free(id);
+            free(ad), free(bd), free(dd), free(want), free(h), free(gi), free(ga), free(gb);
+            free(ei), free(ea), free(eb), free(ewant);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- linear */
 
 struct lin_ctx {
@@ -1166,6 +1258,7 @@ int main(void) {
     RUN(attention);
     RUN(glu);
     RUN(linear);
+    RUN(lora);
     RUN(crossentropy);
     RUN(crossentropy_stability);
     RUN(cpu_matches_ref);

@@ -13,6 +13,9 @@ For every variant the folder <out>/<name>/ holds
                                  set + model.safetensors.index.json)
   golden.safetensors             input_ids I32 [B,T], logits F32 [B,T,V],
                                  loss F32 [1]
+  lora_golden.safetensors        LoRA training reference: initial LoRA A/B (PEFT
+                                 names), masked targets, loss, gradients, and a
+                                 10-step clipped-AdamW trajectory (see README)
 The golden logits are computed in float64 from the weights *as stored*: the
 weights are read back from the files just written and upcast to float64.
 
@@ -190,8 +193,12 @@ def act_fn(name, x):
     raise ValueError(name)
 
 
-def forward(spec, W, ids, **ov):
+def forward(spec, W, ids, lora=None, **ov):
     """spec: resolved variant; W: name -> float64 tensor; ids: [B,T] int64.
+
+    lora: None, or (scaling, {module: (A [r,in], B [out,r])}) with module the HF
+    module path, e.g. "model.layers.0.self_attn.q_proj"; adds PEFT's
+    scaling * (x A^T) B^T to the output of that linear (after its bias).
 
     Overrides (only for the sanity "teeth" checks):
       no_window, no_rope_scaling, plain_norm (gemma w instead of 1+w),
@@ -238,6 +245,13 @@ def forward(spec, W, ids, **ov):
     else:
         kv_of = [hq // group for hq in range(nh)]
 
+    def lora_add(y, xin, module):
+        if lora is None:
+            return y
+        scaling, AB = lora
+        A, Bm = AB[module]
+        return y + scaling * ((xin @ A.T) @ Bm.T)
+
     for l in range(L):
         p = "model.layers.%d." % l
         x = rmsnorm(h, W[p + "input_layernorm.weight"], eps, one_plus)
@@ -247,7 +261,7 @@ def forward(spec, W, ids, **ov):
             bn = p + "self_attn.%s.bias" % name
             if bn in W and not ov.get("no_bias"):
                 y = y + W[bn]
-            return y
+            return lora_add(y, x, p + "self_attn." + name)
 
         q = proj("q_proj").view(Bn, Tn, nh, hd).transpose(1, 2)
         k = proj("k_proj").view(Bn, Tn, nkv, hd).transpose(1, 2)
@@ -260,12 +274,13 @@ def forward(spec, W, ids, **ov):
         s = s.masked_fill(~allowed, float("-inf"))
         a = torch.softmax(s, dim=-1) @ v  # [B,nh,T,hd]
         a = a.transpose(1, 2).reshape(Bn, Tn, nh * hd)
-        h = h + a @ W[p + "self_attn.o_proj.weight"].T
+        h = h + lora_add(a @ W[p + "self_attn.o_proj.weight"].T, a, p + "self_attn.o_proj")
 
         x = rmsnorm(h, W[p + "post_attention_layernorm.weight"], eps, one_plus)
-        g = x @ W[p + "mlp.gate_proj.weight"].T
-        u = x @ W[p + "mlp.up_proj.weight"].T
-        h = h + (act_fn(act, g) * u) @ W[p + "mlp.down_proj.weight"].T
+        g = lora_add(x @ W[p + "mlp.gate_proj.weight"].T, x, p + "mlp.gate_proj")
+        u = lora_add(x @ W[p + "mlp.up_proj.weight"].T, x, p + "mlp.up_proj")
+        m = act_fn(act, g) * u
+        h = h + lora_add(m @ W[p + "mlp.down_proj.weight"].T, m, p + "mlp.down_proj")
 
     x = rmsnorm(h, W["model.norm.weight"], eps, one_plus)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
@@ -277,6 +292,270 @@ def next_token_loss(logits, ids):
     tgt = ids[:, 1:]
     nll = -lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     return nll.mean()
+
+
+# --------------------------------------------------------------------------
+# LoRA training reference (lora_golden.safetensors)
+# --------------------------------------------------------------------------
+
+LORA_R = 4
+LORA_ALPHA = 8.0
+LORA_SCALING = LORA_ALPHA / LORA_R        # PEFT: lora_alpha / r (not rsLoRA)
+LORA_B_STD = 0.03                         # initial B ~ N(0, 0.03^2) (nonzero on purpose)
+LORA_SEED_OFFSET = 5000                   # LoRA generator seed = variant seed + 5000
+LORA_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+IGNORE_INDEX = -100
+PROMPT_MASK = 3   # targets[0, :3] = -100 (a "prompt")
+PAD_MASK = 2      # targets[1, T-2:] = -100 (padding-like)
+ADAMW_LR = 1e-2
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_EPS = 1e-8
+ADAMW_WD = 0.01
+MAX_GRAD_NORM = 1.0
+TRAJ_STEPS = 10
+
+
+def lora_modules(cfg):
+    """[(HF module path, in_features, out_features)] in generation order."""
+    D, nh, nkv, hd = (cfg["hidden_size"], cfg["num_attention_heads"],
+                      cfg["num_key_value_heads"], cfg["head_dim"])
+    H = cfg["intermediate_size"]
+    dims = {"self_attn.q_proj": (D, nh * hd), "self_attn.k_proj": (D, nkv * hd),
+            "self_attn.v_proj": (D, nkv * hd), "self_attn.o_proj": (nh * hd, D),
+            "mlp.gate_proj": (D, H), "mlp.up_proj": (D, H), "mlp.down_proj": (H, D)}
+    out = []
+    for l in range(cfg["num_hidden_layers"]):
+        for m in LORA_MODULES:
+            out.append(("model.layers.%d.%s" % (l, m),) + dims[m])
+    return out
+
+
+def peft_key(module, which):
+    return "base_model.model.%s.lora_%s.weight" % (module, which)
+
+
+def init_lora(spec):
+    """module -> (A F32 [r, in], B F32 [out, r]); own generator, so the base
+    weights / ids of the variant do not depend on it."""
+    g = torch.Generator().manual_seed(spec["seed"] + LORA_SEED_OFFSET)
+    AB = {}
+    for module, fin, fout in lora_modules(spec["cfg"]):
+        bound = 1.0 / math.sqrt(fin)
+        A = (torch.rand(LORA_R, fin, generator=g, dtype=torch.float64) * 2.0 - 1.0) * bound
+        Bm = torch.randn(fout, LORA_R, generator=g, dtype=torch.float64) * LORA_B_STD
+        AB[module] = (A.to(torch.float32), Bm.to(torch.float32))
+    return AB
+
+
+def make_targets(ids):
+    tg = torch.full_like(ids, IGNORE_INDEX)
+    tg[:, :-1] = ids[:, 1:]
+    tg[0, :PROMPT_MASK] = IGNORE_INDEX
+    tg[1, ids.shape[1] - PAD_MASK:] = IGNORE_INDEX
+    return tg
+
+
+def masked_ce(logits, targets):
+    """sum of CE over targets != -100, divided by their count (HF/PyTorch
+    cross_entropy(ignore_index=-100, reduction="mean") over the flattened batch)."""
+    valid = targets != IGNORE_INDEX
+    lp = torch.log_softmax(logits, dim=-1)
+    nll = -lp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return nll[valid].sum() / valid.sum().to(logits.dtype)
+
+
+def lora_flat(modules, AB):
+    """Flat parameter list in a fixed order: per module A then B."""
+    out = []
+    for m, _, _ in modules:
+        out.extend(AB[m])
+    return out
+
+
+def lora_unflat(modules, flat):
+    return {m: (flat[2 * i], flat[2 * i + 1]) for i, (m, _, _) in enumerate(modules)}
+
+
+def lora_loss(spec, W, ids, targets, modules, flat, scaling=LORA_SCALING):
+    logits = forward(spec, W, ids, lora=(scaling, lora_unflat(modules, flat)))
+    return masked_ce(logits, targets), logits
+
+
+def lora_grads(spec, W, ids, targets, modules, flat):
+    leaves = [p.detach().clone().requires_grad_(True) for p in flat]
+    loss, logits = lora_loss(spec, W, ids, targets, modules, leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), logits.detach(), [g.detach() for g in grads]
+
+
+def clip_by_global_norm(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_ (norm_type 2): returns (total_norm, grads)."""
+    total = torch.norm(torch.stack([torch.norm(g, 2.0) for g in grads]), 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return total, [g * coef for g in grads]
+
+
+def adamw_step(params, grads, exp_avg, exp_avg_sq, step, wd=ADAMW_WD):
+    """torch 1.13 torch.optim.AdamW, single-tensor path, amsgrad off, in place."""
+    b1, b2 = ADAMW_BETAS
+    bc1 = 1 - b1 ** step
+    bc2 = 1 - b2 ** step
+    step_size = ADAMW_LR / bc1
+    bc2_sqrt = math.sqrt(bc2)
+    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+        p.mul_(1 - ADAMW_LR * wd)
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v.sqrt() / bc2_sqrt).add_(ADAMW_EPS)
+        p.addcdiv_(m, denom, value=-step_size)
+
+
+def lora_trajectory(spec, W, ids, targets, modules, flat0, clip=True, wd=ADAMW_WD,
+                    coupled_l2=False, torch_check=False):
+    """TRAJ_STEPS steps of (loss, grads, clip, AdamW) on the same batch, float64.
+    Returns (final params, losses, pre-clip grad norms, number of clipped steps).
+    The options only exist for the teeth checks; torch_check replays every step with
+    torch.nn.utils.clip_grad_norm_ + torch.optim.AdamW and asserts agreement."""
+    P = [t.clone() for t in flat0]
+    m1 = [torch.zeros_like(t) for t in P]
+    m2 = [torch.zeros_like(t) for t in P]
+    if torch_check:
+        tP = [t.clone().requires_grad_(True) for t in flat0]
+        opt = torch.optim.AdamW(tP, lr=ADAMW_LR, betas=ADAMW_BETAS, eps=ADAMW_EPS,
+                                weight_decay=ADAMW_WD)
+    losses, norms = [], []
+    clipped = 0
+    for step in range(1, TRAJ_STEPS + 1):
+        l_k, _, g_k = lora_grads(spec, W, ids, targets, modules, P)
+        if coupled_l2:  # plain Adam + L2 in the gradient (the wrong "weight decay")
+            g_k = [g + wd * p for g, p in zip(g_k, P)]
+        total = torch.norm(torch.stack([torch.norm(g, 2.0) for g in g_k]), 2.0)
+        if clip:
+            total, g_k = clip_by_global_norm(g_k, MAX_GRAD_NORM)
+            clipped += int(MAX_GRAD_NORM / (total.item() + 1e-6) < 1.0)
+        losses.append(l_k.item())
+        norms.append(total.item())
+        adamw_step(P, g_k, m1, m2, step, wd=0.0 if coupled_l2 else wd)
+        if torch_check:
+            opt.zero_grad()
+            tl, _ = lora_loss(spec, W, ids, targets, modules, tP)
+            tl.backward()
+            tn = torch.nn.utils.clip_grad_norm_(tP, MAX_GRAD_NORM)
+            opt.step()
+            check(abs(tl.item() - l_k.item()) <= 1e-12 * abs(l_k.item()),
+                  "%s: torch replay loss" % spec["name"])
+            check(abs(tn.item() - total.item()) <= 1e-12 * total.item(),
+                  "%s: clip_grad_norm_ total norm differs" % spec["name"])
+            dp = max(maxdiff(a, b.detach()) for a, b in zip(P, tP))
+            check(dp < 1e-12, "%s: hand AdamW differs from torch.optim.AdamW (%.3g)"
+                  % (spec["name"], dp))
+    return P, losses, norms, clipped
+
+
+def build_lora(spec, folder, W, ids, base_logits):
+    """Writes <folder>/lora_golden.safetensors; returns a summary string."""
+    name = spec["name"]
+    cfg = spec["cfg"]
+    modules = lora_modules(cfg)
+    AB32 = init_lora(spec)
+    flat0 = [t.to(torch.float64) for t in lora_flat(modules, AB32)]  # F32 values, upcast
+    targets = make_targets(ids)
+    n_valid = int((targets != IGNORE_INDEX).sum())
+    check(n_valid == 2 * (T - 1) - PROMPT_MASK - (PAD_MASK - 1), "%s: target count" % name)
+
+    loss, logits, grads = lora_grads(spec, W, ids, targets, modules, flat0)
+
+    # ---- teeth ----
+    check(torch.isfinite(logits).all().item() and math.isfinite(loss.item()),
+          "%s: lora non-finite" % name)
+    dl = maxdiff(logits, base_logits)
+    rel = ((logits - base_logits).std() / base_logits.std()).item()
+    check(dl > 1e-1 and rel < 0.4,
+          "%s: LoRA term changes logits by %.3g (rel std %.3g)" % (name, dl, rel))
+    for (m, _, _), gA, gB in zip(modules, grads[0::2], grads[1::2]):
+        check(gA.abs().max().item() > 1e-6 and gB.abs().max().item() > 1e-6,
+              "%s: zero LoRA grad in %s" % (name, m))
+    # alternative interpretations must change the loss
+    alt_scaling, _ = lora_loss(spec, W, ids, targets, modules, flat0, scaling=1.0)
+    full_tg = targets.clone()
+    full_tg[:, :-1] = ids[:, 1:]
+    alt_mask = masked_ce(logits, full_tg)
+    check(abs(alt_scaling.item() - loss.item()) > 1e-3, "%s: scaling has no effect" % name)
+    check(abs(alt_mask.item() - loss.item()) > 1e-3, "%s: masking has no effect" % name)
+    # finite differences (4th-order central, float64) on random elements
+    gfd = torch.Generator().manual_seed(spec["seed"] + LORA_SEED_OFFSET + 1)
+    worst = 0.0
+    # flat order per module: A, B; modules q, k, v, o, gate, up, down per layer
+    picks = [0, 2, 5, 7, 8, len(flat0) - 4, len(flat0) - 1]
+    # = layer 0 q A, k A, v B, o B, gate A; last layer up A, down B
+    for pi in picks:
+        p0 = flat0[pi]
+        for _ in range(3):
+            e = int(torch.randint(0, p0.numel(), (1,), generator=gfd))
+            h = 1e-4
+
+            def f(delta):
+                pp = list(flat0)
+                q = p0.clone().reshape(-1)
+                q[e] += delta
+                pp[pi] = q.reshape(p0.shape)
+                with torch.no_grad():
+                    return lora_loss(spec, W, ids, targets, modules, pp)[0].item()
+            fd = (8 * (f(h) - f(-h)) - (f(2 * h) - f(-2 * h))) / (12 * h)
+            ag = grads[pi].reshape(-1)[e].item()
+            r = abs(fd - ag) / max(abs(ag), 1e-300)
+            worst = max(worst, r)
+            check(r < 1e-6, "%s: finite-difference mismatch param %d elem %d: fd %.12g ag %.12g"
+                  % (name, pi, e, fd, ag))
+
+    # ---- AdamW trajectory (hand-written, replayed with torch.optim) ----
+    P, traj_loss, traj_norm, clipped = lora_trajectory(spec, W, ids, targets, modules, flat0,
+                                                       torch_check=True)
+    check(traj_loss[0] == loss.item(), "%s: trajectory step 1 loss" % name)
+    with torch.no_grad():
+        final_loss = lora_loss(spec, W, ids, targets, modules, P)[0].item()
+    check(traj_loss[-1] < traj_loss[0] - 1e-2 and final_loss < traj_loss[-1],
+          "%s: trajectory does not decrease: %s -> %.4f" % (name, traj_loss, final_loss))
+    check(clipped >= 1, "%s: clipping never active" % name)
+
+    def traj_differs(tag, thr_, **kw):
+        Q = lora_trajectory(spec, W, ids, targets, modules, flat0, **kw)[0]
+        d = max(maxdiff(a, b) for a, b in zip(P, Q))
+        check(d > thr_, "%s: trajectory %s changes final A/B by only %.3g" % (name, tag, d))
+        return "%s %.2g" % (tag, d)
+    traj_notes = [traj_differs("no_clip", 1e-3, clip=False),
+                  traj_differs("l2_not_decoupled", 1e-3, coupled_l2=True),
+                  traj_differs("no_wd", 1e-4, wd=0.0)]
+
+    out = {
+        "input_ids": ids.to(torch.int32),
+        "targets": targets.to(torch.int32),
+        "logits": logits.to(torch.float32),
+        "loss": loss.reshape(1).to(torch.float32),
+        "lora_rank": torch.tensor([LORA_R], dtype=torch.int32),
+        "lora_alpha": torch.tensor([LORA_ALPHA], dtype=torch.float32),
+        "trajectory_loss": torch.tensor(traj_loss, dtype=torch.float64).to(torch.float32),
+        "trajectory_grad_norm": torch.tensor(traj_norm, dtype=torch.float64).to(torch.float32),
+    }
+    for i, (m, _, _) in enumerate(modules):
+        for j, which in enumerate("AB"):
+            k = peft_key(m, which)
+            out[k] = AB32[m][j]
+            out["grad." + k] = grads[2 * i + j].to(torch.float32)
+            out["final." + k] = P[2 * i + j].to(torch.float32)
+    path = os.path.join(folder, "lora_golden.safetensors")
+    save_safetensors(path, out)
+    back = load_safetensors(path)
+    check(set(back) == set(out) and all(torch.equal(back[k], out[k]) for k in out),
+          "%s: lora_golden round trip" % name)
+    gmin = min(g.abs().min().item() for g in grads)
+    return ("lora: loss %.4f (base %.4f) dlogits %.3g; |g| %.2g..%.2g fd %.1g; traj %.4f -> %.4f "
+            "(final %.4f) norm %.3g -> %.3g clipped %d/%d; final A/B vs %s; %d bytes"
+            % (loss.item(), masked_ce(base_logits, targets).item(), dl, gmin,
+               max(g.abs().max().item() for g in grads), worst, traj_loss[0], traj_loss[-1],
+               final_loss, traj_norm[0], traj_norm[-1], clipped, TRAJ_STEPS,
+               ", ".join(traj_notes), os.path.getsize(path)))
 
 
 # --------------------------------------------------------------------------
@@ -535,11 +814,14 @@ def build(spec, out_root):
     if name == "llama2_f32":
         differs("interleaved_rope", interleaved_rope=True)
 
+    lora_note = build_lora(spec, folder, W, ids, logits)
+
     files = sorted(os.listdir(folder))
     size = sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     print("%-17s %-5s V=%-3d logits std %.3f range [%.2f, %.2f] loss %.4f  %6d bytes  | %s"
           % (name, _DT_TO_STR[spec["dtype"]], V, std, logits.min().item(),
              logits.max().item(), loss.item(), size, "; ".join(notes)))
+    print("%-17s %s" % ("", lora_note))
 
 
 README = """# Golden reference models
@@ -566,6 +848,7 @@ Regenerate (deterministic, byte-identical on rerun with the same torch build):
   - `logits` F32 `[2, 11, vocab_size]`, positions 0..10, no padding, no KV cache,
   - `loss` F32 `[1]` = mean cross-entropy of `logits[:, t]` against `input_ids[:, t+1]`
     over all 2 * 10 predictions.
+- `lora_golden.safetensors` -- the LoRA training reference, see "LoRA reference" below.
 
 Logits are computed in float64 from the weights *as stored* (the BF16/F16 weights are
 read back and upcast), so the only differences an implementation should see come from its
@@ -603,6 +886,76 @@ for mistral, that positions < 4 are identical), without qkv bias (qwen2), with `
 instead of `1 + w` and without the embedding scale (gemma), with GPT-J interleaved RoPE
 (llama2). Gemma tanh-GELU vs exact GELU differs only slightly (~1e-4..1e-3), so a
 tolerance around 1e-4 is needed to catch that one.
+
+## LoRA reference (`lora_golden.safetensors`)
+
+Same weights (as stored, upcast to float64) and same `input_ids` as `golden.safetensors`.
+All tensors F32 unless noted; float64 math throughout, rounded to F32 only when written.
+
+LoRA (PEFT semantics) on all 7 linear modules of every layer: `self_attn.{q,k,v,o}_proj`
+and `mlp.{gate,up,down}_proj`; rank `r = 4`, `lora_alpha = 8`, `scaling = alpha / r = 2`
+(not rsLoRA), dropout 0, no LoRA bias:
+
+    y = x W^T (+ b, qwen2 q/k/v only) + scaling * (x A^T) B^T      A [r, in], B [out, r]
+
+`x` is the input of that linear (for `o_proj` the attention output `[.., nh*head_dim]`,
+for `down_proj` `act(gate) * up` -- where gate/up already include their own LoRA terms).
+For `k_proj`/`v_proj` `out = nkv * head_dim`: the LoRA delta is added to the kv
+projection *before* RoPE and before the GQA expansion (query head `h` uses kv head
+`h // (nh / nkv)`), exactly like the base projection. Embeddings, norms and `lm_head`
+have no adapters and are frozen.
+
+Keys (PEFT adapter names; `{i}` = layer, `{m}` = `self_attn.q_proj` ... `mlp.down_proj`):
+
+- `base_model.model.model.layers.{i}.{m}.lora_A.weight` `[4, in]` and
+  `base_model.model.model.layers.{i}.{m}.lora_B.weight` `[out, 4]` -- the initial values,
+  both random and nonzero: `A ~ U(-1/sqrt(in), 1/sqrt(in))`, `B ~ N(0, 0.03^2)`, from
+  a generator seeded with the variant seed + 5000 (independent of the base weights).
+- `lora_rank` I32 `[1]` = 4, `lora_alpha` F32 `[1]` = 8.
+- `input_ids` I32 `[2, 11]` (same as in `golden.safetensors`).
+- `targets` I32 `[2, 11]`: `targets[b, t] = input_ids[b, t+1]`, `targets[b, 10] = -100`,
+  plus `targets[0, 0:3] = -100` (a "prompt") and `targets[1, 9:11] = -100`
+  (padding-like). 16 positions count. Masked positions are still ordinary inputs
+  (no attention mask beyond causal / sliding window).
+- `logits` F32 `[2, 11, vocab]`: forward with the initial LoRA.
+- `loss` F32 `[1]`: `sum over targets != -100 of CE(logits[b, t], targets[b, t])`
+  divided by the number of such positions (one mean over the whole batch, not per row;
+  = `cross_entropy(ignore_index=-100, reduction="mean")` on the flattened batch).
+- `grad.<key>` for every LoRA key above: `d loss / d tensor`, same shape. The base
+  weights get no gradients.
+- `trajectory_loss` `[10]`, `trajectory_grad_norm` `[10]`, `final.<key>`: starting from
+  the initial A/B, 10 steps on the same batch. Step `k = 1..10`: forward + backward at the
+  current A/B, record the loss (so `trajectory_loss[0] == loss`) and the global gradient
+  norm *before* clipping, clip, AdamW update. `final.<key>` = A/B after the 10th update.
+  - clipping, `torch.nn.utils.clip_grad_norm_(max_norm=1)`: `total = sqrt(sum over all
+    LoRA grads of g^2)`, `coef = 1 / (total + 1e-6)`, grads `*= coef` only if `coef < 1`.
+  - AdamW (torch 1.13 `torch.optim.AdamW`): lr `1e-2` (constant), betas `(0.9, 0.999)`,
+    eps `1e-8`, weight_decay `0.01`, applied to every A and B; per element, step `t`
+    from 1, moments starting at 0:
+
+        p *= 1 - lr * wd
+        m  = b1 * m + (1 - b1) * g
+        v  = b2 * v + (1 - b2) * g * g
+        p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+Checks in the generator: the LoRA term moves the logits noticeably (max abs > 0.1) but
+not wildly (std of the change < 0.4 of the logits std); `scaling = 1` and unmasked
+targets each change the loss; every A and B gradient is nonzero; float64 central finite
+differences (4th order, h = 1e-4) agree with the autograd gradients to relative 1e-6 on
+random elements of 7 of the tensors; the hand-written clipping + AdamW agree with
+`clip_grad_norm_` + `torch.optim.AdamW` to 1e-12 at every step; the trajectory loss
+decreases; clipping is active on at least one step; and the final A/B move by more than
+1e-3 without clipping or with L2-in-the-gradient instead of decoupled decay, and by more
+than 1e-4 without weight decay.
+
+Precision note for comparisons in F32: the trajectory is mildly chaotic at elements whose
+gradient is near 0 (Adam takes ~`lr`-sized steps there whatever the gradient's size).
+Perturbing every gradient by 1e-6 of its tensor's max moves most final elements by
+< 1e-5 but a few (llama3_gqa_bf16) by up to ~3e-4. Missing weight decay moves final A/B
+by only ~2e-4..4e-4, so a tolerance loose enough for F32 on `final.*` will not see it:
+test the optimizer step on its own for that. Single gradient elements go down to ~1e-7
+while the largest are ~0.1..0.9, so compare `grad.*` with a tolerance scaled by the
+tensor's max abs, not element-wise relative.
 
 ## Note on llama3_gqa_bf16
 

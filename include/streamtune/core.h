@@ -118,6 +118,13 @@ int st_parse_f64(const char *s, double *out);
 enum st_status st_read_file(const char *path, size_t max_bytes, char **out, size_t *len,
                             struct st_error *err);
 
+/* Write len bytes to path atomically: a temp file in the same directory, fsync, rename, fsync of
+ * the directory. A crash leaves either the old file or the new one, never half of one. */
+enum st_status st_write_file_atomic(const char *path, const void *data, size_t len,
+                                    struct st_error *err);
+/* mkdir -p; fails if path exists and is not a directory. */
+enum st_status st_mkdirs(const char *path, struct st_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,6 +10,7 @@
 #include "streamtune/config.h"
 #include "streamtune/formats.h"
 #include "streamtune/kernels.h"
+#include "streamtune/lora.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,14 +39,23 @@ struct st_model {
     size_t bytes_on_disk;      // sum of the tensors' stored bytes
     enum st_dtype dtype;       // dtype of the embedding (the model's storage dtype)
     char path[1024];
+    /* attached adapter (may be NULL) and training-time settings read by the forward */
+    const struct st_lora *lora;
+    int training;           /* apply LoRA dropout */
+    uint64_t dropout_seed;  /* per step: masks are a pure function of (seed, layer, module, i) */
 };
 
 /* Load DIR (config.json + safetensors). Validates every tensor's presence, shape and dtype. */
 enum st_status st_model_load(struct st_model *m, const char *dir, struct st_error *err);
 void st_model_free(struct st_model *m);
 
-/* Activation buffers for a batch of B sequences of T tokens. With keep_all (training), every
- * layer keeps its activations for backward; without, layers share one set (inference). */
+/* Activation buffers for a batch of B sequences of T tokens. Modes:
+ *   ST_ACTS_INFER: layers share one set of buffers, no gradients.
+ *   ST_ACTS_TRAIN: every layer keeps its activations for backward; gradient buffers too.
+ *   ST_ACTS_CHECKPOINT: only each layer's input is kept; backward recomputes the layer first
+ *   (gradient checkpointing: less memory, one extra forward, identical gradients).
+ * LoRA buffers are sized for the adapter attached to the model (m->lora) at init. */
+enum st_acts_mode { ST_ACTS_INFER = 0, ST_ACTS_TRAIN = 1, ST_ACTS_CHECKPOINT = 2 };
 struct st_layer_acts {
     float *res_mid;           // (N, D) residual after attention
     float *rstd1, *rstd2;     // (N)
@@ -54,10 +64,12 @@ struct st_layer_acts {
     float *att;               // (B, nh, T, T) probabilities
     float *ay;                // (N, nh*hd) attention output before o_proj
     float *gate, *up, *g;     // (N, H)
+    float *xa[ST_LIN_COUNT];  // (N, r) LoRA low-rank activations (NULL without an adapter)
 };
 struct st_acts {
     size_t B, T;
-    int keep_all;
+    int keep_all; /* enum st_acts_mode */
+    int rank;     /* LoRA rank the buffers were planned for (0: none) */
     float *res;               // (L+1, N, D) with keep_all, else (2, N, D): residual stream
     struct st_layer_acts *layer; // L entries (all alias entry 0 without keep_all)
     float *rstdf;             // (N)
@@ -66,10 +78,19 @@ struct st_acts {
     float *tmp;               // (N, max(D, H)) scratch
     float *cos, *sin;         // (T, hd/2)
     int32_t *pos;             // (N)
+    float *losses;            // (N)
+    float *xd;                // (N, max(D, H)) LoRA dropout input scratch
+    /* gradient buffers (training modes only) */
+    float *dres0, *dres1, *dxn;       // (N, D)
+    float *dq, *day;                  // (N, nh*hd)
+    float *dk, *dv;                   // (N, nkv*hd)
+    float *dg, *dgate, *dup;          // (N, H)
+    float *dxa;                       // (N, r)
+    float *dxd;                       // (N, max(D, H))
     struct st_arena arena;
 };
-/* Bytes st_acts_init will allocate for (B, T). */
-size_t st_acts_bytes(const struct st_model_config *c, size_t B, size_t T, int keep_all);
+/* Bytes st_acts_init will allocate for (B, T) in mode keep_all with LoRA rank (0: none). */
+size_t st_acts_bytes(const struct st_model_config *c, size_t B, size_t T, int keep_all, int rank);
 enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t B, size_t T,
                             int keep_all, struct st_error *err);
 void st_acts_free(struct st_acts *a);
@@ -79,6 +100,17 @@ void st_acts_free(struct st_acts *a);
  * per segment (packing). Returns ST_ERR_ARG for an out-of-range id (naming its index). */
 enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
                                 const int32_t *seg, struct st_error *err);
+
+/* After st_model_forward: losses of positions whose target (B*T, -100 = ignored) is set.
+ * *loss_sum += sum of their cross-entropies, *count += their number. Validates targets. */
+enum st_status st_model_loss(const struct st_model *m, struct st_acts *a, const int32_t *targets,
+                             double *loss_sum, size_t *count, struct st_error *err);
+/* After st_model_forward (and st_model_loss): backward of grad_scale * sum of the losses into
+ * m's attached adapter's gradients (lo->grads, `+=`). The base model is frozen. Overwrites the
+ * logits. Needs a TRAIN or CHECKPOINT acts. */
+enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
+                                 const int32_t *targets, const int32_t *seg, float grad_scale,
+                                 struct st_lora *lo, struct st_error *err);
 
 /* Mean next-token cross-entropy of one sequence: *loss_sum += sum of -log p(ids[t+1] | ids[..t]),
  * *count += T - 1. Uses a (B = 1, T >= n). */

@@ -26,7 +26,7 @@ int cmd_info(int argc, char **argv) {
     const struct st_model_config *c = &m.cfg;
     size_t kv_per_token = 2 * (size_t)c->n_layers * (size_t)c->n_kv_heads * (size_t)c->head_dim * 4;
     size_t resident = m.n_params * 4; /* F32 compute copy: mapped (F32) or converted */
-    size_t act_1x = st_acts_bytes(c, 1, (size_t)(c->max_seq_len < 2048 ? c->max_seq_len : 2048), 0);
+    size_t act_1x = st_acts_bytes(c, 1, (size_t)(c->max_seq_len < 2048 ? c->max_seq_len : 2048), 0, 0);
     int n_sliding = 0;
     for (int l = 0; l < c->n_layers; l++) n_sliding += c->layer_sliding[l];
     if (json) {

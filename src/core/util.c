@@ -147,3 +147,73 @@ enum st_status st_read_file(const char *path, size_t max_bytes, char **out, size
     *len = n;
     return ST_OK;
 }
+
+/* ---- files ---- */
+#include <fcntl.h>
+#include <libgen.h>
+
+static void fsync_dir_of(const char *path) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    int fd = open(dirname(buf), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+enum st_status st_write_file_atomic(const char *path, const void *data, size_t len,
+                                    struct st_error *err) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return st_errorf(err, ST_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return st_errorf(err, ST_ERR_IO, "%s: write failed: %s", path, strerror(e));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return st_errorf(err, ST_ERR_IO, "%s: fsync failed: %s", path, strerror(e));
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return st_errorf(err, ST_ERR_IO, "%s: rename failed: %s", path, strerror(e));
+    }
+    fsync_dir_of(path);
+    return ST_OK;
+}
+
+enum st_status st_mkdirs(const char *path, struct st_error *err) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            struct stat sb;
+            if (stat(buf, &sb) != 0) {
+                if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                    return st_errorf(err, ST_ERR_IO, "%s: cannot create directory: %s", buf,
+                                     strerror(errno));
+            } else if (!S_ISDIR(sb.st_mode)) {
+                return st_errorf(err, ST_ERR_IO, "%s: exists and is not a directory", buf);
+            }
+            *p = c;
+            if (c == '\0') break;
+        }
+    }
+    return ST_OK;
+}

@@ -618,6 +618,8 @@ enum st_status st_safetensors_write(const char *path, const struct st_tensor_out
     size_t jl = strlen(js);
     size_t padded = (jl + 7) & ~(size_t)7;
 
+    /* stream to a temp file in the same directory, fsync, rename, fsync the directory: a large
+     * model is never held twice in memory and a crash never leaves half a file */
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
@@ -641,6 +643,16 @@ enum st_status st_safetensors_write(const char *path, const struct st_tensor_out
         int e = errno;
         unlink(tmp);
         return st_errorf(err, ST_ERR_IO, "%s: write failed: %s", path, strerror(e));
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
     }
     return ST_OK;
 }

@@ -35,6 +35,7 @@ enum st_status st_kv_init(struct st_kv_state **out, const struct st_model *m, si
     size_t L = (size_t)c->n_layers, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
     size_t V = (size_t)c->vocab_size, nh = (size_t)c->n_heads, hd = (size_t)c->head_dim;
     size_t QD = nh * hd, KD = (size_t)c->n_kv_heads * hd;
+    size_t r = m->lora ? (size_t)m->lora->cfg.rank : 0;
     struct st_kv_state *s = st_calloc(1, sizeof *s);
     if (!s) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
     struct {
@@ -51,6 +52,10 @@ enum st_status st_kv_init(struct st_kv_state **out, const struct st_model *m, si
         {(void **)&s->tmp, chunk * (D > H ? D : H)}, {(void **)&s->xf, D},
         {(void **)&s->rstdf, 1}, {(void **)&s->logits, V}, {(void **)&s->cos, max_T * hd / 2},
         {(void **)&s->sin, max_T * hd / 2}, {(void **)&s->pos, chunk},
+        {(void **)&s->la.xa[0], chunk * r}, {(void **)&s->la.xa[1], chunk * r},
+        {(void **)&s->la.xa[2], chunk * r}, {(void **)&s->la.xa[3], chunk * r},
+        {(void **)&s->la.xa[4], chunk * r}, {(void **)&s->la.xa[5], chunk * r},
+        {(void **)&s->la.xa[6], chunk * r},
     };
     size_t n_items = sizeof items / sizeof items[0], total = 0;
     for (size_t i = 0; i < n_items; i++) total += st_arena_round(items[i].count * 4);
@@ -101,7 +106,7 @@ enum st_status st_kv_forward(const struct st_model *m, struct st_kv_state *s, co
     for (int l = 0; l < c->n_layers; l++) {
         float *kl = s->kc + (size_t)l * s->max_T * KD, *vl = s->vc + (size_t)l * s->max_T * KD;
         st_block_forward(m, l, &s->la, x_out, x_in, kl, vl, s->pos, NULL, s->cos, s->sin, s->tmp,
-                         1, n, Tk);
+                         NULL, 1, n, Tk);
         float *t = x_in;
         x_in = x_out;
         x_out = t;

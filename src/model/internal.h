@@ -7,5 +7,5 @@
 void st_block_forward(const struct st_model *m, int l, struct st_layer_acts *la, float *x_out,
                       const float *x_in, float *kall, float *vall, const int32_t *pos,
                       const int32_t *seg, const float *cos_t, const float *sin_t, float *tmp,
-                      size_t B, size_t Tq, size_t Tk);
+                      float *xd, size_t B, size_t Tq, size_t Tk);
 #endif

@@ -152,62 +152,81 @@ struct plan_item {
     size_t count; /* elements of 4 bytes */
 };
 
-static int make_plan(struct plan_item *items, struct st_acts *a, const struct st_model_config *c,
-                     size_t B, size_t T, int keep_all) {
+#define MAX_PLAN_ITEMS(L, sets) (32 + (size_t)(sets) * (13 + ST_LIN_COUNT))
+
+static size_t make_plan(struct plan_item *items, struct st_acts *a, const struct st_model_config *c,
+                        size_t B, size_t T, int mode, int rank) {
     size_t N = B * T, D = (size_t)c->dim, H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
     size_t QD = (size_t)c->n_heads * (size_t)c->head_dim;
     size_t KD = (size_t)c->n_kv_heads * (size_t)c->head_dim;
-    size_t L = (size_t)c->n_layers, sets = keep_all ? L : 1, hd2 = (size_t)c->head_dim / 2;
-    int n = 0;
+    size_t L = (size_t)c->n_layers, hd2 = (size_t)c->head_dim / 2, r = (size_t)rank;
+    size_t sets = mode == ST_ACTS_TRAIN ? L : 1, DH = D > H ? D : H;
+    size_t n = 0;
 #define ITEM(p, cnt) items[n++] = (struct plan_item){(void **)(p), (cnt)}
-    ITEM(&a->res, (keep_all ? L + 1 : 2) * N * D);
+    ITEM(&a->res, (mode != ST_ACTS_INFER ? L + 1 : 2) * N * D);
     ITEM(&a->rstdf, N);
     ITEM(&a->xf, N * D);
     ITEM(&a->logits, N * V);
-    ITEM(&a->tmp, N * (D > H ? D : H));
+    ITEM(&a->tmp, N * DH);
     ITEM(&a->cos, T * hd2);
     ITEM(&a->sin, T * hd2);
     ITEM(&a->pos, N);
+    ITEM(&a->losses, N);
+    if (r) ITEM(&a->xd, N * DH);
+    if (mode != ST_ACTS_INFER) {
+        ITEM(&a->dres0, N * D);
+        ITEM(&a->dres1, N * D);
+        ITEM(&a->dxn, N * D);
+        ITEM(&a->dq, N * QD);
+        ITEM(&a->day, N * QD);
+        ITEM(&a->dk, N * KD);
+        ITEM(&a->dv, N * KD);
+        ITEM(&a->dg, N * H);
+        ITEM(&a->dgate, N * H);
+        ITEM(&a->dup, N * H);
+        if (r) {
+            ITEM(&a->dxa, N * r);
+            ITEM(&a->dxd, N * DH);
+        }
+    }
     for (size_t l = 0; l < sets; l++) {
-        struct st_layer_acts *la = a ? &a->layer[l] : NULL;
-        ITEM(la ? &la->res_mid : NULL, N * D);
-        ITEM(la ? &la->rstd1 : NULL, N);
-        ITEM(la ? &la->rstd2 : NULL, N);
-        ITEM(la ? &la->xn1 : NULL, N * D);
-        ITEM(la ? &la->xn2 : NULL, N * D);
-        ITEM(la ? &la->q : NULL, N * QD);
-        ITEM(la ? &la->k : NULL, N * KD);
-        ITEM(la ? &la->v : NULL, N * KD);
-        ITEM(la ? &la->att : NULL, B * (size_t)c->n_heads * T * T);
-        ITEM(la ? &la->ay : NULL, N * QD);
-        ITEM(la ? &la->gate : NULL, N * H);
-        ITEM(la ? &la->up : NULL, N * H);
-        ITEM(la ? &la->g : NULL, N * H);
+        struct st_layer_acts *la = &a->layer[l];
+        ITEM(&la->res_mid, N * D);
+        ITEM(&la->rstd1, N);
+        ITEM(&la->rstd2, N);
+        ITEM(&la->xn1, N * D);
+        ITEM(&la->xn2, N * D);
+        ITEM(&la->q, N * QD);
+        ITEM(&la->k, N * KD);
+        ITEM(&la->v, N * KD);
+        ITEM(&la->att, B * (size_t)c->n_heads * T * T);
+        ITEM(&la->ay, N * QD);
+        ITEM(&la->gate, N * H);
+        ITEM(&la->up, N * H);
+        ITEM(&la->g, N * H);
+        if (r)
+            for (int m = 0; m < ST_LIN_COUNT; m++) ITEM(&la->xa[m], N * r);
     }
 #undef ITEM
     return n;
 }
 
-static size_t plan_items_max(const struct st_model_config *c, int keep_all) {
-    return 8 + 13 * (size_t)(keep_all ? c->n_layers : 1);
-}
-
-size_t st_acts_bytes(const struct st_model_config *c, size_t B, size_t T, int keep_all) {
-    /* sizes only: walk the plan with a dummy acts whose layer array is NULL */
-    size_t nmax = plan_items_max(c, keep_all);
+size_t st_acts_bytes(const struct st_model_config *c, size_t B, size_t T, int mode, int rank) {
+    size_t sets = mode == ST_ACTS_TRAIN ? (size_t)c->n_layers : 1;
+    size_t nmax = MAX_PLAN_ITEMS(c->n_layers, sets);
     struct plan_item *items = st_calloc(nmax, sizeof *items);
-    struct st_layer_acts *layers = st_calloc(keep_all ? (size_t)c->n_layers : 1, sizeof *layers);
+    struct st_layer_acts *layers = st_calloc(sets, sizeof *layers);
     if (!items || !layers) {
         st_free(items);
         st_free(layers);
         return SIZE_MAX;
     }
     struct st_acts dummy = {.layer = layers};
-    int n = make_plan(items, &dummy, c, B, T, keep_all);
-    size_t total = 0;
-    for (int i = 0; i < n; i++) {
+    size_t n = make_plan(items, &dummy, c, B, T, mode, rank), total = 0;
+    for (size_t i = 0; i < n; i++) {
         size_t bytes;
-        if (st_mul_size(items[i].count, 4, &bytes) || st_add_size(total, st_arena_round(bytes), &total)) {
+        if (st_mul_size(items[i].count, 4, &bytes) ||
+            st_add_size(total, st_arena_round(bytes), &total)) {
             total = SIZE_MAX;
             break;
         }
@@ -218,7 +237,7 @@ size_t st_acts_bytes(const struct st_model_config *c, size_t B, size_t T, int ke
 }
 
 enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t B, size_t T,
-                            int keep_all, struct st_error *err) {
+                            int mode, struct st_error *err) {
     memset(a, 0, sizeof *a);
     const struct st_model_config *c = &m->cfg;
     if (B == 0 || T == 0) return st_errorf(err, ST_ERR_ARG, "batch and sequence must be > 0");
@@ -226,14 +245,14 @@ enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t 
         return st_errorf(err, ST_ERR_ARG,
                          "sequence length %zu exceeds the model's max_position_embeddings %d", T,
                          c->max_seq_len);
-    size_t bytes = st_acts_bytes(c, B, T, keep_all);
+    int rank = m->lora ? m->lora->cfg.rank : 0;
+    size_t bytes = st_acts_bytes(c, B, T, mode, rank);
     if (bytes == SIZE_MAX)
         return st_errorf(err, ST_ERR_NOMEM, "activation plan for batch %zu x sequence %zu overflows",
                          B, T);
-    size_t L = (size_t)c->n_layers;
+    size_t L = (size_t)c->n_layers, sets = mode == ST_ACTS_TRAIN ? L : 1;
     a->layer = st_calloc(L, sizeof *a->layer);
-    size_t nmax = plan_items_max(c, keep_all);
-    struct plan_item *items = st_calloc(nmax, sizeof *items);
+    struct plan_item *items = st_calloc(MAX_PLAN_ITEMS(L, sets), sizeof *items);
     if (!a->layer || !items) {
         st_free(items);
         st_acts_free(a);
@@ -245,20 +264,21 @@ enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t 
         st_acts_free(a);
         return st_errorf(err, ST_ERR_NOMEM,
                          "activations for batch %zu x sequence %zu need %.1f MiB, which cannot "
-                         "be allocated: reduce the batch size or the sequence length",
-                         B, T, (double)bytes / 1048576.0);
+                         "be allocated: reduce the batch size or the sequence length%s",
+                         B, T, (double)bytes / 1048576.0,
+                         mode == ST_ACTS_TRAIN ? ", or use gradient checkpointing" : "");
     }
-    int n = make_plan(items, a, c, B, T, keep_all);
-    for (int i = 0; i < n; i++) {
+    size_t n = make_plan(items, a, c, B, T, mode, rank);
+    for (size_t i = 0; i < n; i++) {
         *items[i].slot = st_arena_take(&a->arena, items[i].count * 4);
         ST_ASSERT(*items[i].slot);
     }
     st_free(items);
-    if (!keep_all)
-        for (size_t l = 1; l < L; l++) a->layer[l] = a->layer[0];
+    for (size_t l = sets; l < L; l++) a->layer[l] = a->layer[0];
     a->B = B;
     a->T = T;
-    a->keep_all = keep_all;
+    a->keep_all = mode;
+    a->rank = rank;
     st_rope_table(a->cos, a->sin, m->inv_freq, T, (size_t)c->head_dim);
     return ST_OK;
 }
@@ -267,6 +287,73 @@ void st_acts_free(struct st_acts *a) {
     st_arena_free(&a->arena);
     st_free(a->layer);
     memset(a, 0, sizeof *a);
+}
+
+/* ---------------------------------------------------------------- LoRA-aware linear */
+
+/* Dropout keep mask: a pure function of (seed, layer, module, element) so backward, gradient
+ * checkpointing and resumed runs regenerate exactly the same mask. */
+static inline int dropout_keep(uint64_t seed, int l, int mod, size_t i, float p) {
+    uint64_t z = seed ^ ((uint64_t)(l + 1) << 40) ^ ((uint64_t)(mod + 1) << 32);
+    z += (uint64_t)i * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (float)(z >> 40) * 0x1.0p-24f >= p;
+}
+
+static void dropout_apply(float *dst, const float *src, size_t n, uint64_t seed, int l, int mod,
+                          float p) {
+    float inv = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < n; i++) dst[i] = dropout_keep(seed, l, mod, i, p) ? src[i] * inv : 0.0f;
+}
+
+struct lin {
+    const struct st_model *m;
+    struct st_layer_acts *la;
+    float *xd, *dxd, *dxa; /* scratch */
+    int layer;
+};
+
+/* out (N, OC) = inp W^T + bias (+ LoRA of module mod when attached) */
+static void lin_forward(const struct lin *c, int mod, float *out, const float *inp, const float *w,
+                        const float *bias, size_t N, size_t C, size_t OC) {
+    const struct st_model *m = c->m;
+    m->k->linear_forward(out, inp, w, bias, N, C, OC);
+    const struct st_lora_module *lm = m->lora ? st_lora_get(m->lora, c->layer, mod) : NULL;
+    if (!lm) return;
+    const float *x = inp;
+    float p = m->lora->cfg.dropout;
+    if (m->training && p > 0) {
+        dropout_apply(c->xd, inp, N * C, m->dropout_seed, c->layer, mod, p);
+        x = c->xd;
+    }
+    m->k->lora_forward(out, c->la->xa[mod], x, lm->a, lm->b, m->lora->scale, N, C, OC,
+                       (size_t)m->lora->cfg.rank);
+}
+
+/* dinp (N, C) += dout W (+ LoRA path); LoRA gradients into lo (frozen base: no dW). */
+static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float *dinp,
+                         const float *dout, const float *inp, const float *w, size_t N, size_t C,
+                         size_t OC) {
+    const struct st_model *m = c->m;
+    m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, N, C, OC);
+    const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
+    if (!lm) return;
+    size_t r = (size_t)lo->cfg.rank;
+    float p = lo->cfg.dropout;
+    if (m->training && p > 0) {
+        dropout_apply(c->xd, inp, N * C, m->dropout_seed, c->layer, mod, p);
+        memset(c->dxd, 0, N * C * sizeof(float));
+        m->k->lora_backward(c->dxd, lm->ga, lm->gb, c->dxa, dout, c->xd, c->la->xa[mod], lm->a,
+                            lm->b, lo->scale, N, C, OC, r);
+        float inv = 1.0f / (1.0f - p);
+        for (size_t i = 0; i < N * C; i++)
+            if (dropout_keep(m->dropout_seed, c->layer, mod, i, p)) dinp[i] += c->dxd[i] * inv;
+    } else {
+        m->k->lora_backward(dinp, lm->ga, lm->gb, c->dxa, dout, inp, c->la->xa[mod], lm->a, lm->b,
+                            lo->scale, N, C, OC, r);
+    }
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -282,11 +369,11 @@ static enum st_status check_ids(const struct st_model *m, const int32_t *ids, si
 
 /* One transformer block. x_in (N, D) residual in; x_out (N, D) residual out (may not alias x_in
  * because backward needs x_in). K/V of the new tokens are written at kall/vall + (Tk - Tq) rows
- * (per batch), and attention reads Tk rows from there. */
+ * (per batch), and attention reads Tk rows from there. xd is LoRA-dropout scratch (training). */
 void st_block_forward(const struct st_model *m, int l, struct st_layer_acts *la, float *x_out,
                       const float *x_in, float *kall, float *vall, const int32_t *pos,
                       const int32_t *seg, const float *cos_t, const float *sin_t, float *tmp,
-                      size_t B, size_t Tq, size_t Tk) {
+                      float *xd, size_t B, size_t Tq, size_t Tk) {
     const struct st_model_config *c = &m->cfg;
     const struct st_kernels *k = m->k;
     const struct st_layer_weights *w = &m->layers[l];
@@ -295,27 +382,33 @@ void st_block_forward(const struct st_model *m, int l, struct st_layer_acts *la,
     size_t QD = nh * hd, KD = nkv * hd;
     ST_ASSERT(B == 1 || Tq == Tk);
     float *knew = kall + (Tk - Tq) * KD, *vnew = vall + (Tk - Tq) * KD;
+    struct lin lc = {m, la, xd, NULL, NULL, l};
 
     // attention
     k->rmsnorm_forward(la->xn1, la->rstd1, x_in, w->in_norm, c->norm_eps, c->norm_offset, N, D);
-    k->linear_forward(la->q, la->xn1, w->wq, w->bq, N, D, QD);
-    k->linear_forward(knew, la->xn1, w->wk, w->bk, N, D, KD);
-    k->linear_forward(vnew, la->xn1, w->wv, w->bv, N, D, KD);
+    lin_forward(&lc, ST_LIN_Q, la->q, la->xn1, w->wq, w->bq, N, D, QD);
+    lin_forward(&lc, ST_LIN_K, knew, la->xn1, w->wk, w->bk, N, D, KD);
+    lin_forward(&lc, ST_LIN_V, vnew, la->xn1, w->wv, w->bv, N, D, KD);
     k->rope_forward(la->q, la->q, cos_t, sin_t, pos, N, nh, hd);
     k->rope_forward(knew, knew, cos_t, sin_t, pos, N, nkv, hd);
     k->attention_forward(la->ay, la->att, la->q, kall, vall, seg, 1.0f / sqrtf((float)hd),
                          st_config_layer_window(c, l), B, Tq, Tk, nh, nkv, hd);
-    k->linear_forward(tmp, la->ay, w->wo, w->bo, N, QD, D);
+    lin_forward(&lc, ST_LIN_O, tmp, la->ay, w->wo, w->bo, N, QD, D);
     for (size_t i = 0; i < N * D; i++) la->res_mid[i] = x_in[i] + tmp[i];
 
     // MLP
     k->rmsnorm_forward(la->xn2, la->rstd2, la->res_mid, w->post_norm, c->norm_eps,
                        c->norm_offset, N, D);
-    k->linear_forward(la->gate, la->xn2, w->wg, w->bg, N, D, H);
-    k->linear_forward(la->up, la->xn2, w->wu, w->bu, N, D, H);
+    lin_forward(&lc, ST_LIN_GATE, la->gate, la->xn2, w->wg, w->bg, N, D, H);
+    lin_forward(&lc, ST_LIN_UP, la->up, la->xn2, w->wu, w->bu, N, D, H);
     k->glu_forward(la->g, la->gate, la->up, c->act, N, H);
-    k->linear_forward(tmp, la->g, w->wd, w->bd, N, H, D);
+    lin_forward(&lc, ST_LIN_DOWN, tmp, la->g, w->wd, w->bd, N, H, D);
     for (size_t i = 0; i < N * D; i++) x_out[i] = la->res_mid[i] + tmp[i];
+}
+
+static float *layer_in(struct st_acts *a, const struct st_model_config *c, int l) {
+    size_t ND = a->B * a->T * (size_t)c->dim;
+    return a->keep_all != ST_ACTS_INFER ? a->res + (size_t)l * ND : a->res + (size_t)(l % 2) * ND;
 }
 
 enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
@@ -324,6 +417,9 @@ enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, con
     size_t B = a->B, T = a->T, N = B * T, D = (size_t)c->dim;
     enum st_status rc = check_ids(m, ids, N, err);
     if (rc) return rc;
+    if ((m->lora ? m->lora->cfg.rank : 0) != a->rank)
+        return st_errorf(err, ST_ERR_ARG, "activations were planned for LoRA rank %d, the model "
+                         "has rank %d", a->rank, m->lora ? m->lora->cfg.rank : 0);
     for (size_t b = 0; b < B; b++)
         for (size_t t = 0; t < T; t++) {
             /* positions restart at each new segment (packed documents) */
@@ -332,17 +428,100 @@ enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, con
         }
     m->k->embedding_forward(a->res, ids, m->embed, c->embed_scale, N, D);
     for (int l = 0; l < c->n_layers; l++) {
-        float *x_in = a->keep_all ? a->res + (size_t)l * N * D : a->res + (size_t)(l % 2) * N * D;
-        float *x_out = a->keep_all ? x_in + N * D : a->res + (size_t)((l + 1) % 2) * N * D;
         struct st_layer_acts *la = &a->layer[l];
-        st_block_forward(m, l, la, x_out, x_in, la->k, la->v, a->pos, seg, a->cos, a->sin, a->tmp,
-                         B, T, T);
+        st_block_forward(m, l, la, layer_in(a, c, l + 1), layer_in(a, c, l), la->k, la->v, a->pos,
+                         seg, a->cos, a->sin, a->tmp, a->xd, B, T, T);
     }
-    float *x_last = a->keep_all ? a->res + (size_t)c->n_layers * N * D
-                                : a->res + (size_t)(c->n_layers % 2) * N * D;
-    m->k->rmsnorm_forward(a->xf, a->rstdf, x_last, m->final_norm, c->norm_eps, c->norm_offset, N,
-                          D);
+    m->k->rmsnorm_forward(a->xf, a->rstdf, layer_in(a, c, c->n_layers), m->final_norm, c->norm_eps,
+                          c->norm_offset, N, D);
     m->k->linear_forward(a->logits, a->xf, m->lm_head, NULL, N, D, (size_t)c->vocab_size);
+    return ST_OK;
+}
+
+enum st_status st_model_loss(const struct st_model *m, struct st_acts *a, const int32_t *targets,
+                             double *loss_sum, size_t *count, struct st_error *err) {
+    size_t N = a->B * a->T, V = (size_t)m->cfg.vocab_size;
+    for (size_t i = 0; i < N; i++)
+        if (targets[i] >= (int32_t)V || (targets[i] < 0 && targets[i] != -100))
+            return st_errorf(err, ST_ERR_ARG, "target %d at index %zu is neither a token id nor "
+                             "-100", targets[i], i);
+    m->k->crossentropy_forward(a->losses, a->logits, targets, N, V);
+    double s = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < N; i++)
+        if (targets[i] >= 0) {
+            s += a->losses[i];
+            n++;
+        }
+    *loss_sum += s;
+    *count += n;
+    return ST_OK;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+/* Block backward: dres (N, D) holds d loss / d x_out on entry and d loss / d x_in on exit (both
+ * through the residual). The forward list, reversed. */
+static void block_backward(const struct st_model *m, int l, struct st_layer_acts *la,
+                           struct st_acts *a, const float *x_in, float *dres, float *dres_mid,
+                           struct st_lora *lo) {
+    const struct st_model_config *c = &m->cfg;
+    const struct st_kernels *k = m->k;
+    const struct st_layer_weights *w = &m->layers[l];
+    size_t B = a->B, T = a->T, N = B * T, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
+    size_t nh = (size_t)c->n_heads, nkv = (size_t)c->n_kv_heads, hd = (size_t)c->head_dim;
+    size_t QD = nh * hd, KD = nkv * hd;
+    struct lin lc = {m, la, a->xd, a->dxd, a->dxa, l};
+
+    // MLP: x_out = res_mid + down(glu(gate(xn2), up(xn2))), xn2 = norm(res_mid)
+    memset(a->dg, 0, N * H * sizeof(float));
+    lin_backward(&lc, ST_LIN_DOWN, lo, a->dg, dres, la->g, w->wd, N, H, D);
+    k->glu_backward(a->dgate, a->dup, a->dg, la->gate, la->up, c->act, N, H);
+    memset(a->dxn, 0, N * D * sizeof(float));
+    lin_backward(&lc, ST_LIN_GATE, lo, a->dxn, a->dgate, la->xn2, w->wg, N, D, H);
+    lin_backward(&lc, ST_LIN_UP, lo, a->dxn, a->dup, la->xn2, w->wu, N, D, H);
+    memcpy(dres_mid, dres, N * D * sizeof(float));
+    k->rmsnorm_backward(dres_mid, NULL, a->dxn, la->res_mid, w->post_norm, la->rstd2,
+                        c->norm_offset, N, D);
+
+    // attention: res_mid = x_in + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))), xn1 = norm(x_in)
+    memset(a->day, 0, N * QD * sizeof(float));
+    lin_backward(&lc, ST_LIN_O, lo, a->day, dres_mid, la->ay, w->wo, N, QD, D);
+    k->attention_backward(a->dq, a->dk, a->dv, a->day, la->att, la->q, la->k, la->v,
+                          1.0f / sqrtf((float)hd), B, T, T, nh, nkv, hd);
+    k->rope_backward(a->dq, a->dq, a->cos, a->sin, a->pos, N, nh, hd);
+    k->rope_backward(a->dk, a->dk, a->cos, a->sin, a->pos, N, nkv, hd);
+    memset(a->dxn, 0, N * D * sizeof(float));
+    lin_backward(&lc, ST_LIN_Q, lo, a->dxn, a->dq, la->xn1, w->wq, N, D, QD);
+    lin_backward(&lc, ST_LIN_K, lo, a->dxn, a->dk, la->xn1, w->wk, N, D, KD);
+    lin_backward(&lc, ST_LIN_V, lo, a->dxn, a->dv, la->xn1, w->wv, N, D, KD);
+    memcpy(dres, dres_mid, N * D * sizeof(float));
+    k->rmsnorm_backward(dres, NULL, a->dxn, x_in, w->in_norm, la->rstd1, c->norm_offset, N, D);
+}
+
+enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
+                                 const int32_t *targets, const int32_t *seg, float grad_scale,
+                                 struct st_lora *lo, struct st_error *err) {
+    (void)ids;
+    const struct st_model_config *c = &m->cfg;
+    if (a->keep_all == ST_ACTS_INFER)
+        return st_errorf(err, ST_ERR_ARG, "backward needs activations planned for training");
+    size_t N = a->B * a->T, D = (size_t)c->dim, V = (size_t)c->vocab_size;
+    // loss -> logits -> final norm
+    m->k->crossentropy_backward(a->logits, a->logits, targets, grad_scale, N, V);
+    memset(a->dxn, 0, N * D * sizeof(float));
+    m->k->linear_backward(a->dxn, NULL, NULL, a->logits, a->xf, m->lm_head, N, D, V);
+    memset(a->dres0, 0, N * D * sizeof(float));
+    m->k->rmsnorm_backward(a->dres0, NULL, a->dxn, layer_in(a, c, c->n_layers), m->final_norm,
+                           a->rstdf, c->norm_offset, N, D);
+    // blocks, last to first
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        struct st_layer_acts *la = &a->layer[l];
+        if (a->keep_all == ST_ACTS_CHECKPOINT) /* recompute this layer's activations */
+            st_block_forward(m, l, la, layer_in(a, c, l + 1), layer_in(a, c, l), la->k, la->v,
+                             a->pos, seg, a->cos, a->sin, a->tmp, a->xd, a->B, a->T, a->T);
+        block_backward(m, l, la, a, layer_in(a, c, l), a->dres0, a->dres1, lo);
+    }
     return ST_OK;
 }
 
@@ -359,9 +538,8 @@ enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const
     a->T = T;
     if (rc) return rc;
     size_t V = (size_t)m->cfg.vocab_size;
-    float *losses = a->rstdf; /* n floats of scratch, free after the forward */
-    m->k->crossentropy_forward(losses, a->logits, ids + 1, n - 1, V);
-    for (size_t i = 0; i + 1 < n; i++) *loss_sum += losses[i];
+    m->k->crossentropy_forward(a->losses, a->logits, ids + 1, n - 1, V);
+    for (size_t i = 0; i + 1 < n; i++) *loss_sum += a->losses[i];
     *count += n - 1;
     return ST_OK;
 }
