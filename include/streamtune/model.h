@@ -141,6 +141,11 @@ size_t st_sample_scratch_bytes(size_t V);
 int32_t st_sample(const float *logits, size_t V, const struct st_sampler *s, struct st_rng *rng,
                   void *scratch);
 
+/* Merge the PEFT adapter in adapter_dir into the model in model_dir and write a Hugging Face model
+ * folder to out_dir (same dtypes; one model.safetensors; config and tokenizer files copied). */
+enum st_status st_model_fuse(const char *model_dir, const char *adapter_dir, const char *out_dir,
+                             struct st_error *err);
+
 struct st_gen_params {
     int max_tokens;
     struct st_sampler sampler;

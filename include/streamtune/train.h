@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "streamtune/core.h"
+#include "streamtune/lora.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,6 +34,54 @@ enum st_schedule { ST_SCHED_CONSTANT = 0, ST_SCHED_COSINE, ST_SCHED_LINEAR };
  * lr over `warmup` steps, then constant, cosine or linear decay to min_lr at step total - 1. */
 double st_lr_at(enum st_schedule s, double lr, double min_lr, long warmup, long total, long step);
 enum st_status st_schedule_parse(const char *s, enum st_schedule *out, struct st_error *err);
+
+/* ---- the trainer ---- */
+
+struct st_train_options {
+    const char *model_dir;
+    const char *data;      /* a .jsonl file, or a directory with train.jsonl (+ valid.jsonl) */
+    const char *val_data;  /* optional; default DIR/valid.jsonl when data is a directory */
+    const char *out_dir;
+    const char *resume;    /* output dir (or checkpoint dir) of an earlier run */
+    const char *init_adapter; /* start from this PEFT adapter instead of a fresh one */
+    long steps;            /* optimizer steps */
+    int batch_size, grad_accum, max_seq_len;
+    double lr, min_lr, weight_decay, max_grad_norm;
+    long warmup;
+    enum st_schedule schedule;
+    struct st_lora_config lora;
+    uint64_t seed;
+    long eval_every, save_every;
+    long val_batches;      /* 0: the whole validation file */
+    int keep_checkpoints;
+    int grad_checkpoint;
+    size_t max_memory;     /* bytes; 0: no limit */
+    int add_eos;           /* append EOS to text records (mlx-lm does) */
+    int dry_run;           /* print the plan and stop */
+};
+void st_train_options_default(struct st_train_options *o);
+
+/* What the trainer reports, once per optimizer step (kind "train"), per evaluation ("eval"),
+ * per checkpoint ("save") and once for the plan ("plan"). */
+struct st_train_event {
+    const char *kind;
+    long step, total_steps;
+    double loss, val_loss, lr, grad_norm;
+    double tokens_per_s, elapsed, eta, data_wait;
+    size_t tokens;          /* trained (non-masked) tokens so far */
+    const char *path;       /* save: checkpoint directory */
+    const char *plan_text;  /* plan: human-readable memory plan */
+    size_t plan_bytes;
+};
+typedef void (*st_train_cb)(void *ctx, const struct st_train_event *ev);
+
+/* Run training. Writes DIR/adapter_config.json + DIR/adapter_model.safetensors at the end,
+ * DIR/metrics.jsonl as it goes, and DIR/checkpoints/step-NNNNNNN/ every save_every steps. */
+enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *ctx,
+                        struct st_error *err);
+
+/* Parse sizes like "512M", "8G", "1.5GiB", "1000000". */
+int st_parse_bytes(const char *s, size_t *out);
 
 #ifdef __cplusplus
 }

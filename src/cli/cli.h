@@ -11,6 +11,8 @@ int cmd_info(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_fuse(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 
 /* Exit codes: 0 ok, 1 runtime error (bad file, ...), 2 usage error. */

@@ -12,7 +12,7 @@
 #include "streamtune/tokenizer.h"
 
 static const char *usage =
-    "usage: streamtune eval --model DIR --data FILE.jsonl [--json]\n"
+    "usage: streamtune eval --model DIR [--adapter DIR] --data FILE.jsonl [--json]\n"
     "  each line of FILE.jsonl is {\"ids\": [token ids]} or {\"text\": \"...\"} (tokenized with the\n"
     "  model's tokenizer.json, BOS added as its post-processor says); blank lines are skipped\n";
 
@@ -86,13 +86,14 @@ done:
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *dir = NULL, *data = NULL;
+    const char *dir = NULL, *data = NULL, *adapter = NULL;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         int missing = 0;
         const char *v;
         if ((v = cli_opt(argc, argv, &i, "--model", &missing))) dir = v;
         else if (!missing && (v = cli_opt(argc, argv, &i, "--data", &missing))) data = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--adapter", &missing))) adapter = v;
         else if (missing) return cli_usage(usage, "%s needs a value", argv[i]);
         else if (strcmp(argv[i], "--json") == 0) json = 1;
         else if (strcmp(argv[i], "--help") == 0) {
@@ -105,6 +106,14 @@ int cmd_eval(int argc, char **argv) {
     struct st_error err = {0};
     struct st_model m;
     if (st_model_load(&m, dir, &err)) return cli_fail(json, &err);
+    struct st_lora lora = {0};
+    if (adapter) {
+        if (st_lora_load(&lora, &m.cfg, adapter, &err)) {
+            st_model_free(&m);
+            return cli_fail(json, &err);
+        }
+        m.lora = &lora;
+    }
     struct st_tokenizer *tok = NULL;
     struct st_error terr;
     if (st_tokenizer_load(&tok, dir, &terr)) tok = NULL; /* only text records need it */
@@ -112,6 +121,7 @@ int cmd_eval(int argc, char **argv) {
     if (!f) {
         st_errorf(&err, ST_ERR_IO, "%s: cannot open: %s", data, strerror(errno));
         st_tokenizer_free(tok);
+        st_lora_free(&lora);
         st_model_free(&m);
         return cli_fail(json, &err);
     }
@@ -175,6 +185,7 @@ int cmd_eval(int argc, char **argv) {
     st_free(ids);
     fclose(f);
     st_tokenizer_free(tok);
+    st_lora_free(&lora);
     st_model_free(&m);
     if (rc) return cli_fail(json, &err);
     if (count == 0) {

@@ -14,6 +14,7 @@
 static const char *usage =
     "usage: streamtune generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
     "  --prompt TEXT      encoded with the model's tokenizer.json (BOS as its post-processor adds)\n"
+    "  --adapter DIR      apply a PEFT LoRA adapter (adapter_config.json + .safetensors)\n"
     "  --max-tokens N     tokens to generate (default 64)\n"
     "  --temperature T    0 = greedy (default: generation_config.json, else greedy)\n"
     "  --top-k K          keep the K most likely tokens (0 = off)\n"
@@ -110,7 +111,7 @@ static int print_token(void *ctx, int32_t id) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *dir = NULL, *prompt = NULL, *prompt_text = NULL;
+    const char *dir = NULL, *prompt = NULL, *prompt_text = NULL, *adapter = NULL;
     const char *temp_s = NULL, *topk_s = NULL, *topp_s = NULL;
     long max_tokens = 64, seed = 0;
     int json = 0, ignore_eos = 0;
@@ -121,6 +122,7 @@ int cmd_generate(int argc, char **argv) {
         if ((v = cli_opt(argc, argv, &i, "--model", &missing))) dir = v;
         else if (!missing && (v = cli_opt(argc, argv, &i, "--prompt-ids", &missing))) prompt = v;
         else if (!missing && (v = cli_opt(argc, argv, &i, "--prompt", &missing))) prompt_text = v;
+        else if (!missing && (v = cli_opt(argc, argv, &i, "--adapter", &missing))) adapter = v;
         else if (!missing && (v = cli_opt(argc, argv, &i, "--max-tokens", &missing))) {
             if (cli_int(v, 0, 1 << 24, &max_tokens))
                 return cli_usage(usage, "--max-tokens: expected an integer >= 0, got '%s'", v);
@@ -152,6 +154,15 @@ int cmd_generate(int argc, char **argv) {
     if (st_model_load(&m, dir, &err)) {
         st_free(ids);
         return cli_fail(json, &err);
+    }
+    struct st_lora lora = {0};
+    if (adapter) {
+        if (st_lora_load(&lora, &m.cfg, adapter, &err)) {
+            st_free(ids);
+            st_model_free(&m);
+            return cli_fail(json, &err);
+        }
+        m.lora = &lora;
     }
     struct st_tokenizer *tok = NULL;
     if (prompt_text) {
@@ -233,6 +244,7 @@ int cmd_generate(int argc, char **argv) {
                n_out, el, (double)n_out / (el + 1e-9));
     st_decode_stream_free(&ds);
     st_tokenizer_free(tok);
+    st_lora_free(&lora);
     st_free(out);
     st_free(ids);
     st_model_free(&m);

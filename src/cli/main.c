@@ -11,6 +11,8 @@ static const char *usage_text =
     "usage: streamtune <command> [options]\n"
     "\n"
     "commands:\n"
+    "  train     --model DIR --data F|DIR --out DIR  LoRA fine-tuning (PEFT adapter)\n"
+    "  fuse      --model DIR --adapter DIR --out DIR  merged model folder\n"
     "  info      --model DIR                 architecture, parameters, dtype, memory\n"
     "  eval      --model DIR --data F.jsonl  mean next-token loss and perplexity\n"
     "  generate  --model DIR --prompt TEXT     sample a continuation (or --prompt-ids 1,2,3)\n"
@@ -149,6 +151,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "fuse") == 0) return cmd_fuse(argc - 1, argv + 1);
     if (strcmp(cmd, "detokenize") == 0) return cmd_detokenize(argc - 1, argv + 1);
     return cli_usage(usage_text, "unknown command '%s'", cmd);
 }

@@ -83,6 +83,54 @@ static void attention_forward(float *out, float *att, const float *q, const floa
         }
 }
 
+/* Backward split over (batch, kv head): each task owns the dk/dv rows of its kv head, so query
+ * heads sharing a kv head (GQA) never race. Float accumulation, vectorisable inner loops. */
+static void attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                               const float *att, const float *q, const float *k, const float *v,
+                               float scale, size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv,
+                               size_t hd) {
+    size_t group = nh / nkv, kvs = nkv * hd;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (size_t b = 0; b < B; b++)
+        for (size_t kh = 0; kh < nkv; kh++) {
+            for (size_t j = 0; j < Tk; j++) {
+                memset(dk + (b * Tk + j) * kvs + kh * hd, 0, hd * sizeof(float));
+                memset(dv + (b * Tk + j) * kvs + kh * hd, 0, hd * sizeof(float));
+            }
+            for (size_t h = kh * group; h < (kh + 1) * group; h++)
+                for (size_t i = 0; i < Tq; i++) {
+                    const float *P = att + ((b * nh + h) * Tq + i) * Tk;
+                    const float *dy = dout + ((b * Tq + i) * nh + h) * hd;
+                    const float *qi = q + ((b * Tq + i) * nh + h) * hd;
+                    float *dqi = dq + ((b * Tq + i) * nh + h) * hd;
+                    memset(dqi, 0, hd * sizeof(float));
+                    size_t jmax = Tk - Tq + i + 1; /* causal: P[j] = 0 beyond */
+                    float rowdot = 0;
+                    for (size_t j = 0; j < jmax; j++) {
+                        if (P[j] == 0) continue;
+                        const float *vj = v + (b * Tk + j) * kvs + kh * hd;
+                        float dp = 0;
+                        for (size_t d = 0; d < hd; d++) dp += dy[d] * vj[d];
+                        rowdot += dp * P[j];
+                    }
+                    for (size_t j = 0; j < jmax; j++) {
+                        float pj = P[j];
+                        if (pj == 0) continue;
+                        const float *vj = v + (b * Tk + j) * kvs + kh * hd;
+                        const float *kj = k + (b * Tk + j) * kvs + kh * hd;
+                        float *dvj = dv + (b * Tk + j) * kvs + kh * hd;
+                        float *dkj = dk + (b * Tk + j) * kvs + kh * hd;
+                        float dp = 0;
+                        for (size_t d = 0; d < hd; d++) dp += dy[d] * vj[d];
+                        for (size_t d = 0; d < hd; d++) dvj[d] += pj * dy[d];
+                        float ds = pj * (dp - rowdot) * scale;
+                        for (size_t d = 0; d < hd; d++) dqi[d] += ds * kj[d];
+                        for (size_t d = 0; d < hd; d++) dkj[d] += ds * qi[d];
+                    }
+                }
+        }
+}
+
 static void crossentropy_forward(float *losses, const float *logits, const int32_t *targets,
                                  size_t N, size_t V) {
 #pragma omp parallel for schedule(static) if (N * V > 65536)
@@ -132,7 +180,7 @@ static const struct st_kernels cpu_table = {
     .rope_forward = rope_forward,
     .rope_backward = rope_backward,
     .attention_forward = attention_forward,
-    .attention_backward = st_ref_attention_backward,
+    .attention_backward = attention_backward,
     .glu_forward = glu_forward,
     .glu_backward = glu_backward,
     .linear_forward = linear_forward,

@@ -1,0 +1,217 @@
+/* train.c: `streamtune train --model DIR --data FILE|DIR --out DIR [options]`: LoRA fine-tuning.
+ * Progress: a bar on a terminal (step, loss, lr, tokens/s, ETA), plain lines otherwise; --json
+ * prints one JSON object per step/eval/save line instead. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "streamtune/train.h"
+
+static const char *usage =
+    "usage: streamtune train --model DIR --data FILE.jsonl|DIR --out DIR [options]\n"
+    "  data: JSONL of {\"text\": ...} or {\"ids\": [...]}; a DIR holds train.jsonl (+ valid.jsonl)\n"
+    "  --val-data FILE      validation records (default DIR/valid.jsonl)\n"
+    "  --steps N            optimizer steps (1000)\n"
+    "  --batch-size B       records per micro-batch (4)\n"
+    "  --grad-accum K       micro-batches per step (1)\n"
+    "  --max-seq-len T      truncate records to T tokens (2048)\n"
+    "  --lr LR              peak learning rate (2e-4); --min-lr (0)\n"
+    "  --warmup N           warm-up steps (min(100, steps/10))\n"
+    "  --schedule S         cosine | linear | constant (cosine)\n"
+    "  --weight-decay W     AdamW decoupled weight decay (0)\n"
+    "  --max-grad-norm G    global-norm clipping (1.0; 0 = off)\n"
+    "  --rank R --alpha A   LoRA rank (8) and alpha (16): scale alpha/rank; --rslora: alpha/sqrt(r)\n"
+    "  --dropout P          LoRA dropout (0)\n"
+    "  --targets LIST       q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj | attn | mlp\n"
+    "                       | all-linear (default)\n"
+    "  --layers all|last:N  which layers get adapters (all)\n"
+    "  --seed S             data order, init and dropout (0)\n"
+    "  --eval-every N       validation loss every N steps (200); --val-batches N (all)\n"
+    "  --save-every N       checkpoint every N steps (200); --keep-checkpoints K (2)\n"
+    "  --grad-checkpoint    recompute layers in backward: less memory, ~30% more compute\n"
+    "  --max-memory SIZE    refuse a plan above SIZE (e.g. 8G)\n"
+    "  --resume DIR         continue from DIR's latest checkpoint (same data and settings)\n"
+    "  --adapter DIR        start from an existing PEFT adapter\n"
+    "  --no-eos             do not append EOS to text records\n"
+    "  --dry-run            print the memory plan and stop\n"
+    "  --json               one JSON object per progress line\n";
+
+struct progress {
+    int json, tty;
+    double last;
+};
+
+static void on_event(void *ctx, const struct st_train_event *ev) {
+    struct progress *p = ctx;
+    if (!strcmp(ev->kind, "plan")) {
+        if (p->json) {
+            printf("{\"kind\": \"plan\", \"bytes\": %zu, \"steps\": %ld}\n", ev->plan_bytes,
+                   ev->total_steps);
+        } else {
+            fprintf(stderr, "%s\n", ev->plan_text);
+        }
+    } else if (!strcmp(ev->kind, "train")) {
+        if (p->json) {
+            printf("{\"kind\": \"train\", \"step\": %ld, \"steps\": %ld, \"loss\": %.6f, \"lr\": "
+                   "%.6g, \"grad_norm\": %.4f, \"tokens\": %zu, \"tokens_per_s\": %.1f, "
+                   "\"elapsed\": %.2f, \"eta\": %.1f}\n",
+                   ev->step, ev->total_steps, ev->loss, ev->lr, ev->grad_norm, ev->tokens,
+                   ev->tokens_per_s, ev->elapsed, ev->eta);
+        } else if (p->tty) {
+            double frac = (double)ev->step / (double)ev->total_steps;
+            int w = 24, fill = (int)(frac * w);
+            char bar[32];
+            for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+            bar[w] = '\0';
+            fprintf(stderr, "\rtrain [%s] %ld/%ld loss %.4f lr %.2e %.0f tok/s eta %.0fs   ", bar,
+                    ev->step, ev->total_steps, ev->loss, ev->lr, ev->tokens_per_s, ev->eta);
+        } else if (ev->step == 1 || ev->step == ev->total_steps ||
+                   ev->elapsed - p->last >= 10.0) {
+            fprintf(stderr, "step %ld/%ld loss %.4f lr %.2e %.0f tok/s eta %.0fs\n", ev->step,
+                    ev->total_steps, ev->loss, ev->lr, ev->tokens_per_s, ev->eta);
+            p->last = ev->elapsed;
+        }
+    } else if (!strcmp(ev->kind, "eval")) {
+        if (p->json)
+            printf("{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %.6f}\n", ev->step,
+                   ev->val_loss);
+        else
+            fprintf(stderr, "%sstep %ld: validation loss %.4f (ppl %.2f)\n", p->tty ? "\n" : "",
+                    ev->step, ev->val_loss, exp(ev->val_loss));
+    } else if (!strcmp(ev->kind, "save")) {
+        if (p->json) {
+            printf("{\"kind\": \"save\", \"step\": %ld, \"path\": ", ev->step);
+            cli_json_string(stdout, ev->path);
+            printf("}\n");
+        } else if (!p->tty) {
+            fprintf(stderr, "step %ld: checkpoint %s\n", ev->step, ev->path);
+        }
+    }
+    fflush(stdout);
+}
+
+int cmd_train(int argc, char **argv) {
+    struct st_train_options o;
+    st_train_options_default(&o);
+    int json = 0;
+    const char *targets = NULL, *layers = NULL;
+    for (int i = 1; i < argc; i++) {
+        int missing = 0;
+        const char *v = NULL, *a = argv[i];
+        long n;
+        double d;
+#define OPT(name) (!missing && (v = cli_opt(argc, argv, &i, name, &missing)))
+#define BAD(...) return cli_usage(usage, __VA_ARGS__)
+        if (OPT("--model")) o.model_dir = v;
+        else if (OPT("--data")) o.data = v;
+        else if (OPT("--val-data")) o.val_data = v;
+        else if (OPT("--out")) o.out_dir = v;
+        else if (OPT("--resume")) o.resume = v;
+        else if (OPT("--adapter")) o.init_adapter = v;
+        else if (OPT("--steps")) {
+            if (cli_int(v, 1, 100000000, &n)) BAD("--steps: expected a positive integer");
+            o.steps = n;
+        } else if (OPT("--batch-size")) {
+            if (cli_int(v, 1, 65536, &n)) BAD("--batch-size: expected 1..65536");
+            o.batch_size = (int)n;
+        } else if (OPT("--grad-accum")) {
+            if (cli_int(v, 1, 65536, &n)) BAD("--grad-accum: expected 1..65536");
+            o.grad_accum = (int)n;
+        } else if (OPT("--max-seq-len")) {
+            if (cli_int(v, 2, 1 << 24, &n)) BAD("--max-seq-len: expected >= 2");
+            o.max_seq_len = (int)n;
+        } else if (OPT("--lr")) {
+            if (cli_float(v, 1e-12, 10, &d)) BAD("--lr: expected a positive number");
+            o.lr = d;
+        } else if (OPT("--min-lr")) {
+            if (cli_float(v, 0, 10, &d)) BAD("--min-lr: expected >= 0");
+            o.min_lr = d;
+        } else if (OPT("--warmup")) {
+            if (cli_int(v, 0, 100000000, &n)) BAD("--warmup: expected >= 0");
+            o.warmup = n;
+        } else if (OPT("--schedule")) {
+            struct st_error e;
+            if (st_schedule_parse(v, &o.schedule, &e)) BAD("%s", e.msg);
+        } else if (OPT("--weight-decay")) {
+            if (cli_float(v, 0, 10, &d)) BAD("--weight-decay: expected >= 0");
+            o.weight_decay = d;
+        } else if (OPT("--max-grad-norm")) {
+            if (cli_float(v, 0, 1e9, &d)) BAD("--max-grad-norm: expected >= 0");
+            o.max_grad_norm = d;
+        } else if (OPT("--rank")) {
+            if (cli_int(v, 1, 4096, &n)) BAD("--rank: expected 1..4096");
+            o.lora.rank = (int)n;
+        } else if (OPT("--alpha")) {
+            if (cli_float(v, 1e-6, 1e6, &d)) BAD("--alpha: expected a positive number");
+            o.lora.alpha = (float)d;
+        } else if (OPT("--dropout")) {
+            if (cli_float(v, 0, 0.99, &d)) BAD("--dropout: expected 0..0.99");
+            o.lora.dropout = (float)d;
+        } else if (OPT("--targets")) targets = v;
+        else if (OPT("--layers")) layers = v;
+        else if (OPT("--seed")) {
+            if (cli_int(v, 0, INT64_MAX, &n)) BAD("--seed: expected a non-negative integer");
+            o.seed = (uint64_t)n;
+        } else if (OPT("--eval-every")) {
+            if (cli_int(v, 0, 100000000, &n)) BAD("--eval-every: expected >= 0");
+            o.eval_every = n;
+        } else if (OPT("--val-batches")) {
+            if (cli_int(v, 0, 100000000, &n)) BAD("--val-batches: expected >= 0");
+            o.val_batches = n;
+        } else if (OPT("--save-every")) {
+            if (cli_int(v, 0, 100000000, &n)) BAD("--save-every: expected >= 0");
+            o.save_every = n;
+        } else if (OPT("--keep-checkpoints")) {
+            if (cli_int(v, 0, 1000000, &n)) BAD("--keep-checkpoints: expected >= 0");
+            o.keep_checkpoints = (int)n;
+        } else if (OPT("--max-memory")) {
+            if (st_parse_bytes(v, &o.max_memory)) BAD("--max-memory: expected a size like 8G");
+        } else if (missing) BAD("%s needs a value", a);
+        else if (!strcmp(a, "--grad-checkpoint")) o.grad_checkpoint = 1;
+        else if (!strcmp(a, "--rslora")) o.lora.rslora = 1;
+        else if (!strcmp(a, "--no-eos")) o.add_eos = 0;
+        else if (!strcmp(a, "--dry-run")) o.dry_run = 1;
+        else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--help")) {
+            fputs(usage, stdout);
+            return 0;
+        } else BAD("train: unknown option '%s'", a);
+#undef OPT
+#undef BAD
+    }
+    if (!o.model_dir || !o.data || (!o.out_dir && !o.dry_run))
+        return cli_usage(usage, "train: --model, --data and --out are required");
+    if (!o.out_dir) o.out_dir = ".";
+    struct st_error err = {0};
+    if (targets && st_lora_parse_targets(targets, &o.lora.targets, &err))
+        return cli_usage(usage, "%s", err.msg);
+    if (layers && strcmp(layers, "all") != 0) {
+        long nl;
+        if (strncmp(layers, "last:", 5) != 0 || cli_int(layers + 5, 1, ST_MAX_LAYERS, &nl))
+            return cli_usage(usage, "--layers: expected all or last:N, got '%s'", layers);
+        o.lora.first_layer = -(int)nl; /* resolved against the model below */
+    }
+    if (o.lora.first_layer < 0) {
+        struct st_model_config c;
+        if (st_config_load(&c, o.model_dir, &err)) return cli_fail(json, &err);
+        int first = c.n_layers + o.lora.first_layer;
+        o.lora.first_layer = first < 0 ? 0 : first;
+    }
+    struct progress p = {json, isatty(2) && !json, 0};
+    enum st_status rc = st_train(&o, on_event, &p, &err);
+    if (p.tty) fputc('\n', stderr);
+    if (rc) return cli_fail(json, &err);
+    if (!o.dry_run) {
+        if (json) {
+            printf("{\"kind\": \"done\", \"adapter\": ");
+            cli_json_string(stdout, o.out_dir);
+            printf("}\n");
+        } else {
+            fprintf(stderr, "adapter written to %s (adapter_config.json, "
+                            "adapter_model.safetensors)\n", o.out_dir);
+        }
+    }
+    return 0;
+}

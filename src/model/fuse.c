@@ -1,0 +1,164 @@
+/* fuse.c: merge a LoRA adapter into its base model and write a Hugging Face model folder.
+ *
+ * DESIGN: tensor by tensor, never the whole model twice in memory: each adapted weight is
+ * converted to F32, W' = W + scale * B A is added in float32, and the result is stored back in
+ * the tensor's own dtype (so a bf16 model stays bf16; merging rounds to that dtype). Every other
+ * tensor is copied byte for byte. One model.safetensors is written (temp, fsync, rename), and the
+ * tokenizer/config files are copied. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "streamtune/model.h"
+
+static const char *copy_files[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                   "tokenizer_config.json", "special_tokens_map.json",
+                                   "chat_template.jinja", "tokenizer.model", NULL};
+
+/* Which LoRA module, if any, this tensor name is: model.layers.{l}.{self_attn|mlp}.{m}.weight */
+static const struct st_lora_module *adapted(const struct st_lora *lo, const char *name) {
+    int l;
+    char mod[32], tail[16];
+    if (sscanf(name, "model.layers.%d.self_attn.%31[a-z_].%15s", &l, mod, tail) != 3 &&
+        sscanf(name, "model.layers.%d.mlp.%31[a-z_].%15s", &l, mod, tail) != 3)
+        return NULL;
+    if (strcmp(tail, "weight") != 0 || l < 0 || l >= lo->n_layers) return NULL;
+    for (int m = 0; m < ST_LIN_COUNT; m++)
+        if (!strcmp(mod, st_lin_name((enum st_lin)m))) return st_lora_get(lo, l, m);
+    return NULL;
+}
+
+static void from_f32(void *dst, const float *src, enum st_dtype t, size_t n) {
+    uint8_t *d = dst;
+    for (size_t i = 0; i < n; i++) {
+        if (t == ST_F32) memcpy(d + 4 * i, &src[i], 4);
+        else if (t == ST_BF16) {
+            uint16_t h = st_f32_to_bf16(src[i]);
+            memcpy(d + 2 * i, &h, 2);
+        } else {
+            uint16_t h = st_f32_to_f16(src[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+    }
+}
+
+static enum st_status copy_file(const char *src, const char *dst, struct st_error *err) {
+    char *text;
+    size_t len;
+    enum st_status rc = st_read_file(src, 1u << 30, &text, &len, err);
+    if (rc) return rc;
+    rc = st_write_file_atomic(dst, text, len, err);
+    st_free(text);
+    return rc;
+}
+
+enum st_status st_model_fuse(const char *model_dir, const char *adapter_dir, const char *out_dir,
+                             struct st_error *err) {
+    struct st_model m;
+    enum st_status rc = st_model_load(&m, model_dir, err);
+    if (rc) return rc;
+    struct st_lora lo;
+    if ((rc = st_lora_load(&lo, &m.cfg, adapter_dir, err))) {
+        st_model_free(&m);
+        return rc;
+    }
+    if ((rc = st_mkdirs(out_dir, err))) goto done;
+    int n = st_safetensors_count(m.st);
+    /* header */
+    cJSON *root = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+    cJSON_AddStringToObject(meta, "format", "pt");
+    uint64_t off = 0;
+    size_t max_numel = 0;
+    for (int i = 0; i < n; i++) {
+        const struct st_tensor_view *t = st_safetensors_at(m.st, i);
+        cJSON *e = cJSON_AddObjectToObject(root, t->name);
+        cJSON_AddStringToObject(e, "dtype", st_dtype_name(t->dtype));
+        cJSON *sh = cJSON_AddArrayToObject(e, "shape");
+        for (int d = 0; d < t->ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
+        cJSON *of = cJSON_AddArrayToObject(e, "data_offsets");
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + t->nbytes)));
+        off += t->nbytes;
+        const struct st_lora_module *lm = adapted(&lo, t->name);
+        if (lm) {
+            if ((t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) ||
+                t->ndim != 2 || (size_t)t->shape[0] != lm->out || (size_t)t->shape[1] != lm->in) {
+                cJSON_Delete(root);
+                rc = st_errorf(err, ST_ERR_SHAPE, "%s: tensor '%s' does not match the adapter",
+                               t->file, t->name);
+                goto done;
+            }
+            if ((size_t)st_tensor_numel(t) > max_numel) max_numel = (size_t)st_tensor_numel(t);
+        }
+    }
+    char *js = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!js) {
+        rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t jl = strlen(js), padded = (jl + 7) & ~(size_t)7;
+    float *w = st_malloc((max_numel ? max_numel : 1) * sizeof(float));
+    void *packed = st_malloc((max_numel ? max_numel : 1) * sizeof(float));
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = w && packed ? fopen(tmp, "wb") : NULL;
+    if (!f) {
+        rc = w && packed ? st_errorf(err, ST_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno))
+                         : st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        cJSON_free(js);
+        st_free(w);
+        st_free(packed);
+        goto done;
+    }
+    uint8_t hl[8];
+    for (int i = 0; i < 8; i++) hl[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    int ok = fwrite(hl, 1, 8, f) == 8 && fwrite(js, 1, jl, f) == jl;
+    for (size_t i = jl; ok && i < padded; i++) ok = fputc(' ', f) != EOF;
+    cJSON_free(js);
+    size_t r = (size_t)lo.cfg.rank;
+    for (int i = 0; ok && !rc && i < n; i++) {
+        const struct st_tensor_view *t = st_safetensors_at(m.st, i);
+        const struct st_lora_module *lm = adapted(&lo, t->name);
+        if (!lm) {
+            ok = t->nbytes == 0 || fwrite(t->data, 1, t->nbytes, f) == t->nbytes;
+            continue;
+        }
+        size_t numel = (size_t)st_tensor_numel(t);
+        if ((rc = st_convert_to_f32(w, t->data, t->dtype, numel, err))) break;
+        /* W (out, in) += scale * B (out, r) A (r, in), accumulated in double per element */
+        for (size_t o = 0; o < lm->out; o++)
+            for (size_t c = 0; c < lm->in; c++) {
+                double s = 0;
+                for (size_t k = 0; k < r; k++) s += (double)lm->b[o * r + k] * lm->a[k * lm->in + c];
+                w[o * lm->in + c] += (float)(lo.scale * s);
+            }
+        from_f32(packed, w, t->dtype, numel);
+        ok = fwrite(packed, 1, t->nbytes, f) == t->nbytes;
+    }
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok = (fclose(f) == 0) && ok;
+    st_free(w);
+    st_free(packed);
+    if (!rc && (!ok || rename(tmp, path) != 0))
+        rc = st_errorf(err, ST_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    if (rc) {
+        unlink(tmp);
+        goto done;
+    }
+    for (int i = 0; copy_files[i] && !rc; i++) {
+        char src[4096], dst[4096];
+        snprintf(src, sizeof src, "%s/%s", model_dir, copy_files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", out_dir, copy_files[i]);
+        if (access(src, R_OK) == 0) rc = copy_file(src, dst, err);
+    }
+done:
+    st_lora_free(&lo);
+    st_model_free(&m);
+    return rc;
+}
