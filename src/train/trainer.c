@@ -476,12 +476,12 @@ static void append_metrics(FILE *mf, const struct st_train_event *ev) {
     if (!mf) return;
     if (!strcmp(ev->kind, "train"))
         fprintf(mf,
-                "{\"kind\": \"train\", \"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": "
+                "{\"kind\": \"train\", \"step\": %ld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": "
                 "%.9g, \"tokens\": %zu, \"tokens_per_s\": %.1f, \"elapsed\": %.3f}\n",
                 ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens, ev->tokens_per_s,
                 ev->elapsed);
     else if (!strcmp(ev->kind, "eval"))
-        fprintf(mf, "{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %.9g, \"elapsed\": %.3f}\n",
+        fprintf(mf, "{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %.17g, \"elapsed\": %.3f}\n",
                 ev->step, ev->val_loss, ev->elapsed);
     fflush(mf);
 }
