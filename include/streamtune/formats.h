@@ -69,6 +69,9 @@ void st_safetensors_close(struct st_safetensors *s);
 /* Find a tensor by name; NULL when absent. */
 const struct st_tensor_view *st_safetensors_find(const struct st_safetensors *s, const char *name);
 int st_safetensors_count(const struct st_safetensors *s);
+/* Drop the mapped pages from this process's resident set (after converting tensors to another
+ * dtype); the mapping stays valid and pages fault back in from the file when read again. */
+void st_safetensors_drop_cache(const struct st_safetensors *s);
 const struct st_tensor_view *st_safetensors_at(const struct st_safetensors *s, int i);
 /* Like find, but a missing tensor or a shape other than the expected one is an error naming both. */
 enum st_status st_safetensors_expect(const struct st_safetensors *s, const char *name, int ndim,

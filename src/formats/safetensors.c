@@ -554,6 +554,11 @@ const struct st_tensor_view *st_safetensors_find(const struct st_safetensors *s,
     return NULL;
 }
 
+void st_safetensors_drop_cache(const struct st_safetensors *s) {
+    for (int i = 0; i < s->n_shards; i++)
+        if (s->shards[i].map) madvise(s->shards[i].map, s->shards[i].map_len, MADV_DONTNEED);
+}
+
 int st_safetensors_count(const struct st_safetensors *s) { return s->n; }
 const struct st_tensor_view *st_safetensors_at(const struct st_safetensors *s, int i) {
     return i >= 0 && i < s->n ? &s->index[i] : NULL;

@@ -124,6 +124,8 @@ enum st_status st_model_load(struct st_model *m, const char *dir, struct st_erro
         *req[i].dst = dst;
     }
     if (c->tie_embeddings) m->lm_head = m->embed;
+    /* converted tensors no longer need their mapped pages: keep RSS what the plan says */
+    if (convert_bytes) st_safetensors_drop_cache(m->st);
     struct st_rope_params rp = {c->rope_theta, c->rope_type, c->rope_factor,
                                 c->rope_low_freq_factor, c->rope_high_freq_factor,
                                 c->rope_original_max_pos};
