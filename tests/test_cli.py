@@ -121,6 +121,24 @@ else:
         rc, _, err = run("tokenize", "--model", "/nonexistent", "--text", "x")
         check(rc == 1 and "/nonexistent/tokenizer.json" in err, "tokenize: missing tokenizer named")
 
+    with tempfile.TemporaryDirectory() as t:
+        f = os.path.join(t, "m.json")
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+                {"role": "assistant", "content": "Hello."}]
+        open(f, "w").write(json.dumps(msgs))
+        rc, out, err = run("chat-template", "--model", tokdir, "--messages", f, "--json")
+        r = json.loads(out) if rc == 0 else {}
+        text, spans = r.get("text", ""), r.get("spans", [])
+        piece = text.encode()[spans[0]["begin"]:spans[0]["end"]].decode() if len(spans) == 1 else ""
+        check(rc == 0 and text.startswith("<|im_start|>system\nBe brief.") and "Hello." in piece
+              and piece.endswith("<|im_end|>") and "Hi!" not in piece,
+              "chat-template --json renders with the model's template and spans the assistant turn")
+        rc, out, err = run("chat-template", "--model", tokdir, "--messages", f, "--add-generation-prompt")
+        check(rc == 0 and out.rstrip("\n").endswith("<|im_start|>assistant"), "chat-template --add-generation-prompt")
+        open(f, "w").write("[{")
+        rc, _, err = run("chat-template", "--model", tokdir, "--messages", f)
+        check(rc == 1 and "m.json" in err, "chat-template: bad JSON named")
+
 if os.path.isdir(model):
     rc, out, err = run("generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "20", "--json")
     r = json.loads(out) if rc == 0 else {}

@@ -13,6 +13,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_fuse(int argc, char **argv);
+int cmd_chat_template(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 
 /* Exit codes: 0 ok, 1 runtime error (bad file, ...), 2 usage error. */

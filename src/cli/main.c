@@ -18,6 +18,7 @@ static const char *usage_text =
     "  generate  --model DIR --prompt TEXT     sample a continuation (or --prompt-ids 1,2,3)\n"
     "  tokenize  --model DIR --text T|--file F  token ids (--json: one array per line)\n"
     "  detokenize --model DIR --ids 1,2|--file F  text from ids\n"
+    "  chat-template --model DIR --messages F.json  render a conversation with the model's template\n"
     "\n"
     "global options: --threads N (default: all cores), --verbose, --quiet, --version\n"
     "every command takes --json (one JSON object on stdout) and --help\n";
@@ -153,6 +154,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
     if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
     if (strcmp(cmd, "fuse") == 0) return cmd_fuse(argc - 1, argv + 1);
+    if (strcmp(cmd, "chat-template") == 0) return cmd_chat_template(argc - 1, argv + 1);
     if (strcmp(cmd, "detokenize") == 0) return cmd_detokenize(argc - 1, argv + 1);
     return cli_usage(usage_text, "unknown command '%s'", cmd);
 }
