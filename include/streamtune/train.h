@@ -10,6 +10,8 @@
 
 #include "streamtune/core.h"
 #include "streamtune/lora.h"
+#include "streamtune/data.h"
+#include "streamtune/examples.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -39,8 +41,14 @@ enum st_status st_schedule_parse(const char *s, enum st_schedule *out, struct st
 
 struct st_train_options {
     const char *model_dir;
-    const char *data;      /* a .jsonl file, or a directory with train.jsonl (+ valid.jsonl) */
-    const char *val_data;  /* optional; default DIR/valid.jsonl when data is a directory */
+    /* Training data: any source of the stream (file, directory, file://, http(s)://, s3://,
+     * index manifest). When its shards include train.. and valid.. (or val..) files (mlx-lm style
+     * folder or prefix), the train ones train and the valid ones validate. */
+    const char *data;
+    const char *val_data;  /* optional explicit validation source */
+    struct st_stream_options stream; /* budget, S3 settings, retries ... (url/seed/shuffle set here) */
+    struct st_example_options examples;
+    int pack;              /* pack several documents per row (default on) */
     const char *out_dir;
     const char *resume;    /* output dir (or checkpoint dir) of an earlier run */
     const char *init_adapter; /* start from this PEFT adapter instead of a fresh one */
@@ -56,7 +64,6 @@ struct st_train_options {
     int keep_checkpoints;
     int grad_checkpoint;
     size_t max_memory;     /* bytes; 0: no limit */
-    int add_eos;           /* append EOS to text records (mlx-lm does) */
     int dry_run;           /* print the plan and stop */
 };
 void st_train_options_default(struct st_train_options *o);
@@ -69,6 +76,7 @@ struct st_train_event {
     double loss, val_loss, lr, grad_norm;
     double tokens_per_s, elapsed, eta, data_wait;
     size_t tokens;          /* trained (non-masked) tokens so far */
+    double data_wait_frac;  /* fraction of the run's time spent waiting for data */
     const char *path;       /* save: checkpoint directory */
     const char *plan_text;  /* plan: human-readable memory plan */
     size_t plan_bytes;

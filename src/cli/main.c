@@ -19,6 +19,7 @@ static const char *usage_text =
     "  tokenize  --model DIR --text T|--file F  token ids (--json: one array per line)\n"
     "  detokenize --model DIR --ids 1,2|--file F  text from ids\n"
     "  chat-template --model DIR --messages F.json  render a conversation with the model's template\n"
+    "  data      ls|cat|index|bench URL      stream a dataset from disk, http(s):// or s3://\n"
     "\n"
     "global options: --threads N (default: all cores), --verbose, --quiet, --version\n"
     "every command takes --json (one JSON object on stdout) and --help\n";
@@ -151,6 +152,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "data") == 0) return cmd_data(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
     if (strcmp(cmd, "train") == 0) return cmd_train(argc - 1, argv + 1);
     if (strcmp(cmd, "fuse") == 0) return cmd_fuse(argc - 1, argv + 1);

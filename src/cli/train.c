@@ -6,12 +6,16 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli.h"
 #include "streamtune/train.h"
 
 static const char *usage =
-    "usage: streamtune train --model DIR --data FILE.jsonl|DIR --out DIR [options]\n"
-    "  data: JSONL of {\"text\": ...} or {\"ids\": [...]}; a DIR holds train.jsonl (+ valid.jsonl)\n"
+    "usage: streamtune train --model DIR --data URL --out DIR [options]\n"
+    "  data: a JSONL file or folder, file://, http(s)://, s3://bucket/prefix or an index; records\n"
+    "  {\"text\"}, {\"prompt\", \"completion\"}, {\"messages\"} or {\"ids\"}; train* and valid*\n"
+    "  files of a folder/prefix are split into training and validation (mlx-lm layout)\n"
     "  --val-data FILE      validation records (default DIR/valid.jsonl)\n"
     "  --steps N            optimizer steps (1000)\n"
     "  --batch-size B       records per micro-batch (4)\n"
@@ -34,7 +38,13 @@ static const char *usage =
     "  --max-memory SIZE    refuse a plan above SIZE (e.g. 8G)\n"
     "  --resume DIR         continue from DIR's latest checkpoint (same data and settings)\n"
     "  --adapter DIR        start from an existing PEFT adapter\n"
-    "  --no-eos             do not append EOS to text records\n"
+    "  --data-format F      auto | text | completions | chat | ids (auto: per record)\n"
+    "  --text-field, --prompt-field, --completion-field, --messages-field NAME  JSON keys\n"
+    "  --train-on-prompt    also train prompt / non-assistant tokens\n"
+    "  --no-pack            one record per row (padded) instead of packing records into rows\n"
+    "  --no-eos             do not append EOS to text and completion records\n"
+    "  -c FILE              options from a JSON or YAML file (flags given later override it)\n"
+    "  stream options       --stream-memory 512M, --endpoint-url URL, --connections N, ...\n"
     "  --dry-run            print the memory plan and stop\n"
     "  --json               one JSON object per progress line\n";
 
@@ -56,21 +66,23 @@ static void on_event(void *ctx, const struct st_train_event *ev) {
         if (p->json) {
             printf("{\"kind\": \"train\", \"step\": %ld, \"steps\": %ld, \"loss\": %.6f, \"lr\": "
                    "%.6g, \"grad_norm\": %.4f, \"tokens\": %zu, \"tokens_per_s\": %.1f, "
-                   "\"elapsed\": %.2f, \"eta\": %.1f}\n",
+                   "\"data_wait\": %.4f, \"elapsed\": %.2f, \"eta\": %.1f}\n",
                    ev->step, ev->total_steps, ev->loss, ev->lr, ev->grad_norm, ev->tokens,
-                   ev->tokens_per_s, ev->elapsed, ev->eta);
+                   ev->tokens_per_s, ev->data_wait_frac, ev->elapsed, ev->eta);
         } else if (p->tty) {
             double frac = (double)ev->step / (double)ev->total_steps;
             int w = 24, fill = (int)(frac * w);
             char bar[32];
             for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
             bar[w] = '\0';
-            fprintf(stderr, "\rtrain [%s] %ld/%ld loss %.4f lr %.2e %.0f tok/s eta %.0fs   ", bar,
-                    ev->step, ev->total_steps, ev->loss, ev->lr, ev->tokens_per_s, ev->eta);
+            fprintf(stderr, "\rtrain [%s] %ld/%ld loss %.4f lr %.2e %.0f tok/s data wait %.1f%% eta %.0fs   ",
+                    bar, ev->step, ev->total_steps, ev->loss, ev->lr, ev->tokens_per_s,
+                    100 * ev->data_wait_frac, ev->eta);
         } else if (ev->step == 1 || ev->step == ev->total_steps ||
                    ev->elapsed - p->last >= 10.0) {
-            fprintf(stderr, "step %ld/%ld loss %.4f lr %.2e %.0f tok/s eta %.0fs\n", ev->step,
-                    ev->total_steps, ev->loss, ev->lr, ev->tokens_per_s, ev->eta);
+            fprintf(stderr, "step %ld/%ld loss %.4f lr %.2e %.0f tok/s data wait %.1f%% eta %.0fs\n",
+                    ev->step, ev->total_steps, ev->loss, ev->lr, ev->tokens_per_s,
+                    100 * ev->data_wait_frac, ev->eta);
             p->last = ev->elapsed;
         }
     } else if (!strcmp(ev->kind, "eval")) {
@@ -92,7 +104,98 @@ static void on_event(void *ctx, const struct st_train_event *ev) {
     fflush(stdout);
 }
 
+static int stream_option(struct st_train_options *o, const char *flag, const char *value) {
+    int known = 1;
+    struct st_error e;
+    if (st_stream_option_set(&o->stream, flag + 2, value, &known, &e) != ST_OK) {
+        if (known) {
+            fprintf(stderr, "streamtune: %s\n", e.msg);
+            exit(CLI_EXIT_USAGE);
+        }
+        return 0;
+    }
+    return known;
+}
+
+/* -c FILE: a JSON object or simple YAML ("key: value" lines) of option names without the
+ * leading dashes; command-line flags given after it override it (they come later in argv). */
+static int config_args(const char *path, char ***out, int *n) {
+    char *text;
+    size_t len;
+    struct st_error e;
+    if (st_read_file(path, 1u << 20, &text, &len, &e)) {
+        fprintf(stderr, "streamtune: %s\n", e.msg);
+        return 1;
+    }
+    char **v = calloc(512, sizeof *v);
+    int k = 0;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    if (root && cJSON_IsObject(root)) {
+        for (cJSON *x = root->child; x && k < 510; x = x->next) {
+            char flag[256], val[1024];
+            snprintf(flag, sizeof flag, "--%s", x->string);
+            if (cJSON_IsBool(x)) {
+                if (cJSON_IsTrue(x)) v[k++] = strdup(flag);
+                continue;
+            }
+            if (cJSON_IsString(x)) snprintf(val, sizeof val, "%s", x->valuestring);
+            else if (cJSON_IsNumber(x)) snprintf(val, sizeof val, "%.17g", x->valuedouble);
+            else continue;
+            v[k++] = strdup(flag);
+            v[k++] = strdup(val);
+        }
+    } else { /* YAML subset: key: value, # comments */
+        char *save = NULL;
+        for (char *line = strtok_r(text, "\n", &save); line && k < 510; line = strtok_r(NULL, "\n", &save)) {
+            char *hash = strchr(line, '#');
+            if (hash) *hash = '\0';
+            char *colon = strchr(line, ':');
+            if (!colon) continue;
+            *colon = '\0';
+            char *key = line, *val = colon + 1;
+            while (*key == ' ' || *key == '\t') key++;
+            while (*val == ' ' || *val == '\t') val++;
+            for (char *e2 = key + strlen(key); e2 > key && (e2[-1] == ' ' || e2[-1] == '\t');) *--e2 = '\0';
+            for (char *e2 = val + strlen(val); e2 > val && (e2[-1] == ' ' || e2[-1] == '\t' || e2[-1] == '\r');) *--e2 = '\0';
+            size_t vl = strlen(val);
+            if (vl >= 2 && (val[0] == '"' || val[0] == '\'') && val[vl - 1] == val[0]) {
+                val[vl - 1] = '\0';
+                val++;
+            }
+            if (!*key) continue;
+            char flag[256];
+            snprintf(flag, sizeof flag, "--%s", key);
+            if (!strcmp(val, "true")) v[k++] = strdup(flag);
+            else if (strcmp(val, "false") != 0 && *val) {
+                v[k++] = strdup(flag);
+                v[k++] = strdup(val);
+            }
+        }
+    }
+    cJSON_Delete(root);
+    st_free(text);
+    *out = v;
+    *n = k;
+    return 0;
+}
+
 int cmd_train(int argc, char **argv) {
+    /* -c FILE / --config FILE: expand its options in front of the command line */
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "-c") != 0 && strcmp(argv[i], "--config") != 0) continue;
+        char **cv;
+        int cn;
+        if (config_args(argv[i + 1], &cv, &cn)) return CLI_EXIT_USAGE;
+        char **nv = calloc((size_t)(argc + cn), sizeof *nv);
+        int k = 0;
+        nv[k++] = argv[0];
+        for (int j = 0; j < cn; j++) nv[k++] = cv[j];
+        for (int j = 1; j < argc; j++)
+            if (j != i && j != i + 1) nv[k++] = argv[j];
+        argv = nv;
+        argc = k;
+        break;
+    }
     struct st_train_options o;
     st_train_options_default(&o);
     int json = 0;
@@ -169,9 +272,17 @@ int cmd_train(int argc, char **argv) {
         } else if (OPT("--max-memory")) {
             if (st_parse_bytes(v, &o.max_memory)) BAD("--max-memory: expected a size like 8G");
         } else if (missing) BAD("%s needs a value", a);
+        else if (!strncmp(a, "--", 2) && strcmp(a, "--help") != 0 && i + 1 < argc &&
+                 stream_option(&o, a, argv[i + 1])) {
+            /* a stream option (--stream-memory, --endpoint-url, --connections, ...) */
+            i++;
+        }
         else if (!strcmp(a, "--grad-checkpoint")) o.grad_checkpoint = 1;
         else if (!strcmp(a, "--rslora")) o.lora.rslora = 1;
-        else if (!strcmp(a, "--no-eos")) o.add_eos = 0;
+        else if (!strcmp(a, "--no-eos")) o.examples.add_eos = 0;
+        else if (!strcmp(a, "--no-pack")) o.pack = 0;
+        else if (!strcmp(a, "--pack")) o.pack = 1;
+        else if (!strcmp(a, "--train-on-prompt")) o.examples.train_on_prompt = 1;
         else if (!strcmp(a, "--dry-run")) o.dry_run = 1;
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--help")) {

@@ -16,8 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
+#include "streamtune/chat.h"
 #include "streamtune/model.h"
 #include "streamtune/tokenizer.h"
 #include "streamtune/train.h"
@@ -39,7 +41,9 @@ void st_train_options_default(struct st_train_options *o) {
     o->eval_every = 200;
     o->save_every = 200;
     o->keep_checkpoints = 2;
-    o->add_eos = 1;
+    o->pack = 1;
+    st_stream_options_init(&o->stream);
+    st_example_options_default(&o->examples);
 }
 
 int st_parse_bytes(const char *s, size_t *out) {
@@ -65,142 +69,7 @@ int st_parse_bytes(const char *s, size_t *out) {
     return 0;
 }
 
-/* ---------------------------------------------------------------- records */
-
-struct records {
-    int32_t **ids;
-    size_t *len;
-    size_t n, cap, max_len, bytes, truncated;
-};
-
-static void records_free(struct records *r) {
-    for (size_t i = 0; i < r->n; i++) st_free(r->ids[i]);
-    st_free(r->ids);
-    st_free(r->len);
-    memset(r, 0, sizeof *r);
-}
-
-/* Load a JSONL file of {"ids": [...]} or {"text": "..."} records (text via the tokenizer). */
-static enum st_status records_load(struct records *r, const char *path,
-                                   const struct st_tokenizer *tok, const struct st_model_config *c,
-                                   int add_eos, int max_len, struct st_error *err) {
-    memset(r, 0, sizeof *r);
-    FILE *f = fopen(path, "rb");
-    if (!f) return st_errorf(err, ST_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t lcap = 0;
-    ssize_t n;
-    long lineno = 0;
-    enum st_status rc = ST_OK;
-    int32_t eos = tok ? st_tokenizer_eos_id(tok) : -1;
-    if (eos < 0 && c->n_eos) eos = c->eos_token_ids[0];
-    while (!rc && (n = getline(&line, &lcap, f)) >= 0) {
-        lineno++;
-        size_t k = (size_t)n;
-        while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
-        if (!k) continue;
-        cJSON *o = cJSON_ParseWithLength(line, k);
-        if (!o || !cJSON_IsObject(o)) {
-            cJSON_Delete(o);
-            rc = st_errorf(err, ST_ERR_FORMAT, "%s:%ld: not a JSON object", path, lineno);
-            break;
-        }
-        struct st_ids v = {0};
-        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "ids");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(o, "text");
-        if (cJSON_IsArray(ids)) {
-            int i = 0;
-            for (const cJSON *x = ids->child; x && !rc; x = x->next, i++) {
-                if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble >= c->vocab_size ||
-                    x->valuedouble != floor(x->valuedouble))
-                    rc = st_errorf(err, ST_ERR_FORMAT, "%s:%ld: ids[%d] is not a token id in "
-                                   "[0, %d)", path, lineno, i, c->vocab_size);
-                else {
-                    /* reuse st_ids growth through encode's helper: push by hand */
-                    if (v.n == v.cap) {
-                        v.cap = v.cap ? v.cap * 2 : 64;
-                        int32_t *q = st_realloc(v.ids, v.cap * sizeof *q);
-                        if (!q) rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
-                        else v.ids = q;
-                    }
-                    if (!rc) v.ids[v.n++] = (int32_t)x->valuedouble;
-                }
-            }
-        } else if (cJSON_IsString(text)) {
-            if (!tok)
-                rc = st_errorf(err, ST_ERR_FORMAT, "%s:%ld: a text record needs the model's "
-                               "tokenizer.json", path, lineno);
-            else {
-                rc = st_tokenizer_encode(tok, text->valuestring, strlen(text->valuestring), 1, &v,
-                                         err);
-                if (!rc && add_eos && eos >= 0 && (v.n == 0 || v.ids[v.n - 1] != eos)) {
-                    struct st_ids one = {0};
-                    /* append via a tiny encode-free push */
-                    if (v.n == v.cap) {
-                        int32_t *q = st_realloc(v.ids, (v.cap + 1) * sizeof *q);
-                        if (!q) rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
-                        else {
-                            v.ids = q;
-                            v.cap++;
-                        }
-                    }
-                    if (!rc) v.ids[v.n++] = eos;
-                    (void)one;
-                }
-                for (size_t i = 0; !rc && i < v.n; i++)
-                    if (v.ids[i] >= c->vocab_size)
-                        rc = st_errorf(err, ST_ERR_FORMAT, "%s:%ld: the tokenizer gives id %d, "
-                                       "outside the model's vocabulary of %d", path, lineno,
-                                       v.ids[i], c->vocab_size);
-            }
-        } else {
-            rc = st_errorf(err, ST_ERR_FORMAT,
-                           "%s:%ld: record has neither \"text\" nor \"ids\" (prompt/completion "
-                           "and chat records come with the streaming data formats)",
-                           path, lineno);
-        }
-        cJSON_Delete(o);
-        if (rc) {
-            st_free(v.ids);
-            st_free(v.offsets);
-            break;
-        }
-        st_free(v.offsets);
-        if (v.n > (size_t)max_len) {
-            v.n = (size_t)max_len;
-            r->truncated++;
-        }
-        if (v.n < 2) { /* nothing to predict */
-            st_free(v.ids);
-            continue;
-        }
-        if (r->n == r->cap) {
-            size_t nc = r->cap ? r->cap * 2 : 256;
-            int32_t **a = st_realloc(r->ids, nc * sizeof *a);
-            size_t *l = a ? st_realloc(r->len, nc * sizeof *l) : NULL;
-            if (a) r->ids = a;
-            if (!a || !l) {
-                st_free(v.ids);
-                rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
-                break;
-            }
-            r->len = l;
-            r->cap = nc;
-        }
-        r->ids[r->n] = v.ids;
-        r->len[r->n++] = v.n;
-        r->bytes += v.n * sizeof(int32_t);
-        if (v.n > r->max_len) r->max_len = v.n;
-    }
-    free(line);
-    fclose(f);
-    if (!rc && r->n == 0)
-        rc = st_errorf(err, ST_ERR_FORMAT, "%s: no record with at least two tokens", path);
-    if (rc) records_free(r);
-    return rc;
-}
-
-/* ---------------------------------------------------------------- batches */
+/* ---------------------------------------------------------------- data */
 
 static uint64_t mix(uint64_t a, uint64_t b) {
     uint64_t z = a * 0x9e3779b97f4a7c15ULL + b + 0x632be59bd9b4e019ULL;
@@ -209,52 +78,302 @@ static uint64_t mix(uint64_t a, uint64_t b) {
     return z ^ (z >> 31);
 }
 
-struct order {
-    size_t *perm, n;
-    long epoch;
-    size_t pos; /* records of this epoch already used */
-    uint64_t seed;
+static int starts_with_ci(const char *s, const char *p) {
+    for (; *p; s++, p++)
+        if ((*s | 0x20) != (*p | 0x20)) return 0;
+    return 1;
+}
+
+/* Training and validation shard lists from the data source(s). */
+struct sources {
+    char **train, **val;
+    int n_train, n_val;
 };
 
-static void order_epoch(struct order *o, long epoch) {
-    struct st_rng rng;
-    st_rng_seed(&rng, mix(o->seed, (uint64_t)epoch));
-    for (size_t i = 0; i < o->n; i++) o->perm[i] = i;
-    for (size_t i = o->n; i > 1; i--) {
-        size_t j = (size_t)(st_rng_u64(&rng) % i);
-        size_t t = o->perm[i - 1];
-        o->perm[i - 1] = o->perm[j];
-        o->perm[j] = t;
-    }
-    o->epoch = epoch;
+static void sources_free(struct sources *s) {
+    for (int i = 0; i < s->n_train; i++) st_free(s->train[i]);
+    for (int i = 0; i < s->n_val; i++) st_free(s->val[i]);
+    st_free(s->train);
+    st_free(s->val);
+    memset(s, 0, sizeof *s);
 }
 
-static size_t order_next(struct order *o) {
-    if (o->pos == o->n) {
-        order_epoch(o, o->epoch + 1);
-        o->pos = 0;
+static enum st_status list_urls(const struct st_train_options *o, const char *url, char ***out,
+                                int *n, int split, char ***val, int *nval, struct st_error *err) {
+    struct st_stream_options so = o->stream;
+    so.url = url;
+    so.urls = NULL;
+    so.n_urls = 0;
+    struct st_shard_list l;
+    enum st_status rc = st_data_list(&so, &l, err);
+    if (rc) return rc;
+    int has_train = 0, has_val = 0;
+    for (uint32_t i = 0; i < l.n; i++) {
+        const char *base = strrchr(l.shards[i].name, '/');
+        base = base ? base + 1 : l.shards[i].name;
+        has_train |= starts_with_ci(base, "train");
+        has_val |= starts_with_ci(base, "valid") || starts_with_ci(base, "val.") ||
+                   starts_with_ci(base, "val_") || starts_with_ci(base, "val-");
     }
-    return o->perm[o->pos++];
+    int do_split = split && has_train && has_val;
+    *out = st_calloc(l.n + 1, sizeof **out);
+    if (val) *val = st_calloc(l.n + 1, sizeof **val);
+    for (uint32_t i = 0; i < l.n && *out && (!val || *val); i++) {
+        const char *base = strrchr(l.shards[i].name, '/');
+        base = base ? base + 1 : l.shards[i].name;
+        int is_val = starts_with_ci(base, "valid") || starts_with_ci(base, "val.") ||
+                     starts_with_ci(base, "val_") || starts_with_ci(base, "val-");
+        if (do_split && is_val) (*val)[(*nval)++] = st_strdup(l.shards[i].url);
+        else if (!do_split || starts_with_ci(base, "train")) (*out)[(*n)++] = st_strdup(l.shards[i].url);
+    }
+    st_shard_list_free(&l);
+    if (!*out || (val && !*val)) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
+    if (*n == 0) return st_errorf(err, ST_ERR_FORMAT, "%s: no training shards", url);
+    return ST_OK;
 }
 
-/* Fill ids/targets (B, Tb) from the records idx[0..B): right-padded with pad, targets -100 at
- * padding and at each record's last position. Returns Tb; *tokens = non-padding tokens. */
-static size_t make_batch(const struct records *r, const size_t *idx, size_t B, int32_t pad,
-                         int32_t *ids, int32_t *targets, size_t *tokens) {
-    size_t Tb = 0;
-    for (size_t b = 0; b < B; b++)
-        if (r->len[idx[b]] > Tb) Tb = r->len[idx[b]];
-    *tokens = 0;
-    for (size_t b = 0; b < B; b++) {
-        const int32_t *x = r->ids[idx[b]];
-        size_t n = r->len[idx[b]];
-        *tokens += n;
-        for (size_t t = 0; t < Tb; t++) {
-            ids[b * Tb + t] = t < n ? x[t] : pad;
-            targets[b * Tb + t] = t + 1 < n ? x[t + 1] : -100;
+/* A batch and the data position right after it (what a checkpoint after it must record). */
+struct qitem {
+    struct st_batch b;
+    char *state;                 /* stream state */
+    struct st_example *pending;  /* packer leftovers */
+    size_t n_pending;
+    int error;                   /* the loader failed; err holds why */
+};
+
+#define QCAP 4
+
+struct loader {
+    const struct st_train_options *o;
+    const struct st_tokenizer *tok;
+    const struct st_chat_template *tmpl;
+    const struct st_model_config *cfg;
+    struct st_stream *stream;
+    struct st_packer *packer;
+    pthread_t th;
+    int started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct qitem q[QCAP];
+    int head, count, stop;
+    struct st_error err;
+    double wait_s;
+    uint64_t records, skipped;
+};
+
+static void pending_free(struct st_example *p, size_t n) {
+    for (size_t i = 0; i < n; i++) st_example_free(&p[i]);
+    st_free(p);
+}
+
+static struct st_example *pending_copy(const struct st_packer *pk, size_t *n) {
+    const struct st_example *src;
+    *n = st_packer_pending(pk, &src);
+    struct st_example *c = st_calloc(*n ? *n : 1, sizeof *c);
+    if (!c) return NULL;
+    for (size_t i = 0; i < *n; i++) {
+        c[i].ids = st_malloc((src[i].n ? src[i].n : 1) * sizeof(int32_t));
+        c[i].labels = st_malloc((src[i].n ? src[i].n : 1) * sizeof(int32_t));
+        if (!c[i].ids || !c[i].labels) {
+            pending_free(c, i + 1);
+            return NULL;
+        }
+        memcpy(c[i].ids, src[i].ids, src[i].n * sizeof(int32_t));
+        memcpy(c[i].labels, src[i].labels, src[i].n * sizeof(int32_t));
+        c[i].n = c[i].cap = src[i].n;
+    }
+    return c;
+}
+
+static int loader_push(struct loader *L, struct qitem *it) {
+    pthread_mutex_lock(&L->mu);
+    while (L->count == QCAP && !L->stop) pthread_cond_wait(&L->cv, &L->mu);
+    if (L->stop) {
+        pthread_mutex_unlock(&L->mu);
+        return 1;
+    }
+    L->q[(L->head + L->count) % QCAP] = *it;
+    L->count++;
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->mu);
+    return 0;
+}
+
+static void *loader_main(void *arg) {
+    struct loader *L = arg;
+    struct st_example ex = {0};
+    struct st_sample smp;
+    struct qitem it;
+    char where[600];
+    for (;;) {
+        enum st_status rc = st_stream_next(L->stream, &smp, &L->err);
+        if (rc == ST_STREAM_END) continue; /* next epoch */
+        if (rc) break;
+        L->records++;
+        const struct st_sample_field *f = st_sample_field(&smp, "json");
+        if (!f) {
+            st_errorf(&L->err, ST_ERR_FORMAT, "%s: sample %s is not a JSON record (tar samples "
+                      "are for multimodal training)", smp.url, smp.key);
+            break;
+        }
+        snprintf(where, sizeof where, "%s:%llu", smp.url, (unsigned long long)smp.index + 1);
+        if (st_example_from_json(&ex, (const char *)f->data, f->size, where, L->tok, L->tmpl,
+                                 L->cfg, &L->o->examples, &L->err))
+            break;
+        if (ex.n < 2) {
+            L->skipped++;
+            continue;
+        }
+        int full = st_packer_add(L->packer, &ex, &L->err);
+        if (full < 0) break;
+        if (!full) continue;
+        memset(&it, 0, sizeof it);
+        if (!st_packer_take(L->packer, &it.b, 0)) {
+            st_errorf(&L->err, ST_ERR_NOMEM, "out of memory building a batch");
+            break;
+        }
+        char buf[8192];
+        size_t sl = st_stream_state(L->stream, buf, sizeof buf);
+        it.state = sl < sizeof buf ? st_strdup(buf) : NULL;
+        it.pending = pending_copy(L->packer, &it.n_pending);
+        if (!it.state || !it.pending) {
+            st_errorf(&L->err, ST_ERR_NOMEM, "out of memory");
+            st_batch_free(&it.b);
+            break;
+        }
+        if (loader_push(L, &it)) {
+            st_batch_free(&it.b);
+            st_free(it.state);
+            pending_free(it.pending, it.n_pending);
+            st_example_free(&ex);
+            return NULL;
         }
     }
-    return Tb;
+    st_example_free(&ex);
+    memset(&it, 0, sizeof it);
+    it.error = 1;
+    loader_push(L, &it);
+    return NULL;
+}
+
+/* Pop the next batch (waiting for the loader); 1 on error (message in err). */
+static int loader_pop(struct loader *L, struct qitem *out, struct st_error *err) {
+    double t0 = st_time_now();
+    pthread_mutex_lock(&L->mu);
+    while (L->count == 0) pthread_cond_wait(&L->cv, &L->mu);
+    *out = L->q[L->head];
+    if (!out->error) {
+        L->head = (L->head + 1) % QCAP;
+        L->count--;
+    }
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->mu);
+    L->wait_s += st_time_now() - t0;
+    if (out->error) {
+        *err = L->err;
+        return 1;
+    }
+    return 0;
+}
+
+static void loader_stop(struct loader *L) {
+    if (L->started) {
+        pthread_mutex_lock(&L->mu);
+        L->stop = 1;
+        pthread_cond_broadcast(&L->cv);
+        pthread_mutex_unlock(&L->mu);
+        /* the stream may block in next(): closing it after join would deadlock, so the loader
+         * only blocks on our queue, which stop releases */
+        pthread_join(L->th, NULL);
+        L->started = 0;
+    }
+    for (int i = 0; i < L->count; i++) {
+        struct qitem *it = &L->q[(L->head + i) % QCAP];
+        st_batch_free(&it->b);
+        st_free(it->state);
+        pending_free(it->pending, it->n_pending);
+    }
+    L->count = 0;
+    st_stream_close(L->stream);
+    L->stream = NULL;
+    st_packer_free(L->packer);
+    L->packer = NULL;
+    pthread_mutex_destroy(&L->mu);
+    pthread_cond_destroy(&L->cv);
+}
+
+/* Validation batches: the whole validation source once, in order. */
+static enum st_status load_val(const struct st_train_options *o, char **urls, int n, size_t B,
+                               size_t T, int32_t pad, const struct st_tokenizer *tok,
+                               const struct st_chat_template *tmpl,
+                               const struct st_model_config *cfg, struct st_batch **out,
+                               size_t *n_out, size_t *records, struct st_error *err) {
+    *out = NULL;
+    *n_out = 0;
+    struct st_stream_options so = o->stream;
+    so.url = NULL;
+    so.urls = (const char *const *)urls;
+    so.n_urls = n;
+    so.shuffle = 0;
+    so.epochs = 1;
+    so.resume_state = NULL;
+    struct st_stream *s;
+    enum st_status rc = st_stream_open(&s, &so, err);
+    if (rc) return rc;
+    struct st_packer *pk;
+    if ((rc = st_packer_init(&pk, B, T, o->pack, pad, err))) {
+        st_stream_close(s);
+        return rc;
+    }
+    struct st_example ex = {0};
+    struct st_sample smp;
+    size_t cap = 0;
+    char where[600];
+    *records = 0;
+    for (;;) {
+        rc = st_stream_next(s, &smp, err);
+        int end = rc == ST_STREAM_END;
+        if (rc && !end) break;
+        rc = ST_OK;
+        if (!end) {
+            const struct st_sample_field *f = st_sample_field(&smp, "json");
+            if (!f) {
+                rc = st_errorf(err, ST_ERR_FORMAT, "%s: sample %s is not a JSON record", smp.url,
+                               smp.key);
+                break;
+            }
+            snprintf(where, sizeof where, "%s:%llu", smp.url, (unsigned long long)smp.index + 1);
+            if ((rc = st_example_from_json(&ex, (const char *)f->data, f->size, where, tok, tmpl,
+                                           cfg, &o->examples, err)))
+                break;
+            if (ex.n < 2) continue;
+            (*records)++;
+            if (st_packer_add(pk, &ex, err) < 0) {
+                rc = err->code;
+                break;
+            }
+        }
+        struct st_batch b;
+        while (st_packer_take(pk, &b, end)) {
+            if (*n_out == cap) {
+                cap = cap ? cap * 2 : 16;
+                struct st_batch *nb = st_realloc(*out, cap * sizeof *nb);
+                if (!nb) {
+                    st_batch_free(&b);
+                    rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                *out = nb;
+            }
+            (*out)[(*n_out)++] = b;
+            if (!end) break;
+        }
+        if (end || rc) break;
+    }
+    st_example_free(&ex);
+    st_packer_free(pk);
+    st_stream_close(s);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- checkpoints */
@@ -283,10 +402,25 @@ static int rm_rf(const char *path) {
 
 struct state {
     long step;
-    long epoch;
-    size_t pos;
     size_t tokens;
+    char *data_state;            /* stream state after the last consumed batch */
+    struct st_example *pending;  /* packer leftovers at that point */
+    size_t n_pending;
 };
+
+static cJSON *pending_json(const struct st_example *p, size_t n) {
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON *ids = cJSON_AddArrayToObject(e, "ids"), *lab = cJSON_AddArrayToObject(e, "labels");
+        for (size_t t = 0; t < p[i].n; t++) {
+            cJSON_AddItemToArray(ids, cJSON_CreateNumber(p[i].ids[t]));
+            cJSON_AddItemToArray(lab, cJSON_CreateNumber(p[i].labels[t]));
+        }
+        cJSON_AddItemToArray(arr, e);
+    }
+    return arr;
+}
 
 static enum st_status save_checkpoint(const struct st_train_options *o, const struct st_lora *lo,
                                       const float *m1, const float *m2, const struct state *s,
@@ -307,15 +441,16 @@ static enum st_status save_checkpoint(const struct st_train_options *o, const st
     if ((rc = st_safetensors_write(path, t, 2, err))) return rc;
     cJSON *js = cJSON_CreateObject();
     cJSON_AddNumberToObject(js, "step", (double)s->step);
-    cJSON_AddNumberToObject(js, "epoch", (double)s->epoch);
-    cJSON_AddNumberToObject(js, "epoch_position", (double)s->pos);
     cJSON_AddNumberToObject(js, "tokens", (double)s->tokens);
     cJSON_AddNumberToObject(js, "seed", (double)o->seed);
     cJSON_AddNumberToObject(js, "batch_size", o->batch_size);
     cJSON_AddNumberToObject(js, "grad_accum", o->grad_accum);
     cJSON_AddNumberToObject(js, "max_seq_len", o->max_seq_len);
+    cJSON_AddBoolToObject(js, "pack", o->pack);
     cJSON_AddNumberToObject(js, "lora_params", (double)lo->n_params);
     cJSON_AddStringToObject(js, "data", o->data);
+    cJSON_AddStringToObject(js, "data_state", s->data_state ? s->data_state : "");
+    cJSON_AddItemToObject(js, "pending", pending_json(s->pending, s->n_pending));
     snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
     rc = write_json(path, js, err);
     cJSON_Delete(js);
@@ -372,15 +507,14 @@ static enum st_status load_checkpoint(const struct st_train_options *o, const ch
     char path[4400], *text;
     size_t len;
     snprintf(path, sizeof path, "%s/trainer_state.json", ck);
-    enum st_status rc = st_read_file(path, 1u << 20, &text, &len, err);
+    enum st_status rc = st_read_file(path, 1u << 28, &text, &len, err);
     if (rc) return rc;
     cJSON *js = cJSON_ParseWithLength(text, len);
     st_free(text);
     if (!js) return st_errorf(err, ST_ERR_FORMAT, "%s: not valid JSON", path);
-    const char *keys[] = {"step", "epoch", "epoch_position", "tokens", "seed", "batch_size",
-                          "grad_accum", "max_seq_len"};
-    double v[8];
-    for (int i = 0; i < 8; i++) {
+    const char *keys[] = {"step", "tokens", "seed", "batch_size", "grad_accum", "max_seq_len"};
+    double v[6];
+    for (int i = 0; i < 6; i++) {
         const cJSON *x = cJSON_GetObjectItem(js, keys[i]);
         if (!cJSON_IsNumber(x)) {
             cJSON_Delete(js);
@@ -388,17 +522,45 @@ static enum st_status load_checkpoint(const struct st_train_options *o, const ch
         }
         v[i] = x->valuedouble;
     }
-    cJSON_Delete(js);
-    if ((uint64_t)v[4] != o->seed || (int)v[5] != o->batch_size || (int)v[6] != o->grad_accum ||
-        (int)v[7] != o->max_seq_len)
+    if ((uint64_t)v[2] != o->seed || (int)v[3] != o->batch_size || (int)v[4] != o->grad_accum ||
+        (int)v[5] != o->max_seq_len || cJSON_IsTrue(cJSON_GetObjectItem(js, "pack")) != !!o->pack) {
+        cJSON_Delete(js);
         return st_errorf(err, ST_ERR_ARG,
                          "%s: the checkpoint was made with --seed %.0f --batch-size %.0f "
-                         "--grad-accum %.0f --max-seq-len %.0f; resume with the same values",
-                         path, v[4], v[5], v[6], v[7]);
+                         "--grad-accum %.0f --max-seq-len %.0f and packing %s; resume with the "
+                         "same values", path, v[2], v[3], v[4], v[5],
+                         cJSON_IsTrue(cJSON_GetObjectItem(js, "pack")) ? "on" : "off");
+    }
     s->step = (long)v[0];
-    s->epoch = (long)v[1];
-    s->pos = (size_t)v[2];
-    s->tokens = (size_t)v[3];
+    s->tokens = (size_t)v[1];
+    const char *ds = cJSON_GetStringValue(cJSON_GetObjectItem(js, "data_state"));
+    s->data_state = ds && *ds ? st_strdup(ds) : NULL;
+    const cJSON *pend = cJSON_GetObjectItem(js, "pending");
+    size_t np = (size_t)cJSON_GetArraySize(pend);
+    s->pending = st_calloc(np ? np : 1, sizeof *s->pending);
+    for (const cJSON *e = pend ? pend->child : NULL; e && s->pending; e = e->next) {
+        struct st_example *x = &s->pending[s->n_pending++];
+        const cJSON *ids = cJSON_GetObjectItem(e, "ids"), *lab = cJSON_GetObjectItem(e, "labels");
+        size_t n = (size_t)cJSON_GetArraySize(ids);
+        x->ids = st_malloc((n ? n : 1) * sizeof(int32_t));
+        x->labels = st_malloc((n ? n : 1) * sizeof(int32_t));
+        if (!x->ids || !x->labels || (size_t)cJSON_GetArraySize(lab) != n) {
+            cJSON_Delete(js);
+            return st_errorf(err, ST_ERR_FORMAT, "%s: bad 'pending' entry", path);
+        }
+        const cJSON *a = ids->child, *b = lab->child;
+        for (size_t t = 0; t < n; t++, a = a->next, b = b->next) {
+            x->ids[t] = (int32_t)a->valuedouble;
+            x->labels[t] = (int32_t)b->valuedouble;
+            if (x->ids[t] < 0 || x->ids[t] >= c->vocab_size) {
+                cJSON_Delete(js);
+                return st_errorf(err, ST_ERR_FORMAT, "%s: bad id in 'pending'", path);
+            }
+        }
+        x->n = x->cap = n;
+    }
+    cJSON_Delete(js);
+    if (!s->pending) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
     if ((rc = st_lora_load(lo, c, ck, err))) return rc;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", ck);
     struct st_safetensors *st;
@@ -425,31 +587,23 @@ static enum st_status load_checkpoint(const struct st_train_options *o, const ch
 
 /* ---------------------------------------------------------------- evaluation */
 
-static enum st_status evaluate(struct st_model *m, struct st_acts *a, const struct records *val,
-                               size_t B, long max_batches, int32_t pad, int32_t *ids,
-                               int32_t *targets, double *out, struct st_error *err) {
+static enum st_status evaluate(struct st_model *m, struct st_acts *a, const struct st_batch *vb,
+                               size_t nvb, long max_batches, double *out, struct st_error *err) {
     double sum = 0;
     size_t count = 0, saveB = a->B, saveT = a->T;
     int was_training = m->training;
     m->training = 0;
-    size_t *idx = st_malloc(B * sizeof *idx);
-    if (!idx) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
     enum st_status rc = ST_OK;
-    long batches = 0;
-    for (size_t i = 0; i < val->n && !rc; i += B) {
-        if (max_batches > 0 && batches++ >= max_batches) break;
-        size_t nb = val->n - i < B ? val->n - i : B, tokens;
-        for (size_t k = 0; k < nb; k++) idx[k] = i + k;
-        size_t Tb = make_batch(val, idx, nb, pad, ids, targets, &tokens);
-        a->B = nb;
-        a->T = Tb;
-        rc = st_model_forward(m, a, ids, NULL, err);
-        if (!rc) rc = st_model_loss(m, a, targets, &sum, &count, err);
+    for (size_t i = 0; i < nvb && !rc; i++) {
+        if (max_batches > 0 && (long)i >= max_batches) break;
+        a->B = vb[i].B;
+        a->T = vb[i].T;
+        rc = st_model_forward(m, a, vb[i].ids, vb[i].seg, err);
+        if (!rc) rc = st_model_loss(m, a, vb[i].targets, &sum, &count, err);
     }
     a->B = saveB;
     a->T = saveT;
     m->training = was_training;
-    st_free(idx);
     *out = count ? sum / (double)count : NAN;
     return rc;
 }
@@ -491,43 +645,57 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     enum st_status rc = ST_OK;
     struct st_model m;
     struct st_tokenizer *tok = NULL;
-    struct records tr = {0}, va = {0};
+    struct st_chat_template *tmpl = NULL;
     struct st_lora lo = {0};
     struct st_acts a = {0};
     float *m1 = NULL, *m2 = NULL;
-    int32_t *ids = NULL, *targets = NULL;
-    size_t *idx = NULL;
-    struct order ord = {0};
+    struct sources src = {0};
+    struct st_batch *vb = NULL;
+    size_t nvb = 0, val_records = 0;
+    struct loader L;
+    memset(&L, 0, sizeof L);
+    pthread_mutex_init(&L.mu, NULL);
+    pthread_cond_init(&L.cv, NULL);
+    struct qitem *micro = NULL;
+    struct state s = {0};
     FILE *mf = NULL;
-    char train_path[4096], val_path[4096] = "";
     int have_model = 0;
     size_t rss0 = rss_now();
 
-    if (o->batch_size < 1 || o->grad_accum < 1 || o->max_seq_len < 2 || o->steps < 1)
-        return st_errorf(err, ST_ERR_ARG, "--steps, --batch-size and --grad-accum must be >= 1 "
-                         "and --max-seq-len >= 2");
-    if (!(o->lr > 0)) return st_errorf(err, ST_ERR_ARG, "--lr must be positive");
-    if ((rc = st_model_load(&m, o->model_dir, err))) return rc;
+    if (o->batch_size < 1 || o->grad_accum < 1 || o->max_seq_len < 2 || o->steps < 1) {
+        rc = st_errorf(err, ST_ERR_ARG, "--steps, --batch-size and --grad-accum must be >= 1 "
+                       "and --max-seq-len >= 2");
+        goto done;
+    }
+    if (!(o->lr > 0)) {
+        rc = st_errorf(err, ST_ERR_ARG, "--lr must be positive");
+        goto done;
+    }
+    if ((rc = st_model_load(&m, o->model_dir, err))) goto done;
     have_model = 1;
     struct st_error terr;
     if (st_tokenizer_load(&tok, o->model_dir, &terr)) tok = NULL;
-    int max_len = o->max_seq_len < m.cfg.max_seq_len ? o->max_seq_len : m.cfg.max_seq_len;
-    /* data: a file, or a directory with train.jsonl (+ valid.jsonl) */
-    struct stat sb;
-    if (stat(o->data, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        snprintf(train_path, sizeof train_path, "%s/train.jsonl", o->data);
-        snprintf(val_path, sizeof val_path, "%s/valid.jsonl", o->data);
-        if (access(val_path, R_OK) != 0) val_path[0] = '\0';
-    } else {
-        snprintf(train_path, sizeof train_path, "%s", o->data);
+    if (st_chat_template_load(&tmpl, o->model_dir, &terr)) tmpl = NULL;
+    size_t T = (size_t)(o->max_seq_len < m.cfg.max_seq_len ? o->max_seq_len : m.cfg.max_seq_len);
+    struct st_train_options oo = *o; /* examples.max_len follows the planned row length */
+    oo.examples.max_len = (int)T;
+    o = &oo;
+    int32_t pad = m.cfg.pad_token_id >= 0 && m.cfg.pad_token_id < m.cfg.vocab_size
+                      ? m.cfg.pad_token_id : 0;
+    size_t B = (size_t)o->batch_size;
+
+    /* data sources: explicit validation, or a train.. / valid.. split of the data source */
+    if (o->val_data) {
+        if ((rc = list_urls(o, o->data, &src.train, &src.n_train, 0, NULL, NULL, err))) goto done;
+        if ((rc = list_urls(o, o->val_data, &src.val, &src.n_val, 0, NULL, NULL, err))) goto done;
+    } else if ((rc = list_urls(o, o->data, &src.train, &src.n_train, 1, &src.val, &src.n_val, err))) {
+        goto done;
     }
-    if (o->val_data) snprintf(val_path, sizeof val_path, "%s", o->val_data);
-    if ((rc = records_load(&tr, train_path, tok, &m.cfg, o->add_eos, max_len, err))) goto done;
-    if (val_path[0] && (rc = records_load(&va, val_path, tok, &m.cfg, o->add_eos, max_len, err)))
+    if (src.n_val && (rc = load_val(o, src.val, src.n_val, B, T, pad, tok, tmpl, &m.cfg, &vb, &nvb,
+                                    &val_records, err)))
         goto done;
 
     /* adapter: resumed, given, or fresh */
-    struct state s = {0};
     char ck[4400] = "";
     if (o->resume) {
         if ((rc = find_checkpoint(o->resume, ck, sizeof ck, err))) goto done;
@@ -548,36 +716,39 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     m.lora = &lo;
 
     /* the memory plan */
-    size_t B = (size_t)o->batch_size, T = tr.max_len > va.max_len ? tr.max_len : va.max_len;
     int mode = o->grad_checkpoint ? ST_ACTS_CHECKPOINT : ST_ACTS_TRAIN;
-    size_t w_conv = m.converted.size, w_mapped = m.bytes_on_disk;
-    size_t b_weights = w_conv + (m.dtype == ST_F32 ? w_mapped : 0);
+    size_t b_weights = m.converted.size + (m.dtype == ST_F32 ? m.bytes_on_disk : 0);
     size_t b_lora = lo.n_params * 4 * 4; /* params, grads, two moments */
     size_t b_acts = st_acts_bytes(&m.cfg, B, T, mode, lo.cfg.rank);
-    size_t b_data = tr.bytes + va.bytes + (tr.n + va.n) * (sizeof(int32_t *) + sizeof(size_t));
-    size_t b_batch = 2 * B * T * sizeof(int32_t) + tr.n * sizeof(size_t);
-    size_t total = rss0 + b_weights + b_lora + b_acts + b_data + b_batch;
-    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32];
+    size_t b_batches = (size_t)(QCAP + o->grad_accum + 1) * B * T * 3 * sizeof(int32_t) +
+                       nvb * B * T * 3 * sizeof(int32_t);
+    size_t b_stream = o->stream.memory_budget; /* a cap; the validation stream is closed first */
+    size_t b_tok = st_alloc_live_bytes();          /* tokenizer, template, lists, so far */
+    size_t total = rss0 + b_weights + b_lora + b_acts + b_batches + b_stream + b_tok;
+    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32];
     fmt_bytes(x1, sizeof x1, (double)b_weights);
     fmt_bytes(x2, sizeof x2, (double)b_lora);
     fmt_bytes(x3, sizeof x3, (double)b_acts);
-    fmt_bytes(x4, sizeof x4, (double)(b_data + b_batch));
+    fmt_bytes(x4, sizeof x4, (double)(b_batches + b_tok));
     fmt_bytes(x5, sizeof x5, (double)rss0);
     fmt_bytes(x6, sizeof x6, (double)total);
+    fmt_bytes(x7, sizeof x7, (double)b_stream);
     int nmod = 0;
     for (int i = 0; i < m.cfg.n_layers * ST_LIN_COUNT; i++) nmod += lo.mod[i].a != NULL;
     snprintf(plan, sizeof plan,
-             "memory plan: batch %zu x %zu tokens, LoRA rank %d on %d modules (%zu params)\n"
+             "memory plan: batch %zu x %zu tokens (%s), LoRA rank %d on %d modules (%zu params)\n"
              "  model weights      %s (%s)\n"
              "  LoRA + grads + AdamW %s\n"
              "  activations        %s (gradient checkpointing %s)\n"
-             "  data + batches     %s (%zu train, %zu validation records%s)\n"
+             "  stream buffers     %s (at most: --stream-memory)\n"
+             "  batches, tokenizer %s (%d train shards, %d validation shards, %zu validation "
+             "records)\n"
              "  process baseline   %s\n"
              "  total              %s",
-             B, T, lo.cfg.rank, nmod, lo.n_params, x1,
+             B, T, o->pack ? "packed" : "padded", lo.cfg.rank, nmod, lo.n_params, x1,
              m.dtype == ST_F32 ? "F32, memory-mapped" : "converted to F32", x2, x3,
-             o->grad_checkpoint ? "on" : "off", x4, tr.n, va.n,
-             tr.truncated + va.truncated ? ", some truncated to --max-seq-len" : "", x5, x6);
+             o->grad_checkpoint ? "on" : "off", x7, x4, src.n_train, src.n_val, val_records, x5,
+             x6);
     if (cb) {
         struct st_train_event ev = {.kind = "plan", .plan_text = plan, .plan_bytes = total,
                                     .total_steps = o->steps};
@@ -593,28 +764,44 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
                                                           lo.cfg.rank)));
         rc = st_errorf(err, ST_ERR_NOMEM,
                        "the run needs %s but --max-memory is %s: lower --batch-size (batch 1: "
-                       "%s) or --max-seq-len (now %zu)%s%s",
+                       "%s), --max-seq-len (now %zu) or --stream-memory%s%s%s",
                        x6, lim, b1, T, o->grad_checkpoint ? "" : ", or add --grad-checkpoint (",
-                       o->grad_checkpoint ? "" : ck1);
-        if (!o->grad_checkpoint && strlen(err->msg) + 2 < sizeof err->msg) strcat(err->msg, ")");
+                       o->grad_checkpoint ? "" : ck1, o->grad_checkpoint ? "" : ")");
         goto done;
     }
     if (o->dry_run) goto done;
     if ((rc = st_acts_init(&a, &m, B, T, mode, err))) goto done;
-    ids = st_malloc(B * T * sizeof *ids);
-    targets = st_malloc(B * T * sizeof *targets);
-    idx = st_malloc(B * sizeof *idx);
-    ord.perm = st_malloc(tr.n * sizeof *ord.perm);
-    if (!ids || !targets || !idx || !ord.perm) {
+
+    /* the training stream and its loader thread */
+    struct st_stream_options so = o->stream;
+    so.url = NULL;
+    so.urls = (const char *const *)src.train;
+    so.n_urls = src.n_train;
+    so.shuffle = 1;
+    so.seed = o->seed;
+    so.epochs = 0;
+    so.resume_state = s.data_state;
+    L.o = o;
+    L.tok = tok;
+    L.tmpl = tmpl;
+    L.cfg = &m.cfg;
+    if ((rc = st_stream_open(&L.stream, &so, err))) goto done;
+    if ((rc = st_packer_init(&L.packer, B, T, o->pack, pad, err))) goto done;
+    for (size_t i = 0; i < s.n_pending; i++)
+        if (st_packer_add(L.packer, &s.pending[i], err) < 0) {
+            rc = err->code;
+            goto done;
+        }
+    if (pthread_create(&L.th, NULL, loader_main, &L) != 0) {
+        rc = st_errorf(err, ST_ERR_NOMEM, "cannot start the data loader thread");
+        goto done;
+    }
+    L.started = 1;
+    micro = st_calloc((size_t)o->grad_accum, sizeof *micro);
+    if (!micro) {
         rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
         goto done;
     }
-    ord.n = tr.n;
-    ord.seed = o->seed;
-    order_epoch(&ord, s.epoch);
-    ord.pos = s.pos;
-    int32_t pad = m.cfg.pad_token_id >= 0 && m.cfg.pad_token_id < m.cfg.vocab_size
-                      ? m.cfg.pad_token_id : 0;
 
     if ((rc = st_mkdirs(o->out_dir, err))) goto done;
     char mpath[4200];
@@ -628,41 +815,62 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     struct st_adamw opt = {0, 0.9f, 0.999f, 1e-8f, (float)o->weight_decay};
     double t0 = st_time_now();
     size_t tokens_run = 0;
+    long first_step = s.step;
     m.training = 1;
-    if (va.n && s.step == 0) {
+    if (nvb && s.step == 0) {
         double vl;
-        if ((rc = evaluate(&m, &a, &va, B, o->val_batches, pad, ids, targets, &vl, err))) goto done;
+        if ((rc = evaluate(&m, &a, vb, nvb, o->val_batches, &vl, err))) goto done;
         struct st_train_event ev = {.kind = "eval", .step = 0, .total_steps = o->steps,
                                     .val_loss = vl, .elapsed = st_time_now() - t0};
         append_metrics(mf, &ev);
         if (cb) cb(ctx, &ev);
     }
+    double wait_before_train = L.wait_s, train_t0 = st_time_now();
     while (s.step < o->steps) {
-        /* one optimizer step = grad_accum micro-batches; count the step's tokens first so every
-         * micro-batch's gradient is scaled by 1 / (tokens of the whole step) */
-        size_t saved_pos = ord.pos;
-        long saved_epoch = ord.epoch;
-        size_t step_count = 0;
-        for (int k = 0; k < o->grad_accum; k++)
-            for (size_t b = 0; b < B; b++) step_count += tr.len[order_next(&ord)] - 1;
-        if (ord.epoch != saved_epoch) order_epoch(&ord, saved_epoch);
-        ord.pos = saved_pos;
+        /* one optimizer step = grad_accum micro-batches; count the step's target tokens first so
+         * every micro-batch's gradient is scaled by 1 / (targets of the whole step) */
+        size_t step_count = 0, step_tokens = 0;
+        for (int k = 0; k < o->grad_accum; k++) {
+            if (loader_pop(&L, &micro[k], err)) {
+                rc = err->code ? err->code : ST_ERR_IO;
+                for (int q = 0; q < k; q++) {
+                    st_batch_free(&micro[q].b);
+                    st_free(micro[q].state);
+                    pending_free(micro[q].pending, micro[q].n_pending);
+                }
+                goto done;
+            }
+            step_count += micro[k].b.targets_n;
+            step_tokens += micro[k].b.tokens;
+        }
         st_lora_zero_grads(&lo);
         double loss_sum = 0;
-        size_t count = 0, step_tokens = 0;
+        size_t count = 0;
         for (int k = 0; k < o->grad_accum && !rc; k++) {
-            for (size_t b = 0; b < B; b++) idx[b] = order_next(&ord);
-            size_t tokens;
-            size_t Tb = make_batch(&tr, idx, B, pad, ids, targets, &tokens);
-            step_tokens += tokens;
-            a.T = Tb;
+            struct st_batch *b = &micro[k].b;
+            a.T = b->T;
             m.dropout_seed = mix(mix(o->seed, (uint64_t)s.step), (uint64_t)k);
-            rc = st_model_forward(&m, &a, ids, NULL, err);
-            if (!rc) rc = st_model_loss(&m, &a, targets, &loss_sum, &count, err);
-            if (!rc)
-                rc = st_model_backward(&m, &a, ids, targets, NULL, (float)(1.0 / step_count), &lo,
-                                       err);
+            if (step_count) {
+                rc = st_model_forward(&m, &a, b->ids, b->seg, err);
+                if (!rc) rc = st_model_loss(&m, &a, b->targets, &loss_sum, &count, err);
+                if (!rc)
+                    rc = st_model_backward(&m, &a, b->ids, b->targets, b->seg,
+                                           (float)(1.0 / step_count), &lo, err);
+            }
             a.T = T;
+        }
+        /* the data position after this step: the last micro-batch's snapshot */
+        st_free(s.data_state);
+        pending_free(s.pending, s.n_pending);
+        s.data_state = micro[o->grad_accum - 1].state;
+        s.pending = micro[o->grad_accum - 1].pending;
+        s.n_pending = micro[o->grad_accum - 1].n_pending;
+        for (int k = 0; k < o->grad_accum; k++) {
+            st_batch_free(&micro[k].b);
+            if (k < o->grad_accum - 1) {
+                st_free(micro[k].state);
+                pending_free(micro[k].pending, micro[k].n_pending);
+            }
         }
         if (rc) goto done;
         double norm = st_grad_clip(lo.grads, lo.n_params, o->max_grad_norm);
@@ -670,22 +878,21 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         opt.lr = (float)lr;
         s.step++;
         st_adamw_step(lo.params, lo.grads, m1, m2, lo.n_params, &opt, s.step);
-        s.epoch = ord.epoch;
-        s.pos = ord.pos;
         s.tokens += count;
         tokens_run += step_tokens;
-        double el = st_time_now() - t0;
+        double el = st_time_now() - t0, tel = st_time_now() - train_t0;
         struct st_train_event ev = {.kind = "train", .step = s.step, .total_steps = o->steps,
-                                    .loss = loss_sum / (double)count, .lr = lr, .grad_norm = norm,
-                                    .tokens = s.tokens, .tokens_per_s = (double)tokens_run / el,
-                                    .elapsed = el};
-        ev.eta = el / (double)(s.step - (o->resume ? 0 : 0)) * (double)(o->steps - s.step);
+                                    .loss = count ? loss_sum / (double)count : NAN, .lr = lr,
+                                    .grad_norm = norm, .tokens = s.tokens,
+                                    .tokens_per_s = (double)tokens_run / tel, .elapsed = el};
+        ev.eta = tel / (double)(s.step - first_step) * (double)(o->steps - s.step);
+        ev.data_wait_frac = (L.wait_s - wait_before_train) / (tel > 0 ? tel : 1);
         append_metrics(mf, &ev);
         if (cb) cb(ctx, &ev);
         int last = s.step == o->steps;
-        if (va.n && ((o->eval_every > 0 && s.step % o->eval_every == 0) || last)) {
+        if (nvb && ((o->eval_every > 0 && s.step % o->eval_every == 0) || last)) {
             double vl;
-            if ((rc = evaluate(&m, &a, &va, B, o->val_batches, pad, ids, targets, &vl, err))) goto done;
+            if ((rc = evaluate(&m, &a, vb, nvb, o->val_batches, &vl, err))) goto done;
             struct st_train_event e2 = {.kind = "eval", .step = s.step, .total_steps = o->steps,
                                         .val_loss = vl, .elapsed = st_time_now() - t0};
             append_metrics(mf, &e2);
@@ -701,17 +908,19 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     }
     rc = st_lora_save(&lo, o->out_dir, o->model_dir, err);
 done:
+    loader_stop(&L);
     if (mf) fclose(mf);
-    st_free(ord.perm);
-    st_free(idx);
-    st_free(ids);
-    st_free(targets);
+    st_free(micro);
+    st_free(s.data_state);
+    pending_free(s.pending, s.n_pending);
+    for (size_t i = 0; i < nvb; i++) st_batch_free(&vb[i]);
+    st_free(vb);
+    sources_free(&src);
     st_free(m1);
     st_free(m2);
     st_acts_free(&a);
     st_lora_free(&lo);
-    records_free(&tr);
-    records_free(&va);
+    st_chat_template_free(tmpl);
     st_tokenizer_free(tok);
     if (have_model) st_model_free(&m);
     return rc;
