@@ -4,7 +4,7 @@
 For benchmarks and memory measurements: the numbers are meaningless, the shapes are real.
 
 Usage: make_random_model.py OUT_DIR [--preset NAME] [--dtype bf16|f32] [--layers N] ...
-Presets: stories15m, smollm-135m, llama-110m, llama-3.2-1b, llama-3-8b, qwen2.5-0.5b
+Presets: tiny (the demo model of scripts/run), stories15m, smollm-135m, llama-110m, llama-3.2-1b, llama-3-8b, qwen2.5-0.5b
 Needs only numpy (Debian python3-numpy)."""
 import argparse
 import json
@@ -14,6 +14,8 @@ import struct
 import numpy as np
 
 PRESETS = {
+    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=512, tie=True),
     "stories15m": dict(hidden_size=288, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6,
                        num_key_value_heads=6, vocab_size=32000, max_position_embeddings=256, tie=True),
     "smollm-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -86,7 +88,10 @@ def main():
             if name.endswith("norm.weight"):
                 x = np.ones(shp, dtype=np.float32)
             else:
-                x = rng.standard_normal(shp, dtype=np.float32) * (0.02 if "bias" not in name else 0.01)
+                std = 0.02 if "bias" not in name else 0.01
+                if a.preset == "tiny":  # small fan-in: keep activations O(1) so LoRA can learn fast
+                    std = 1.0 / np.sqrt(shp[-1]) if len(shp) == 2 and "embed" not in name else 0.5
+                x = rng.standard_normal(shp, dtype=np.float32) * std
             if a.dtype == "bf16":
                 u = x.view(np.uint32)
                 u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
