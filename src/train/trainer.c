@@ -673,6 +673,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     }
     if ((rc = st_model_load(&m, o->model_dir, err))) goto done;
     have_model = 1;
+    size_t live_model = st_alloc_live_bytes(); /* the plan counts what comes after separately */
     struct st_error terr;
     if (st_tokenizer_load(&tok, o->model_dir, &terr)) tok = NULL;
     if (st_chat_template_load(&tmpl, o->model_dir, &terr)) tmpl = NULL;
@@ -720,10 +721,13 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     size_t b_weights = m.converted.size + (m.dtype == ST_F32 ? m.bytes_on_disk : 0);
     size_t b_lora = lo.n_params * 4 * 4; /* params, grads, two moments */
     size_t b_acts = st_acts_bytes(&m.cfg, B, T, mode, lo.cfg.rank);
-    size_t b_batches = (size_t)(QCAP + o->grad_accum + 1) * B * T * 3 * sizeof(int32_t) +
-                       nvb * B * T * 3 * sizeof(int32_t);
+    size_t b_valb = 0;
+    for (size_t i = 0; i < nvb; i++)
+        b_valb += vb[i].B * vb[i].T * (vb[i].seg ? 3 : 2) * sizeof(int32_t);
+    size_t b_batches = (size_t)(QCAP + o->grad_accum + 1) * B * T * 3 * sizeof(int32_t) + b_valb;
     size_t b_stream = o->stream.memory_budget; /* a cap; the validation stream is closed first */
-    size_t b_tok = st_alloc_live_bytes();          /* tokenizer, template, lists, so far */
+    size_t live = st_alloc_live_bytes(), counted = live_model + lo.n_params * 16 + b_valb;
+    size_t b_tok = live > counted ? live - counted : 0; /* tokenizer, template, shard lists */
     size_t total = rss0 + b_weights + b_lora + b_acts + b_batches + b_stream + b_tok;
     char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32];
     fmt_bytes(x1, sizeof x1, (double)b_weights);
