@@ -61,7 +61,7 @@ def fast():
         make_data(data, 97, 1)
         make_data(val, 13, 2)
         common = ["--model", MODEL, "--data", data, "--val-data", val, "--steps", "30",
-                  "--batch-size", "3", "--grad-accum", "2", "--lr", "3e-3", "--rank", "4",
+                  "--batch-size", "3", "--grad-accum", "2", "--max-seq-len", "32", "--lr", "3e-3", "--rank", "4",
                   "--alpha", "8", "--dropout", "0.1", "--save-every", "4", "--eval-every", "10",
                   "--threads", "2", "--seed", "7", "--json"]
         a = os.path.join(t, "a")
@@ -124,7 +124,7 @@ def fast():
         rc = run("train", *common, "--out", os.path.join(t, "d"), "--max-memory", "1K")
         check(rc.returncode == 1 and "--batch-size" in rc.stderr and "--grad-checkpoint" in rc.stderr,
               "--max-memory refusal names the knobs")
-        rc = run("train", "--model", MODEL, "--data", data, "--out", os.path.join(t, "e"), "--dry-run")
+        rc = run("train", "--model", MODEL, "--data", data, "--out", os.path.join(t, "e"), "--dry-run", "--max-seq-len", "32")
         check(rc.returncode == 0 and "memory plan" in rc.stderr and not os.path.exists(os.path.join(t, "e", "adapter_model.safetensors")),
               "--dry-run prints the plan only")
         rc = run("train", "--model", MODEL, "--data", data, "--out", t, "--rank", "0")
@@ -135,7 +135,7 @@ def fast():
         check(rc.returncode == 1 and "nope" in rc.stderr, "--resume of a missing run named")
         bad = os.path.join(t, "bad.jsonl")
         open(bad, "w").write('{"ids": [1, 2, 3]}\n{"ids": [1, 999]}\n')
-        rc = run("train", "--model", MODEL, "--data", bad, "--out", os.path.join(t, "g"))
+        rc = run("train", "--model", MODEL, "--data", bad, "--out", os.path.join(t, "g"), "--max-seq-len", "32")
         check(rc.returncode == 1 and "bad.jsonl:2" in rc.stderr, "bad record named by file:line")
 
 
@@ -147,7 +147,7 @@ def slow():
         return
     with tempfile.TemporaryDirectory() as t:
         t0 = time.time()
-        rc = run("train", "--model", model, "--data", task, "--out", t, "--steps", "60", "--batch-size", "16",
+        rc = run("train", "--model", model, "--data", task, "--out", t, "--steps", "60", "--batch-size", "16", "--no-pack",
                  "--lr", "1e-3", "--schedule", "constant", "--warmup", "0", "--rank", "8", "--alpha", "16",
                  "--eval-every", "60", "--no-eos", "--json")
         ev = [json.loads(l) for l in rc.stdout.splitlines() if '"eval"' in l]
