@@ -139,6 +139,22 @@ def fast():
         check(rc.returncode == 1 and "bad.jsonl:2" in rc.stderr, "bad record named by file:line")
 
 
+def mlx_folders():
+    """The mlx-lm style folders of ../shared/data train as they are (text and completions)."""
+    model = os.path.join(SHARED, "data", "models", "stories260K")
+    for name in ["wikisql", "wwdc25_completions"]:
+        d = os.path.join(SHARED, "data", "text", name)
+        if not os.path.isdir(model) or not os.path.isdir(d):
+            print(f"skip mlx folder {name}: ../shared/data is absent")
+            continue
+        with tempfile.TemporaryDirectory() as t:
+            rc = run("train", "--model", model, "--data", d, "--out", t, "--steps", "3", "--batch-size", "2",
+                     "--max-seq-len", "256", "--eval-every", "3", "--val-batches", "3", "--json")
+            ev = [json.loads(l) for l in rc.stdout.splitlines() if '"eval"' in l]
+            check(rc.returncode == 0 and len(ev) == 2 and ev[1]["val_loss"] < ev[0]["val_loss"],
+                  f"mlx-lm folder {name} trains without conversion")
+
+
 def slow():
     model = os.path.join(SHARED, "data", "models", "stories260K")
     task = os.path.join(SHARED, "data", "tasks", "zed")
@@ -164,5 +180,6 @@ if WHICH == "slow":
     slow()
 else:
     fast()
+    mlx_folders()
 print(f"{failures} failures")
 sys.exit(1 if failures else 0)

@@ -75,10 +75,10 @@ def main():
             procs.append(proxy)
             r = subprocess.run([EXE, "train", "--model", MODEL, "--data", "s3://data/zed/",
                                 "--endpoint-url", f"http://127.0.0.1:{pport}", "--out", os.path.join(t, "b"),
-                                "--steps", "40", "--batch-size", "16", "--no-eos", "--eval-every", "0",
+                                "--steps", "20", "--batch-size", "16", "--no-eos", "--eval-every", "0",
                                 "--save-every", "0", "--json"], capture_output=True, text=True, env=env)
             tr = [json.loads(l) for l in r.stdout.splitlines() if '"train"' in l]
-            ok = r.returncode == 0 and len(tr) == 40
+            ok = r.returncode == 0 and len(tr) == 20
             if ok:
                 wait = tr[-1]["data_wait"]
                 print(f"     50 ms latency: data wait {100 * wait:.2f}% of training time")
