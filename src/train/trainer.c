@@ -758,16 +758,28 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
                                     .total_steps = o->steps};
         cb(ctx, &ev);
     }
-    if (o->max_memory && total > o->max_memory) {
-        char lim[32], b1[32], ck1[32];
-        fmt_bytes(lim, sizeof lim, (double)o->max_memory);
+    /* no --max-memory: never plan beyond 90% of this machine's RAM (an over-committed plan would
+     * otherwise end in the kernel's OOM killer, not in a message) */
+    size_t limit = o->max_memory;
+    int limit_is_ram = 0;
+    if (!limit) {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && psz > 0) {
+            limit = (size_t)((double)pages * (double)psz * 0.9);
+            limit_is_ram = 1;
+        }
+    }
+    if (limit && total > limit) {
+        char lim[48], b1[32], ck1[32];
+        fmt_bytes(lim, sizeof lim, (double)limit);
+        if (limit_is_ram) strncat(lim, " (90% of this machine's RAM)", sizeof lim - strlen(lim) - 1);
         fmt_bytes(b1, sizeof b1,
                   (double)(total - b_acts + st_acts_bytes(&m.cfg, 1, T, mode, lo.cfg.rank)));
         fmt_bytes(ck1, sizeof ck1,
                   (double)(total - b_acts + st_acts_bytes(&m.cfg, B, T, ST_ACTS_CHECKPOINT,
                                                           lo.cfg.rank)));
         rc = st_errorf(err, ST_ERR_NOMEM,
-                       "the run needs %s but --max-memory is %s: lower --batch-size (batch 1: "
+                       "the run needs %s but the limit is %s: lower --batch-size (batch 1: "
                        "%s), --max-seq-len (now %zu) or --stream-memory%s%s%s",
                        x6, lim, b1, T, o->grad_checkpoint ? "" : ", or add --grad-checkpoint (",
                        o->grad_checkpoint ? "" : ck1, o->grad_checkpoint ? "" : ")");
