@@ -14,22 +14,22 @@
 
 #include "../src/data/internal.h"
 
-#define FI_REQUIRE(cond, ...)                                                                 \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            fprintf(stderr, "fuzz_index: property violated: %s: ", #cond);                    \
-            fprintf(stderr, __VA_ARGS__);                                                     \
-            fprintf(stderr, "\n");                                                            \
-            abort();                                                                          \
-        }                                                                                     \
+#define FI_REQUIRE(cond, ...)                                                                      \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_index: property violated: %s: ", #cond);                         \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t live = st_alloc_live_count();
     struct st_shard_list l;
     struct st_error err = {0};
-    enum st_status rc = index_parse((const char *)data, size, "s3://bkt/dir/index.json", &l,
-                                    "index.json", &err);
+    enum st_status rc =
+        index_parse((const char *)data, size, "s3://bkt/dir/index.json", &l, "index.json", &err);
     if (rc == ST_OK) {
         FI_REQUIRE(l.n >= 1 && l.n <= 1000000, "%u shards", l.n);
         for (uint32_t i = 0; i < l.n; i++) {
@@ -42,7 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             size_t h = strlen(s->sha256);
             FI_REQUIRE(h == 0 || h == 64, "shard %u hash length %zu", i, h);
             for (size_t k = 0; k < h; k++)
-                FI_REQUIRE(isxdigit((unsigned char)s->sha256[k]) && !isupper((unsigned char)s->sha256[k]),
+                FI_REQUIRE(isxdigit((unsigned char)s->sha256[k]) &&
+                               !isupper((unsigned char)s->sha256[k]),
                            "shard %u hash", i);
         }
         st_shard_list_free(&l);
@@ -51,6 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                        strncmp(err.msg, "index.json: ", 12) == 0,
                    "status %d: %s", (int)rc, err.msg);
     }
-    FI_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked", st_alloc_live_count() - live);
+    FI_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked",
+               st_alloc_live_count() - live);
     return 0;
 }

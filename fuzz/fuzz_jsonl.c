@@ -14,14 +14,14 @@
 
 #include "../src/data/internal.h"
 
-#define FJ_REQUIRE(cond, ...)                                                                 \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            fprintf(stderr, "fuzz_jsonl: property violated: %s: ", #cond);                    \
-            fprintf(stderr, __VA_ARGS__);                                                     \
-            fprintf(stderr, "\n");                                                            \
-            abort();                                                                          \
-        }                                                                                     \
+#define FJ_REQUIRE(cond, ...)                                                                      \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_jsonl: property violated: %s: ", #cond);                         \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 #define FJ_MAX_REC 4096
@@ -67,7 +67,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         spins++;
         size_t n = size - pos < piece ? size - pos : piece, in_used, out_len, used;
         int fe;
-        rc = decomp_run(&d, data + pos, n, &in_used, out, sizeof out, &out_len, &fe, "f.jsonl", &err);
+        rc = decomp_run(&d, data + pos, n, &in_used, out, sizeof out, &out_len, &fe, "f.jsonl",
+                        &err);
         if (rc) break;
         pos += in_used;
         for (size_t k = 0; k < out_len && rc == ST_OK; k += used) {
@@ -84,6 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                    "status %d: %s", (int)rc, err.msg);
     decomp_free(&d);
     jsonl_free(&p);
-    FJ_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked", st_alloc_live_count() - live);
+    FJ_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked",
+               st_alloc_live_count() - live);
     return 0;
 }

@@ -12,14 +12,14 @@
 
 #include "../src/data/internal.h"
 
-#define FX_REQUIRE(cond, ...)                                                                 \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            fprintf(stderr, "fuzz_s3_list: property violated: %s: ", #cond);                  \
-            fprintf(stderr, __VA_ARGS__);                                                     \
-            fprintf(stderr, "\n");                                                            \
-            abort();                                                                          \
-        }                                                                                     \
+#define FX_REQUIRE(cond, ...)                                                                      \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_s3_list: property violated: %s: ", #cond);                       \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -44,6 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char tag[32];
     xml_tag_text(xml, size, "Key", tag, sizeof tag);
     FX_REQUIRE(memchr(tag, 0, sizeof tag), "unterminated tag text");
-    FX_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked", st_alloc_live_count() - live);
+    FX_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked",
+               st_alloc_live_count() - live);
     return 0;
 }

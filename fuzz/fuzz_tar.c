@@ -14,14 +14,14 @@
 
 #include "../src/data/internal.h"
 
-#define FT_REQUIRE(cond, ...)                                                                 \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            fprintf(stderr, "fuzz_tar: property violated: %s: ", #cond);                      \
-            fprintf(stderr, __VA_ARGS__);                                                     \
-            fprintf(stderr, "\n");                                                            \
-            abort();                                                                          \
-        }                                                                                     \
+#define FT_REQUIRE(cond, ...)                                                                      \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_tar: property violated: %s: ", #cond);                           \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 #define FT_MAX_REC 65536
@@ -35,8 +35,8 @@ static int ft_emit(void *vctx, const struct rec *r, struct st_error *err) {
     struct ft_ctx *c = vctx;
     FT_REQUIRE(r->key && r->key[0], "sample without a key");
     FT_REQUIRE(r->n_fields >= 1 && r->n_fields <= TAR_MAX_FIELDS, "%d fields", r->n_fields);
-    FT_REQUIRE(r->index == c->next_index, "index %llu, expected %llu",
-               (unsigned long long)r->index, (unsigned long long)c->next_index);
+    FT_REQUIRE(r->index == c->next_index, "index %llu, expected %llu", (unsigned long long)r->index,
+               (unsigned long long)c->next_index);
     FT_REQUIRE(r->offset >= c->last_end && r->end > r->offset, "offsets %llu..%llu after %llu",
                (unsigned long long)r->offset, (unsigned long long)r->end,
                (unsigned long long)c->last_end);
@@ -72,9 +72,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (rc == ST_OK) rc = tar_end(&t, ft_emit, &c, "f.tar", &err);
     if (rc)
-        FT_REQUIRE((rc == ST_ERR_FORMAT || rc == ST_ERR_NOMEM) && strncmp(err.msg, "f.tar: ", 7) == 0,
+        FT_REQUIRE((rc == ST_ERR_FORMAT || rc == ST_ERR_NOMEM) &&
+                       strncmp(err.msg, "f.tar: ", 7) == 0,
                    "status %d: %s", (int)rc, err.msg);
     tar_free(&t);
-    FT_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked", st_alloc_live_count() - live);
+    FT_REQUIRE(st_alloc_live_count() == live, "%zu allocations leaked",
+               st_alloc_live_count() - live);
     return 0;
 }

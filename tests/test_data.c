@@ -17,8 +17,8 @@
 #include "../fuzz/fuzz_s3_list.c"
 #undef LLVMFuzzerTestOneInput
 
-#include "harness.h"
 #include "data/internal.h"
+#include "harness.h"
 #include "servers/helpers.h"
 
 /* ---- collectors ---- */
@@ -60,13 +60,15 @@ TEST(sha256_vectors) {
     CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
     const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
     sha256_init(&c);
-    for (size_t i = 0; i < strlen(m); i++) sha256_update(&c, m + i, 1); /* byte by byte */
+    for (size_t i = 0; i < strlen(m); i++)
+        sha256_update(&c, m + i, 1); /* byte by byte */
     sha256_final_hex(&c, hex);
     CHECK(strcmp(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1") == 0);
     sha256_init(&c);
     char a[1000];
     memset(a, 'a', sizeof a);
-    for (int i = 0; i < 1000; i++) sha256_update(&c, a, sizeof a);
+    for (int i = 0; i < 1000; i++)
+        sha256_update(&c, a, sizeof a);
     sha256_final_hex(&c, hex);
     CHECK(strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0);
 }
@@ -79,7 +81,8 @@ TEST(brace_and_sizes) {
     CHECK(n == 4 && strcmp(v[0], "s-008.tar") == 0 && strcmp(v[3], "s-011.tar") == 0);
     str_array_free(v, n);
     CHECK(brace_expand("{a,b}/{1..2}", 100, &v, &n, &err) == ST_OK);
-    CHECK(n == 4 && strcmp(v[0], "a/1") == 0 && strcmp(v[1], "a/2") == 0 && strcmp(v[3], "b/2") == 0);
+    CHECK(n == 4 && strcmp(v[0], "a/1") == 0 && strcmp(v[1], "a/2") == 0 &&
+          strcmp(v[3], "b/2") == 0);
     str_array_free(v, n);
     CHECK(brace_expand("plain{x}", 100, &v, &n, &err) == ST_OK);
     CHECK(n == 1 && strcmp(v[0], "plain{x}") == 0);
@@ -165,13 +168,18 @@ TEST(jsonl_errors) {
     CHECKF(strstr(err.msg, "longer than 16 bytes") != NULL, "%s", err.msg);
     jsonl_free(&p);
     size_t at;
-    const char *good[] = {"{}", "[]", "0", "-1.5e+3", "\"\\u00e9\\n\"", "{\"a\":[true,false,null]}",
+    const char *good[] = {"{}",
+                          "[]",
+                          "0",
+                          "-1.5e+3",
+                          "\"\\u00e9\\n\"",
+                          "{\"a\":[true,false,null]}",
                           " { \"k\" : { } } "};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++)
         CHECKF(jsonl_check_record((const uint8_t *)good[i], strlen(good[i]), &at) == 0, "%s",
                good[i]);
-    const char *badj[] = {"{", "{\"a\"}", "[1,]", "01", "1.", "\"\\x\"", "tru", "{} x", "\"a\tb\"",
-                          "{'a': 1}", "-"};
+    const char *badj[] = {"{",   "{\"a\"}", "[1,]",     "01",       "1.", "\"\\x\"",
+                          "tru", "{} x",    "\"a\tb\"", "{'a': 1}", "-"};
     for (size_t i = 0; i < sizeof badj / sizeof *badj; i++)
         CHECKF(jsonl_check_record((const uint8_t *)badj[i], strlen(badj[i]), &at) != 0, "%s",
                badj[i]);
@@ -182,7 +190,8 @@ TEST(jsonl_errors) {
 
 static void pax_record(struct tbuf *b, const char *kv) {
     size_t n = strlen(kv) + 2, len = n + 1;
-    while (len != n + (size_t)snprintf(NULL, 0, "%zu", len)) len = n + (size_t)snprintf(NULL, 0, "%zu", len);
+    while (len != n + (size_t)snprintf(NULL, 0, "%zu", len))
+        len = n + (size_t)snprintf(NULL, 0, "%zu", len);
     tb_printf(b, "%zu %s\n", len, kv);
 }
 
@@ -192,7 +201,8 @@ static void tar_header_typed(struct tbuf *t, const char *name, char type, const 
     tmp.p[156] = (uint8_t)type;
     memset(tmp.p + 148, ' ', 8);
     unsigned sum = 0;
-    for (int i = 0; i < 512; i++) sum += tmp.p[i];
+    for (int i = 0; i < 512; i++)
+        sum += tmp.p[i];
     snprintf((char *)tmp.p + 148, 8, "%06o", sum);
     tmp.p[155] = ' ';
     tb_add(t, tmp.p, tmp.n);
@@ -353,7 +363,8 @@ static int decode_all(enum comp kind, const uint8_t *in, size_t n, size_t step, 
 
 TEST(decompression) {
     struct tbuf raw = {0};
-    for (int i = 0; i < 300; i++) tb_printf(&raw, "{\"id\": %d, \"pad\": \"%0*d\"}\n", i, i % 50, 0);
+    for (int i = 0; i < 300; i++)
+        tb_printf(&raw, "{\"id\": %d, \"pad\": \"%0*d\"}\n", i, i % 50, 0);
     struct tbuf z = {0}, g1 = {0}, g2 = {0};
     td_zstd(raw.p, raw.n, 100, &z); /* three frames */
     td_gzip(raw.p, raw.n / 2, &g1);
@@ -386,7 +397,8 @@ TEST(decompression) {
         struct st_error err;
         CHECK(decode_all(COMP_ZSTD, z.p, z.n, 1 << 20, &out, ends, &ne, &err) == 0);
         struct tbuf tail = {0};
-        CHECK(decode_all(COMP_ZSTD, z.p + ends[0], z.n - ends[0], 100, &tail, ends, &ne, &err) == 0);
+        CHECK(decode_all(COMP_ZSTD, z.p + ends[0], z.n - ends[0], 100, &tail, ends, &ne, &err) ==
+              0);
         CHECK(tail.n < raw.n && memcmp(tail.p, raw.p + (raw.n - tail.n), tail.n) == 0);
         free(out.p);
         free(tail.p);
@@ -394,7 +406,8 @@ TEST(decompression) {
     /* corrupt and truncated inputs */
     struct tbuf bad = {0};
     tb_add(&bad, g2.p, g2.n);
-    for (size_t i = 12; i < 40 && i < bad.n; i++) bad.p[i] ^= 0x5a;
+    for (size_t i = 12; i < 40 && i < bad.n; i++)
+        bad.p[i] ^= 0x5a;
     struct tbuf out = {0};
     uint64_t ends[64];
     int ne;
@@ -421,12 +434,14 @@ TEST(s3_xml) {
     const char *xml =
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
         "<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name>"
-        "<Prefix>d/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys><EncodingType>url</EncodingType>"
+        "<Prefix>d/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys><EncodingType>url</"
+        "EncodingType>"
         "<IsTruncated>true</IsTruncated><Contents><Key>d/a%20b%2Bc.jsonl</Key>"
         "<LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>&quot;abc123&quot;</ETag>"
         "<Size>1234</Size><StorageClass>STANDARD</StorageClass></Contents>"
         "<Contents><Key>d/x&amp;y.tar</Key><ETag>\"e2\"</ETag><Size>0</Size></Contents>"
-        "<NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken>"
+        "<NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</"
+        "NextContinuationToken>"
         "</ListBucketResult>";
     struct s3_list_page pg;
     struct st_error err;
@@ -437,7 +452,8 @@ TEST(s3_xml) {
     CHECKF(strcmp(pg.objs[1].key, "d/x&y.tar") == 0, "%s", pg.objs[1].key);
     CHECK(strcmp(pg.next_token, "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=") == 0);
     s3_list_page_free(&pg);
-    CHECK(s3_parse_list("<Error><Code>AccessDenied</Code></Error>", 40, &pg, &err) == ST_ERR_FORMAT);
+    CHECK(s3_parse_list("<Error><Code>AccessDenied</Code></Error>", 40, &pg, &err) ==
+          ST_ERR_FORMAT);
     const char *trunc = "<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>";
     CHECK(s3_parse_list(trunc, strlen(trunc), &pg, &err) == ST_ERR_FORMAT);
     char code[64], msg[128];
@@ -478,9 +494,10 @@ TEST(s3_credentials) {
     char cred[600], conf[600];
     snprintf(cred, sizeof cred, "%s/credentials", dir);
     snprintf(conf, sizeof conf, "%s/config", dir);
-    const char *ct = "[default]\naws_access_key_id = AKDEFAULT\naws_secret_access_key=SDEFAULT\n"
-                     "# comment\n[work]\naws_access_key_id=AKWORK\naws_secret_access_key = S/W+ork\n"
-                     "aws_session_token = TOKEN\n";
+    const char *ct =
+        "[default]\naws_access_key_id = AKDEFAULT\naws_secret_access_key=SDEFAULT\n"
+        "# comment\n[work]\naws_access_key_id=AKWORK\naws_secret_access_key = S/W+ork\n"
+        "aws_session_token = TOKEN\n";
     const char *cf = "[default]\nregion = us-west-2\n[profile work]\nregion=eu-central-1\n"
                      "endpoint_url = http://127.0.0.1:1234/\n";
     td_write(cred, ct, strlen(ct));
@@ -540,7 +557,8 @@ TEST(index_manifest) {
     struct st_shard_list l;
     struct st_error err;
     const char *m = "{\"streamtune_index\": 1, \"shards\": [{\"url\": \"a.jsonl\", \"bytes\": 10, "
-                    "\"samples\": 2, \"sha256\": \"E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855\"},"
+                    "\"samples\": 2, \"sha256\": "
+                    "\"E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855\"},"
                     "{\"url\": \"s3://b/c.tar\", \"bytes\": 0}]}";
     CHECK(index_parse(m, strlen(m), "http://h/d/index.json", &l, "idx", &err) == ST_OK);
     CHECK(l.n == 2 && strcmp(l.shards[0].url, "http://h/d/a.jsonl") == 0);
@@ -552,14 +570,17 @@ TEST(index_manifest) {
     CHECK(index_parse(w, strlen(w), "/data/i.json", &l, "idx", &err) == ST_OK);
     CHECK(l.n == 1 && strcmp(l.shards[0].url, "/data/x.tar") == 0 && l.shards[0].samples == 5);
     st_shard_list_free(&l);
-    const char *bad[] = {"[]", "{\"streamtune_index\": 2, \"shards\": []}",
+    const char *bad[] = {"[]",
+                         "{\"streamtune_index\": 2, \"shards\": []}",
                          "{\"streamtune_index\": 1, \"shards\": []}",
                          "{\"streamtune_index\": 1, \"shards\": [{\"url\": \"a\", \"bytes\": -1}]}",
                          "{\"streamtune_index\": 1, \"shards\": [{\"url\": \"a\", \"bytes\": 1, "
                          "\"sha256\": \"xyz\"}]}",
-                         "{\"streamtune_index\": 1, \"shards\": [{\"bytes\": 1}]}", "{"};
-    const char *want[] = {"not an index", "version 2", "shards: expected", "shards[0].bytes",
-                          "shards[0].sha256", "shards[0].url", "not valid JSON"};
+                         "{\"streamtune_index\": 1, \"shards\": [{\"bytes\": 1}]}",
+                         "{"};
+    const char *want[] = {"not an index",    "version 2",        "shards: expected",
+                          "shards[0].bytes", "shards[0].sha256", "shards[0].url",
+                          "not valid JSON"};
     for (int i = 0; i < 7; i++) {
         CHECK(index_parse(bad[i], strlen(bad[i]), "i.json", &l, "i.json", &err) != ST_OK);
         CHECKF(strstr(err.msg, want[i]) != NULL, "%s", err.msg);
@@ -611,7 +632,9 @@ TEST(fuzz_replay) {
     static const struct {
         const char *name;
         int (*fn)(const uint8_t *, size_t);
-    } t[] = {{"tar", st_fuzz_tar_one}, {"jsonl", st_fuzz_jsonl_one}, {"index", st_fuzz_index_one},
+    } t[] = {{"tar", st_fuzz_tar_one},
+             {"jsonl", st_fuzz_jsonl_one},
+             {"index", st_fuzz_index_one},
              {"s3_list", st_fuzz_s3_list_one}};
     for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
         char dir[600];

@@ -7,10 +7,12 @@
  * tar shards, records carrying their ids) streams over HTTP and over S3 with every sample exactly
  * once and in the same order as a fault-free run; paginated ListObjectsV2 (continuation tokens
  * with / + =); resuming in a new process gives the uninterrupted sequence and fetches only the
- * bytes not yet consumed; ranks 0..3 of 4 are disjoint and cover the dataset; Retry-After is
+ * bytes not yet consumed; ranks 0..3 of 4 are disjoint and cover the dataset (by shards over S3,
+ * by equal sample counts through an index over HTTP with faults); Retry-After is
  * honoured; an object rewritten mid-read is detected (If-Match / ETag); 403 / 404 / bad
  * credentials / bad URL / corrupt gzip / corrupt tar / refused connections give one-line errors
- * naming the URL. Servers that are not installed make their tests skip with a message. */
+ * naming the URL; with ST_SLOW_TESTS=1, streaming 2 GiB keeps the peak RSS under the budget +
+ * 64 MiB. Servers that are not installed make their tests skip with a message. */
 #include "harness.h"
 #include "servers/helpers.h"
 #include "streamtune/data.h"
@@ -110,12 +112,13 @@ static int start_proxy(struct td_server *px, int port, const char *const *extra,
     int k = 0;
     args[k++] = "--target";
     args[k++] = target;
-    for (int i = 0; i < n_extra && k < 30; i++) args[k++] = extra[i];
+    for (int i = 0; i < n_extra && k < 30; i++)
+        args[k++] = extra[i];
     return td_node_start(px, "faultproxy.js", args, k);
 }
 
-static const char *const faulty[] = {"--fault-rate", "0.3", "--seed", "11", "--stall-ms", "1500",
-                                     "--retry-after", "0"};
+static const char *const faulty[] = {"--fault-rate", "0.3",  "--seed",        "11",
+                                     "--stall-ms",   "1500", "--retry-after", "0"};
 
 /* ---- HTTP ---- */
 
@@ -136,13 +139,18 @@ TEST(http_faults_exactly_once) {
     CHECKF(exactly_once(&ref), "fault-free run: %d samples", ref.n);
     CHECK(ref.st.retries == 0);
     /* the same through the fault proxy: 30% of requests faulted */
-    for (int i = 0; i < N_SHARDS; i++) snprintf(urls[i], 256, "%s/%s", g_px_http.url, g_urls[i]);
+    for (int i = 0; i < N_SHARDS; i++)
+        snprintf(urls[i], 256, "%s/%s", g_px_http.url, g_urls[i]);
     run_stream(&o, -1, &got);
     CHECKF(got.rc == ST_OK, "%s", got.err.msg);
     CHECKF(exactly_once(&got), "faulted run: %d samples", got.n);
     CHECK(got.n == ref.n && memcmp(got.ids, ref.ids, sizeof(int64_t) * TOTAL) == 0);
     CHECKF(got.st.retries >= got.st.requests / 8, "%llu retries for %llu requests",
            (unsigned long long)got.st.retries, (unsigned long long)got.st.requests);
+    /* every kind of fault happened and was retried as its kind (stalls end in a reset after
+     * 1.5 s here, before curl's low-speed window notices: test stall_retried covers those) */
+    CHECK(got.st.retry_conn && got.st.retry_truncated && got.st.retry_5xx &&
+          got.st.retry_throttled);
     printf("  http, 30%% faults: %llu requests, %llu retries (conn %llu, timeout %llu, truncated "
            "%llu, 5xx %llu, throttled %llu), %.2f s\n",
            (unsigned long long)got.st.requests, (unsigned long long)got.st.retries,
@@ -158,7 +166,30 @@ TEST(http_faults_exactly_once) {
     CHECKF(idx.rc == ST_OK, "%s", idx.err.msg);
     CHECK(idx.n == ref.n && memcmp(idx.ids, ref.ids, sizeof(int64_t) * TOTAL) == 0);
     CHECK(idx.st.retries > 0);
-    for (int i = 0; i < N_SHARDS; i++) free(urls[i]);
+    /* ranks 0..3 of 4 through the index (equal sample counts), still faulted: disjoint, and
+     * together the dataset */
+    static char seen[TOTAL];
+    memset(seen, 0, sizeof seen);
+    int total = 0, dup = 0;
+    for (int rank = 0; rank < 4; rank++) {
+        opts(&o);
+        o.url = idx_url;
+        o.rank = rank;
+        o.world_size = 4;
+        run_stream(&o, -1, &got);
+        CHECKF(got.rc == ST_OK && got.n == TOTAL / 4, "rank %d: %d samples %s", rank, got.n,
+               got.err.msg);
+        for (int i = 0; i < got.n; i++) {
+            if (got.ids[i] < 0 || got.ids[i] >= TOTAL || seen[got.ids[i]])
+                dup++;
+            else
+                seen[got.ids[i]] = 1;
+        }
+        total += got.n;
+    }
+    CHECKF(total == TOTAL && dup == 0, "%d samples over 4 ranks, %d repeated", total, dup);
+    for (int i = 0; i < N_SHARDS; i++)
+        free(urls[i]);
 }
 
 /* ---- S3 ---- */
@@ -215,8 +246,10 @@ TEST(s3_ranks_disjoint) {
         CHECKF(r.rc == ST_OK, "%s", r.err.msg);
         CHECK(r.n > 0);
         for (int i = 0; i < r.n; i++) {
-            if (r.ids[i] < 0 || r.ids[i] >= TOTAL || seen[r.ids[i]]) dup++;
-            else seen[r.ids[i]] = 1;
+            if (r.ids[i] < 0 || r.ids[i] >= TOTAL || seen[r.ids[i]])
+                dup++;
+            else
+                seen[r.ids[i]] = 1;
         }
         total += r.n;
     }
@@ -243,6 +276,7 @@ static int child_main(int argc, char **argv) {
     }
     struct st_stream_options o;
     opts(&o);
+    o.stall_timeout = 30; /* byte counts are exact only without retries */
     o.urls = urls;
     o.n_urls = k;
     o.resume_state = state;
@@ -251,7 +285,8 @@ static int child_main(int argc, char **argv) {
     FILE *f = fopen(argv[4], "w");
     if (!f) return 4;
     fprintf(f, "%d %d %llu\n", (int)r.rc, r.n, (unsigned long long)r.st.bytes_fetched);
-    for (int i = 0; i < r.n; i++) fprintf(f, "%lld\n", (long long)r.ids[i]);
+    for (int i = 0; i < r.n; i++)
+        fprintf(f, "%lld\n", (long long)r.ids[i]);
     fclose(f);
     st_free(urls_text);
     st_free(state);
@@ -277,6 +312,7 @@ TEST(http_resume_new_process) {
     }
     o.urls = (const char *const *)urls;
     o.n_urls = N_SHARDS;
+    o.stall_timeout = 30; /* byte counts are exact only without retries */
     run_stream(&o, -1, &full);
     CHECK(exactly_once(&full));
     /* shard order of the epoch (plan), from a K=1 stream with the same seed */
@@ -342,7 +378,8 @@ TEST(http_resume_new_process) {
         cJSON *j = cJSON_Parse(first.state);
         int next = cJSON_GetObjectItem(j, "next")->valueint;
         uint64_t expect = 0;
-        for (int pos = next; pos < no; pos++) expect += sizes[order[pos]];
+        for (int pos = next; pos < no; pos++)
+            expect += sizes[order[pos]];
         cJSON *sl2;
         cJSON_ArrayForEach(sl2, cJSON_GetObjectItem(j, "slots")) {
             int pos = cJSON_GetArrayItem(sl2, 0)->valueint;
@@ -357,7 +394,8 @@ TEST(http_resume_new_process) {
     td_rm_rf(tmp);
     free(tmp);
     free(list.p);
-    for (int i = 0; i < N_SHARDS; i++) free(urls[i]);
+    for (int i = 0; i < N_SHARDS; i++)
+        free(urls[i]);
 }
 
 /* ---- Retry-After, changed objects ---- */
@@ -375,22 +413,54 @@ TEST(retry_after_honoured) {
     struct st_stream_options o;
     opts(&o);
     o.url = url;
+    o.stall_timeout = 30; /* no stall retries on a loaded machine: only the 503 */
     static struct run r;
     run_stream(&o, -1, &r);
     CHECKF(r.rc == ST_OK && r.n == PER, "%s", r.err.msg);
-    CHECK(r.st.retry_throttled == 1 && r.st.retries == 1);
+    CHECK(r.st.retry_throttled == 1 && r.st.retries >= 1);
     CHECKF(r.secs >= 1.0, "Retry-After: 1 was not waited for (%.3f s)", r.secs);
+    td_stop(&px);
+}
+
+TEST(stall_retried) {
+    if (!g_have_nginx) TEST_SKIP("%s", g_why_nginx);
+    /* the first answer sends part of its body, then nothing for 20 s: the transfer is abandoned
+     * (curl's low-speed check averages over ~5 s, so this takes about 6 s) and resumed */
+    struct td_server px;
+    const char *args[] = {"--faults", "stall", "--fault-first", "1", "--stall-ms", "20000"};
+    if (start_proxy(&px, g_nginx.port, args, 6)) {
+        CHECK(0);
+        return;
+    }
+    char url[256];
+    snprintf(url, sizeof url, "%s/%s", px.url, g_urls[0]);
+    struct st_stream_options o;
+    opts(&o);
+    o.url = url;
+    static struct run r;
+    run_stream(&o, -1, &r);
+    CHECKF(r.rc == ST_OK && r.n == PER, "%s", r.err.msg);
+    for (int i = 0; i < r.n && i < PER; i++)
+        if (r.ids[i] != i) {
+            CHECKF(0, "sample %d has id %lld", i, (long long)r.ids[i]);
+            break;
+        }
+    CHECKF(r.st.retry_timeout == 1, "%llu timeouts", (unsigned long long)r.st.retry_timeout);
     td_stop(&px);
 }
 
 static void rewrite_mid_read(struct st_stream_options *o, const char *path, const char *what,
                              int s3) {
-    /* a 3 MB shard; read a little, rewrite it, read on */
+    /* an 8 MB shard, more than the stream holds with this budget (parts + parsed records under
+     * 3 MB); read a little, rewrite it, read on: later ranges see the new object */
     struct tbuf raw = {0};
-    for (int i = 0; i < 12000; i++) td_record(&raw, i, 0, i), tb_add(&raw, "\n", 1);
-    if (s3) td_s3_put(g_s3.url, "data", "mut/big.jsonl", raw.p, raw.n);
-    else td_write(path, raw.p, raw.n);
-    o->memory_budget = 4u << 20; /* a window of < 1 MB of the 3 MB shard */
+    for (int i = 0; i < 40000; i++)
+        td_record(&raw, i, 0, i), tb_add(&raw, "\n", 1);
+    if (s3)
+        td_s3_put(g_s3.url, "data", "mut/big.jsonl", raw.p, raw.n);
+    else
+        td_write(path, raw.p, raw.n);
+    o->memory_budget = 4u << 20;
     o->shuffle_shards = 1;
     o->prefetch_shards = 0;
     o->connections = 1;
@@ -402,14 +472,17 @@ static void rewrite_mid_read(struct st_stream_options *o, const char *path, cons
     CHECK(st_stream_next(s, &smp, &err) == ST_OK);
     raw.p[10] = '9'; /* same size, other content */
     tb_add(&raw, "\n", 1);
-    if (s3) td_s3_put(g_s3.url, "data", "mut/big.jsonl", raw.p, raw.n);
-    else td_write(path, raw.p, raw.n); /* nginx's ETag is mtime-size: the size changed */
+    if (s3)
+        td_s3_put(g_s3.url, "data", "mut/big.jsonl", raw.p, raw.n);
+    else
+        td_write(path, raw.p, raw.n); /* nginx's ETag is mtime-size: the size changed */
     enum st_status rc;
     int n = 1;
-    while ((rc = st_stream_next(s, &smp, &err)) == ST_OK) n++;
+    while ((rc = st_stream_next(s, &smp, &err)) == ST_OK)
+        n++;
     /* "changed while it was being read" (ETag / 412) or "changed after listing" (size) */
     CHECKF(rc == ST_ERR_NET && strstr(err.msg, "changed"), "%s: %s (%d)", what, err.msg, n);
-    CHECK(n < 12000);
+    CHECK(n < 40000);
     st_stream_close(s);
     free(raw.p);
 }
@@ -473,8 +546,10 @@ TEST(errors) {
                      NULL);
         snprintf(url, sizeof url, "%s/broken.tar", g_nginx.url);
         o.url = url;
-        expect_error(&o, ST_ERR_FORMAT, "broken.tar: corrupt tar: bad header checksum at byte "
-                     "offset 1024", NULL);
+        expect_error(&o, ST_ERR_FORMAT,
+                     "broken.tar: corrupt tar: bad header checksum at byte "
+                     "offset 1024",
+                     NULL);
     }
     if (g_have_s3) {
         s3_opts(&o, g_s3.url);
@@ -494,6 +569,130 @@ TEST(errors) {
         expect_error(&o, ST_ERR_IO, "s3://data/ds/shard-000.jsonl.missing", "no shards found");
         /* objects listed, then a bad secret only for reads would also be 403: covered above */
     }
+}
+
+/* ---- memory: RSS under the budget + 64 MiB on a 2 GiB dataset (ST_SLOW_TESTS=1) ---- */
+
+static long vm_hwm_kib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) v = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return v;
+}
+
+/* --rss-child URL_LIST_FILE BUDGET_MIB OUT: stream everything, report samples, bytes, VmHWM. */
+static int rss_child(int argc, char **argv) {
+    if (argc < 5) return 2;
+    char *text;
+    size_t n;
+    struct st_error err;
+    if (st_read_file(argv[2], 1 << 20, &text, &n, &err)) return 3;
+    const char *urls[256];
+    int k = 0;
+    for (char *p = text, *nl; p && *p && k < 256; p = nl) {
+        nl = strchr(p, '\n');
+        if (nl) *nl++ = '\0';
+        urls[k++] = p;
+    }
+    struct st_stream_options o;
+    st_stream_options_init(&o);
+    o.urls = urls;
+    o.n_urls = k;
+    o.epochs = 1;
+    o.memory_budget = (size_t)atol(argv[3]) << 20;
+    long before = vm_hwm_kib();
+    struct st_stream *s;
+    if (st_stream_open(&s, &o, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 4;
+    }
+    struct st_sample smp;
+    enum st_status rc;
+    uint64_t samples = 0, sum = 0;
+    while ((rc = st_stream_next(s, &smp, &err)) == ST_OK) {
+        samples++;
+        sum += smp.size;
+    }
+    struct st_stream_stats st;
+    st_stream_stats(s, &st);
+    st_stream_close(s);
+    FILE *f = fopen(argv[4], "w");
+    fprintf(f, "%d %llu %llu %ld %ld %zu %.2f\n", (int)rc, (unsigned long long)samples,
+            (unsigned long long)st.bytes_fetched, before, vm_hwm_kib(), st.mem_peak, st.elapsed_s);
+    fclose(f);
+    st_free(text);
+    return rc == ST_STREAM_END ? 0 : 5;
+}
+
+TEST(rss_2gib) {
+    const char *slow = getenv("ST_SLOW_TESTS");
+    if (!slow || strcmp(slow, "1") != 0)
+        TEST_SKIP("set ST_SLOW_TESTS=1 (writes and streams 2 GiB)");
+    if (!g_have_nginx) TEST_SKIP("%s", g_why_nginx);
+    /* 16 plain JSONL shards of 128 MiB, written record by record (the writer holds no shard) */
+    char *dir = g_dir;
+    const int shards = 16;
+    const uint64_t shard_bytes = (uint64_t)128 << 20;
+    struct tbuf list = {0};
+    int64_t id = 0;
+    for (int sh = 0; sh < shards; sh++) {
+        char path[700], name[64];
+        snprintf(name, sizeof name, "big-%02d.jsonl", sh);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        FILE *f = fopen(path, "wb");
+        uint64_t w = 0;
+        while (w < shard_bytes) {
+            struct tbuf r = {0};
+            td_record(&r, id++, sh, 0);
+            tb_add(&r, "\n", 1);
+            fwrite(r.p, 1, r.n, f);
+            w += r.n;
+            free(r.p);
+        }
+        fclose(f);
+        tb_printf(&list, "%s/%s\n", g_nginx.url, name);
+    }
+    char lp[700], out[700];
+    snprintf(lp, sizeof lp, "%s/rss-urls", dir);
+    snprintf(out, sizeof out, "%s/rss-out", dir);
+    td_write(lp, list.p, list.n);
+    const char *budgets[] = {"256", "512"};
+    for (int b = 0; b < 2; b++) {
+        char self[1024];
+        ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[sl > 0 ? sl : 0] = '\0';
+        char *argv[] = {self, "--rss-child", lp, (char *)budgets[b], out, NULL};
+        pid_t pid = td_spawn(argv, NULL, NULL);
+        int st;
+        waitpid(pid, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        FILE *f = fopen(out, "r");
+        int rc = -1;
+        unsigned long long samples = 0, bytes = 0;
+        long before = 0, hwm = 0;
+        size_t peak = 0;
+        double secs = 0;
+        CHECK(f && fscanf(f, "%d %llu %llu %ld %ld %zu %lf", &rc, &samples, &bytes, &before, &hwm,
+                          &peak, &secs) == 7);
+        if (f) fclose(f);
+        long limit_kib = (atol(budgets[b]) + 64) * 1024;
+        CHECK(samples == (unsigned long long)id && bytes >= (uint64_t)shards * shard_bytes);
+        CHECKF(hwm < limit_kib, "budget %s MiB: peak RSS %ld KiB >= %ld KiB", budgets[b], hwm,
+               limit_kib);
+        printf("  budget %s MiB: %llu samples, %.2f GB in %.1f s; peak RSS %.1f MiB (%.1f MiB at "
+               "open), stream buffers peak %.1f MiB\n",
+               budgets[b], samples, (double)bytes / 1e9, secs, hwm / 1024.0, before / 1024.0,
+               (double)peak / 1048576.0);
+    }
+    for (int sh = 0; sh < shards; sh++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/big-%02d.jsonl", dir, sh);
+        unlink(path);
+    }
+    free(list.p);
 }
 
 /* ---- setup ---- */
@@ -522,9 +721,11 @@ static void setup(void) {
     }
     /* broken shards for the error tests (not part of the listing: other directory names) */
     struct tbuf raw = {0}, gz = {0}, t = {0};
-    for (int i = 0; i < 500; i++) td_record(&raw, i, 0, i), tb_add(&raw, "\n", 1);
+    for (int i = 0; i < 500; i++)
+        td_record(&raw, i, 0, i), tb_add(&raw, "\n", 1);
     td_gzip(raw.p, raw.n, &gz);
-    for (size_t i = 12; i < 40; i++) gz.p[i] ^= 0x5a;
+    for (size_t i = 12; i < 40; i++)
+        gz.p[i] ^= 0x5a;
     char p[700];
     snprintf(p, sizeof p, "%s/broken.jsonl.gz", g_dir);
     td_write(p, gz.p, gz.n);
@@ -538,8 +739,11 @@ static void setup(void) {
     free(t.p);
 
     int r = td_nginx_start(&g_nginx, g_dir);
-    if (r == 2) snprintf(g_why_nginx, sizeof g_why_nginx, "nginx is not installed (scripts/setup installs nginx-light)");
-    else if (r) snprintf(g_why_nginx, sizeof g_why_nginx, "nginx did not start");
+    if (r == 2)
+        snprintf(g_why_nginx, sizeof g_why_nginx,
+                 "nginx is not installed (scripts/setup installs nginx-light)");
+    else if (r)
+        snprintf(g_why_nginx, sizeof g_why_nginx, "nginx did not start");
     g_have_nginx = r == 0;
     if (g_have_nginx) {
         r = start_proxy(&g_px_http, g_nginx.port, faulty, 8);
@@ -551,8 +755,12 @@ static void setup(void) {
         }
     }
     r = td_s3rver_start(&g_s3, "data");
-    if (r == 2) snprintf(g_why_s3, sizeof g_why_s3, "node or tools/node_modules/@20minutes/s3rver is not installed (run scripts/setup)");
-    else if (r) snprintf(g_why_s3, sizeof g_why_s3, "s3rver did not start");
+    if (r == 2)
+        snprintf(
+            g_why_s3, sizeof g_why_s3,
+            "node or tools/node_modules/@20minutes/s3rver is not installed (run scripts/setup)");
+    else if (r)
+        snprintf(g_why_s3, sizeof g_why_s3, "s3rver did not start");
     g_have_s3 = r == 0;
     if (g_have_s3) {
         /* the broken files are not uploaded: only the dataset's shards */
@@ -584,11 +792,13 @@ static void teardown(void) {
     td_stop(&g_s3);
     td_rm_rf(g_dir);
     free(g_dir);
-    for (int i = 0; i < N_SHARDS; i++) free(g_urls[i]);
+    for (int i = 0; i < N_SHARDS; i++)
+        free(g_urls[i]);
 }
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--child") == 0) return child_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "--rss-child") == 0) return rss_child(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     setup();
@@ -597,8 +807,10 @@ int main(int argc, char **argv) {
     RUN(s3_ranks_disjoint);
     RUN(http_resume_new_process);
     RUN(retry_after_honoured);
+    RUN(stall_retried);
     RUN(object_changed_mid_read);
     RUN(errors);
+    RUN(rss_2gib);
     teardown();
     return test_finish();
 }

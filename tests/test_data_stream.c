@@ -54,14 +54,16 @@ static int exactly_once(const struct run *r, int total) {
     char *seen = calloc((size_t)total, 1);
     int ok = 1;
     for (int i = 0; i < r->n && ok; i++) {
-        if (r->ids[i] < 0 || r->ids[i] >= total || seen[r->ids[i]]) ok = 0;
-        else seen[r->ids[i]] = 1;
+        if (r->ids[i] < 0 || r->ids[i] >= total || seen[r->ids[i]])
+            ok = 0;
+        else
+            seen[r->ids[i]] = 1;
     }
     free(seen);
     return ok;
 }
 
-static char *g_dir;          /* mixed dataset */
+static char *g_dir; /* mixed dataset */
 static int g_total;
 static const int g_shards = 12, g_per = 250;
 
@@ -103,7 +105,8 @@ TEST(exactly_once_and_deterministic) {
     CHECK(exactly_once(&d, g_total) && memcmp(a.ids, d.ids, sizeof(int64_t) * (size_t)a.n) != 0);
     /* interleaving: consecutive samples come from different shards often */
     int switches = 0;
-    for (int i = 1; i < a.n; i++) switches += a.ids[i] / g_per != a.ids[i - 1] / g_per;
+    for (int i = 1; i < a.n; i++)
+        switches += a.ids[i] / g_per != a.ids[i - 1] / g_per;
     CHECKF(switches > a.n / 2, "%d shard switches in %d samples", switches, a.n);
     /* no shuffle: listing order, ids ascending */
     base_opts(&o, g_dir);
@@ -111,7 +114,8 @@ TEST(exactly_once_and_deterministic) {
     o.shuffle_shards = 0;
     run_stream(&o, -1, &e);
     int ascending = e.n == g_total;
-    for (int i = 0; i < e.n && ascending; i++) ascending = e.ids[i] == i;
+    for (int i = 0; i < e.n && ascending; i++)
+        ascending = e.ids[i] == i;
     CHECK(ascending);
 }
 
@@ -150,11 +154,14 @@ TEST(epochs) {
     int n0 = 0, n1 = 0, ends = 0;
     struct st_sample smp;
     enum st_status rc;
-    while ((rc = st_stream_next(s, &smp, &err)) == ST_OK) n0++;
+    while ((rc = st_stream_next(s, &smp, &err)) == ST_OK)
+        n0++;
     CHECK(rc == ST_STREAM_END);
-    while ((rc = st_stream_next(s, &smp, &err)) == ST_OK) n1++;
+    while ((rc = st_stream_next(s, &smp, &err)) == ST_OK)
+        n1++;
     CHECK(rc == ST_STREAM_END);
-    for (int i = 0; i < 3; i++) ends += st_stream_next(s, &smp, &err) == ST_STREAM_END;
+    for (int i = 0; i < 3; i++)
+        ends += st_stream_next(s, &smp, &err) == ST_STREAM_END;
     CHECK(n0 == g_total && n1 == g_total && ends == 3);
     struct st_stream_stats st;
     st_stream_stats(s, &st);
@@ -213,7 +220,8 @@ TEST(resume_bytes) {
     struct st_error err;
     CHECK(st_data_list(&o, &l, &err) == ST_OK);
     uint64_t total = 0;
-    for (uint32_t i = 0; i < l.n; i++) total += l.shards[i].size;
+    for (uint32_t i = 0; i < l.n; i++)
+        total += l.shards[i].size;
     int stops[] = {200, 450, 1000};
     for (int k = 0; k < 3; k++) {
         base_opts(&o, dir);
@@ -247,7 +255,8 @@ TEST(resume_bytes) {
         st_stream_close(s);
         CHECK(no == 6);
         uint64_t expect = 0;
-        for (int pos = next; pos < no; pos++) expect += l.shards[order[pos]].size;
+        for (int pos = next; pos < no; pos++)
+            expect += l.shards[order[pos]].size;
         cJSON *sl;
         cJSON_ArrayForEach(sl, slots) {
             int pos = cJSON_GetArrayItem(sl, 0)->valueint;
@@ -285,6 +294,51 @@ TEST(index_manifest) {
     static struct run r;
     run_stream(&o, -1, &r);
     CHECKF(r.rc == ST_OK && exactly_once(&r, 500), "%s", r.err.msg);
+    /* with the counts of an index, ranks get equal sample counts: 3 ranks of 500 samples in 5
+     * shards of 100 read 166/167/167, disjoint, covering the dataset; shards at the boundaries
+     * are read in part by both neighbours (and their transfers cancelled) */
+    size_t live = st_alloc_live_count();
+    for (int epoch = 0; epoch < 2; epoch++) {
+        static char seen[500];
+        memset(seen, 0, sizeof seen);
+        int total = 0, bad = 0;
+        for (int rank = 0; rank < 3; rank++) {
+            base_opts(&o, idx);
+            o.world_size = 3;
+            o.rank = rank;
+            o.epoch = epoch;
+            o.shuffle_shards = 2;
+            run_stream(&o, -1, &r);
+            CHECKF(r.rc == ST_OK, "%s", r.err.msg);
+            CHECKF(r.n == (rank == 0 ? 166 : 167), "rank %d: %d samples", rank, r.n);
+            for (int i = 0; i < r.n; i++) {
+                if (r.ids[i] < 0 || r.ids[i] >= 500 || seen[r.ids[i]])
+                    bad++;
+                else
+                    seen[r.ids[i]] = 1;
+            }
+            total += r.n;
+            /* resume inside the partition gives the same sequence */
+            static struct run full, part1, part2;
+            full = r;
+            run_stream(&o, 77, &part1);
+            o.resume_state = part1.state;
+            run_stream(&o, -1, &part2);
+            CHECKF(part2.rc == ST_OK && part1.n + part2.n == full.n &&
+                       memcmp(full.ids, part1.ids, sizeof(int64_t) * 77) == 0 &&
+                       memcmp(full.ids + 77, part2.ids, sizeof(int64_t) * (size_t)part2.n) == 0,
+                   "rank %d: resumed partition differs (%s)", rank, part2.err.msg);
+        }
+        CHECKF(total == 500 && bad == 0, "epoch %d: %d samples, %d repeated", epoch, total, bad);
+    }
+    CHECKF(st_alloc_live_count() == live, "%zu allocations leaked", st_alloc_live_count() - live);
+    base_opts(&o, dir);
+    o.partition_by_samples = 1;
+    run_stream(&o, -1, &r);
+    CHECK(r.rc == ST_ERR_ARG);
+    CHECKF(strstr(r.err.msg, "--partition samples needs every shard's record count") != NULL, "%s",
+           r.err.msg);
+    base_opts(&o, idx);
     /* the directory listing skips index.json; a changed shard is caught by its hash */
     char path[700];
     snprintf(path, sizeof path, "%s/shard-001.tar", dir);
@@ -306,9 +360,11 @@ TEST(errors) {
     static struct run r;
     /* corrupt gzip */
     struct tbuf raw = {0}, gz = {0};
-    for (int i = 0; i < 2000; i++) td_record(&raw, i, 0, i), tb_add(&raw, "\n", 1);
+    for (int i = 0; i < 2000; i++)
+        td_record(&raw, i, 0, i), tb_add(&raw, "\n", 1);
     td_gzip(raw.p, raw.n, &gz);
-    for (size_t i = 12; i < 40; i++) gz.p[i] ^= 0x5a;
+    for (size_t i = 12; i < 40; i++)
+        gz.p[i] ^= 0x5a;
     snprintf(p, sizeof p, "%s/broken.jsonl.gz", dir);
     td_write(p, gz.p, gz.n);
     base_opts(&o, p);
@@ -363,7 +419,8 @@ TEST(errors) {
     /* a record larger than the budget allows */
     struct tbuf big = {0};
     tb_add(&big, "{\"t\": \"", 7);
-    for (int i = 0; i < 900000; i++) tb_add(&big, "x", 1);
+    for (int i = 0; i < 900000; i++)
+        tb_add(&big, "x", 1);
     tb_add(&big, "\"}\n", 3);
     snprintf(p, sizeof p, "%s/big.jsonl", dir);
     td_write(p, big.p, big.n);
@@ -391,8 +448,7 @@ TEST(no_leaks) {
     static struct run r;
     run_stream(&o, 777, &r); /* closed mid-epoch with transfers in flight */
     CHECK(r.rc == ST_OK);
-    CHECKF(st_alloc_live_count() == live, "%zu allocations leaked",
-           st_alloc_live_count() - live);
+    CHECKF(st_alloc_live_count() == live, "%zu allocations leaked", st_alloc_live_count() - live);
 }
 
 /* ---- the `streamtune data` command (run as: test_data_stream --cli path/to/streamtune) ---- */
@@ -409,7 +465,8 @@ static int cli(const char *args, struct tbuf *out, char *err, size_t err_cap) {
     char buf[65536];
     size_t n;
     memset(out, 0, sizeof *out);
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) tb_add(out, buf, n);
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+        tb_add(out, buf, n);
     if (!out->p) tb_add(out, "", 0);
     int st = pclose(p);
     FILE *f = fopen(errf, "r");
@@ -421,7 +478,8 @@ static int cli(const char *args, struct tbuf *out, char *err, size_t err_cap) {
 
 static int count_lines(const struct tbuf *b) {
     int n = 0;
-    for (size_t i = 0; i < b->n; i++) n += b->p[i] == '\n';
+    for (size_t i = 0; i < b->n; i++)
+        n += b->p[i] == '\n';
     return n;
 }
 
@@ -493,7 +551,8 @@ TEST(cli_commands) {
     CHECK(cli(args, &out, err, sizeof err) == 2);
     CHECKF(strstr(err, "--stream-memory: expected a size") != NULL, "%s", err);
     free(out.p);
-    CHECK(cli("data --help", &out, err, sizeof err) == 0 && strstr((const char *)out.p, "--stream-memory"));
+    CHECK(cli("data --help", &out, err, sizeof err) == 0 &&
+          strstr((const char *)out.p, "--stream-memory"));
     free(out.p);
 }
 

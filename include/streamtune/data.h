@@ -42,17 +42,17 @@ extern "C" {
 /* ---- samples ---- */
 
 struct st_sample_field {
-    const char *name;     /* "json" for a JSONL record; the extension ("jpg", "seg.png") in a tar */
-    const uint8_t *data;  /* size bytes followed by a NUL (not counted in size) */
+    const char *name;    /* "json" for a JSONL record; the extension ("jpg", "seg.png") in a tar */
+    const uint8_t *data; /* size bytes followed by a NUL (not counted in size) */
     size_t size;
 };
 
 struct st_sample {
-    const char *key;      /* JSONL: "<shard name>:<record number>"; tar: the WebDataset key */
-    const char *url;      /* the shard it came from */
-    uint32_t shard;       /* index of that shard in the dataset listing */
-    uint64_t index;       /* record number within the shard (0-based) */
-    uint64_t offset;      /* byte offset of the record in the decompressed shard */
+    const char *key; /* JSONL: "<shard name>:<record number>"; tar: the WebDataset key */
+    const char *url; /* the shard it came from */
+    uint32_t shard;  /* index of that shard in the dataset listing */
+    uint64_t index;  /* record number within the shard (0-based) */
+    uint64_t offset; /* byte offset of the record in the decompressed shard */
     int n_fields;
     const struct st_sample_field *fields;
     /* fields[0], for convenience: the raw line bytes of a JSONL record (no newline) */
@@ -89,21 +89,26 @@ struct st_stream_options {
      * (0 = read shards in listing order, one at a time). */
     int shuffle;
     uint64_t seed;
-    int shuffle_shards;  /* K: shards read at once and interleaved (default 8; 1 without shuffle) */
-    int64_t epoch;       /* first epoch (default 0) */
-    int64_t epochs;      /* stop after this epoch count (0 = never stop; next() starts the next) */
+    int shuffle_shards; /* K: shards read at once and interleaved (default 8; 1 without shuffle) */
+    int64_t epoch;      /* first epoch (default 0) */
+    int64_t epochs;     /* stop after this epoch count (0 = never stop; next() starts the next) */
 
-    /* Partition: this stream reads the shards p of the epoch's order with i % P == p, where
-     * p = rank * num_workers + worker and P = world_size * num_workers. */
+    /* Partition p = rank * num_workers + worker of P = world_size * num_workers. By shards: the
+     * shards at positions i % P == p of the epoch's order. By samples (needs every shard's
+     * record count, i.e. an index manifest): the epoch's records laid end to end in that order,
+     * partition p takes records [p*T/P, (p+1)*T/P), so every rank gets the same count (+-1);
+     * the shards at a boundary are read in part by both neighbours. partition_by_samples:
+     * 0 = by samples when an index gives the counts (default), 1 = require it, -1 = by shards. */
     int rank, world_size;
     int worker, num_workers;
+    int partition_by_samples;
 
     /* Resources. */
-    size_t memory_budget;  /* bytes for all stream buffers (default 512 MiB) */
-    size_t part_size;      /* ranged GET size (default 8 MiB; lowered to fit the budget) */
-    int connections;       /* parallel transfers (default 16) */
-    int threads;           /* parse threads (default 1) */
-    int prefetch_shards;   /* look-ahead readers beyond the K slots (default K/2, at least 1) */
+    size_t memory_budget; /* bytes for all stream buffers (default 512 MiB) */
+    size_t part_size;     /* ranged GET size (default 8 MiB; lowered to fit the budget) */
+    int connections;      /* parallel transfers (default 16) */
+    int threads;          /* parse threads (default 1) */
+    int prefetch_shards;  /* look-ahead readers beyond the K slots (default K/2, at least 1) */
 
     /* Retries: attempts after the first (default 10); back-off base and cap in seconds (0.2, 10),
      * full jitter; Retry-After is honoured up to retry_after_max (30 s). A transfer that moves
@@ -141,21 +146,21 @@ int st_parse_size(const char *s, size_t *out);
 struct st_stream;
 
 struct st_stream_stats {
-    double elapsed_s;        /* since open */
-    double first_sample_s;   /* open to the first sample returned (-1 before) */
-    double wait_s;           /* time the consumer spent waiting inside st_stream_next */
-    uint64_t samples;        /* samples returned */
-    uint64_t bytes_fetched;  /* bytes received from the sources (disk or network), retries too */
-    uint64_t bytes_decoded;  /* bytes of decompressed shard data parsed */
-    uint64_t requests;       /* ranged reads issued (first attempts) */
-    uint64_t retries;        /* attempts after a failure */
+    double elapsed_s;       /* since open */
+    double first_sample_s;  /* open to the first sample returned (-1 before) */
+    double wait_s;          /* time the consumer spent waiting inside st_stream_next */
+    uint64_t samples;       /* samples returned */
+    uint64_t bytes_fetched; /* bytes received from the sources (disk or network), retries too */
+    uint64_t bytes_decoded; /* bytes of decompressed shard data parsed */
+    uint64_t requests;      /* ranged reads issued (first attempts) */
+    uint64_t retries;       /* attempts after a failure */
     uint64_t retry_conn, retry_timeout, retry_truncated, retry_5xx, retry_throttled;
-    uint64_t shards_done;    /* shards read to their end */
-    double bytes_per_s, samples_per_s; /* averages since open */
+    uint64_t shards_done;                  /* shards read to their end */
+    double bytes_per_s, samples_per_s;     /* averages since open */
     size_t mem_budget, mem_used, mem_peak; /* bytes reserved by the stream (peak <= budget) */
-    int64_t epoch;           /* current epoch */
-    uint32_t n_shards;       /* shards in the dataset listing */
-    uint32_t plan_shards;    /* shards of this partition in the current epoch */
+    int64_t epoch;                         /* current epoch */
+    uint32_t n_shards;                     /* shards in the dataset listing */
+    uint32_t plan_shards;                  /* shards of this partition in the current epoch */
 };
 
 /* Open a stream: lists the source, plans the epoch and starts the I/O and parse threads (which
@@ -179,18 +184,18 @@ void st_stream_close(struct st_stream *s);
 /* ---- listing and index ---- */
 
 struct st_shard_info {
-    char *url;          /* full URL or path */
-    char *name;         /* display name: the part after the source prefix */
-    uint64_t size;      /* bytes; UINT64_MAX when unknown (HTTP without an index) */
-    char *etag;         /* NULL when unknown */
-    int64_t samples;    /* -1 when unknown (no index) */
-    char sha256[65];    /* hex, "" when unknown */
+    char *url;       /* full URL or path */
+    char *name;      /* display name: the part after the source prefix */
+    uint64_t size;   /* bytes; UINT64_MAX when unknown (HTTP without an index) */
+    char *etag;      /* NULL when unknown */
+    int64_t samples; /* -1 when unknown (no index) */
+    char sha256[65]; /* hex, "" when unknown */
 };
 
 struct st_shard_list {
     struct st_shard_info *shards;
     uint32_t n;
-    int from_index;     /* listed by an index manifest */
+    int from_index; /* listed by an index manifest */
 };
 
 /* List the shards a source names (same rules as st_stream_options.url/urls). */
@@ -203,13 +208,12 @@ void st_shard_list_free(struct st_shard_list *l);
  * stdout). progress(done, total, ctx) is called after each shard (may be NULL). */
 enum st_status st_index_write(const struct st_stream_options *opts, const char *base_url,
                               const char *out_path,
-                              void (*progress)(uint32_t done, uint32_t total, void *ctx),
-                              void *ctx, struct st_error *err);
+                              void (*progress)(uint32_t done, uint32_t total, void *ctx), void *ctx,
+                              struct st_error *err);
 
 /* Read a whole object (file, http(s), s3) into memory, at most max_bytes (with retries). */
 enum st_status st_data_read_url(const struct st_stream_options *opts, const char *url,
-                                size_t max_bytes, uint8_t **out, size_t *len,
-                                struct st_error *err);
+                                size_t max_bytes, uint8_t **out, size_t *len, struct st_error *err);
 
 #ifdef __cplusplus
 }

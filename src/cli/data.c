@@ -180,8 +180,8 @@ static void print_stats(FILE *f, const struct st_stream_stats *st, int json) {
             "requests %llu, retries %llu (connection %llu, timeout %llu, truncated %llu, 5xx %llu, "
             "throttled %llu); shards done %llu; memory peak %.1f of %.1f MiB\n",
             (unsigned long long)st->samples, st->elapsed_s, st->samples_per_s,
-            (double)st->bytes_fetched / 1e6, st->bytes_per_s / 1e6, st->first_sample_s,
-            st->wait_s, (unsigned long long)st->requests, (unsigned long long)st->retries,
+            (double)st->bytes_fetched / 1e6, st->bytes_per_s / 1e6, st->first_sample_s, st->wait_s,
+            (unsigned long long)st->requests, (unsigned long long)st->retries,
             (unsigned long long)st->retry_conn, (unsigned long long)st->retry_timeout,
             (unsigned long long)st->retry_truncated, (unsigned long long)st->retry_5xx,
             (unsigned long long)st->retry_throttled, (unsigned long long)st->shards_done,
@@ -198,10 +198,14 @@ static int cmd_ls(struct data_args *a) {
     if (a->json) printf("{\"shards\": [");
     for (uint32_t i = 0; i < l.n; i++) {
         const struct st_shard_info *s = &l.shards[i];
-        if (s->size == UINT64_MAX) all_sizes = 0;
-        else total += s->size;
-        if (s->samples < 0) all_samples = 0;
-        else samples += s->samples;
+        if (s->size == UINT64_MAX)
+            all_sizes = 0;
+        else
+            total += s->size;
+        if (s->samples < 0)
+            all_samples = 0;
+        else
+            samples += s->samples;
         if (a->json) {
             printf("%s\n  {\"url\": ", i ? "," : "");
             cli_json_string(stdout, s->url);
@@ -326,15 +330,15 @@ static int cmd_bench(struct data_args *a) {
     double t0 = st_time_now();
     enum st_status st;
     struct st_sample smp;
-    while ((a->limit < 0 || n < a->limit) &&
-           (a->seconds <= 0 || st_time_now() - t0 < a->seconds)) {
+    while ((a->limit < 0 || n < a->limit) && (a->seconds <= 0 || st_time_now() - t0 < a->seconds)) {
         st = st_stream_next(s, &smp, &err);
         if (st == ST_STREAM_END) break;
         if (st != ST_OK) {
             st_stream_close(s);
             return cli_fail(a->json, &err);
         }
-        for (int i = 0; i < smp.n_fields; i++) bytes += smp.fields[i].size;
+        for (int i = 0; i < smp.n_fields; i++)
+            bytes += smp.fields[i].size;
         n++;
     }
     struct st_stream_stats stt;
@@ -368,10 +372,14 @@ int cmd_data(int argc, char **argv) {
     struct data_args a;
     int rc = parse_args(argc, argv, &a, sub);
     if (rc >= 0) return rc;
-    if (strcmp(sub, "ls") == 0) rc = cmd_ls(&a);
-    else if (strcmp(sub, "cat") == 0) rc = cmd_cat(&a);
-    else if (strcmp(sub, "index") == 0) rc = cmd_index(&a);
-    else rc = cmd_bench(&a);
+    if (strcmp(sub, "ls") == 0)
+        rc = cmd_ls(&a);
+    else if (strcmp(sub, "cat") == 0)
+        rc = cmd_cat(&a);
+    else if (strcmp(sub, "index") == 0)
+        rc = cmd_index(&a);
+    else
+        rc = cmd_bench(&a);
     st_free(a.resume_text);
     return rc;
 }

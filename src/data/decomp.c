@@ -127,8 +127,9 @@ enum st_status decomp_run(struct decomp *d, const uint8_t *in, size_t in_len, si
                                  "stream's budget allows per shard; raise --stream-memory or "
                                  "lower --shuffle-shards",
                                  what, (1 << d->wlog_max) >> 20);
-            return st_errorf(err, ST_ERR_FORMAT, "%s: corrupt zstd data near compressed byte %llu: %s",
-                             what, (unsigned long long)at, ZSTD_getErrorName(r));
+            return st_errorf(err, ST_ERR_FORMAT,
+                             "%s: corrupt zstd data near compressed byte %llu: %s", what,
+                             (unsigned long long)at, ZSTD_getErrorName(r));
         }
         if (ib.pos || ob.pos) d->in_frame = 1;
         if (r == 0 && d->in_frame) { /* frame decoded and fully flushed */

@@ -25,8 +25,12 @@
 #include "data/internal.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-void fetch_global_init(void) { pthread_once(&curl_once, curl_init_once); }
+static void curl_init_once(void) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+void fetch_global_init(void) {
+    pthread_once(&curl_once, curl_init_once);
+}
 
 void fetch_policy_from(struct fetch_policy *p, const struct st_stream_options *o) {
     p->max_retries = o->max_retries;
@@ -43,8 +47,10 @@ static int hdr_is(const char *line, size_t n, const char *name, const char **val
     size_t k = strlen(name);
     if (n <= k || strncasecmp(line, name, k) != 0 || line[k] != ':') return 0;
     const char *v = line + k + 1, *e = line + n;
-    while (v < e && (*v == ' ' || *v == '\t')) v++;
-    while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\t')) e--;
+    while (v < e && (*v == ' ' || *v == '\t'))
+        v++;
+    while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\t'))
+        e--;
     *val = v;
     *vn = (size_t)(e - v);
     return 1;
@@ -189,12 +195,14 @@ enum st_status fetch_setup(void *curl, struct fetch_xfer *x, const struct fetch_
     struct curl_slist *hl = NULL, *tmp;
     char line[512];
     int bad = 0;
-#define ADDH(...)                                                                             \
-    do {                                                                                      \
-        snprintf(line, sizeof line, __VA_ARGS__);                                             \
-        tmp = curl_slist_append(hl, line);                                                    \
-        if (!tmp) bad = 1;                                                                    \
-        else hl = tmp;                                                                        \
+#define ADDH(...)                                                                                  \
+    do {                                                                                           \
+        snprintf(line, sizeof line, __VA_ARGS__);                                                  \
+        tmp = curl_slist_append(hl, line);                                                         \
+        if (!tmp)                                                                                  \
+            bad = 1;                                                                               \
+        else                                                                                       \
+            hl = tmp;                                                                              \
     } while (0)
     if (t->etag && *t->etag) ADDH("If-Match: %s", t->etag);
     if (t->s3 && !t->s3->anonymous) {
@@ -214,9 +222,9 @@ enum st_status fetch_setup(void *curl, struct fetch_xfer *x, const struct fetch_
     else if (x->off > 0)
         snprintf(range, sizeof range, "%llu-", (unsigned long long)x->off);
     CURLcode c = CURLE_OK;
-#define SET(opt, val)                                                                         \
-    do {                                                                                      \
-        if (c == CURLE_OK) c = curl_easy_setopt(h, opt, val);                                 \
+#define SET(opt, val)                                                                              \
+    do {                                                                                           \
+        if (c == CURLE_OK) c = curl_easy_setopt(h, opt, val);                                      \
     } while (0)
     SET(CURLOPT_URL, t->url);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
@@ -277,7 +285,8 @@ static int etag_differs(const char *a, const char *b) {
 }
 
 static void range_str(const struct fetch_xfer *x, char *b, size_t cap) {
-    if (x->len == ST_SIZE_UNKNOWN) snprintf(b, cap, "bytes %llu-", (unsigned long long)x->off);
+    if (x->len == ST_SIZE_UNKNOWN)
+        snprintf(b, cap, "bytes %llu-", (unsigned long long)x->off);
     else
         snprintf(b, cap, "bytes %llu-%llu", (unsigned long long)x->off,
                  (unsigned long long)(x->off + x->len - 1));
@@ -392,10 +401,11 @@ enum fetch_verdict fetch_judge(struct fetch_xfer *x, int curl_code, uint64_t *si
     char code[64], msg[200];
     s3_parse_error(x->errbody, x->errbody_len, code, sizeof code, msg, sizeof msg);
     char detail[300];
-    if (code[0]) snprintf(detail, sizeof detail, "HTTP %ld %s: %s", st, code, msg);
-    else snprintf(detail, sizeof detail, "HTTP %ld", st);
-    if (st == 408 || st == 429 || st >= 500 ||
-        (st == 400 && strcmp(code, "RequestTimeout") == 0)) {
+    if (code[0])
+        snprintf(detail, sizeof detail, "HTTP %ld %s: %s", st, code, msg);
+    else
+        snprintf(detail, sizeof detail, "HTTP %ld", st);
+    if (st == 408 || st == 429 || st >= 500 || (st == 400 && strcmp(code, "RequestTimeout") == 0)) {
         *kind = st == 429 || (st == 503 && (strcmp(code, "SlowDown") == 0 || x->retry_after >= 0))
                     ? RK_THROTTLED
                 : st >= 500 ? RK_5XX
@@ -479,8 +489,8 @@ enum st_status fetch_file(const struct fetch_target *t, uint64_t off, uint64_t l
             if (errno == EINTR) continue;
             int e = errno;
             close(fd);
-            return st_errorf(err, ST_ERR_IO, "%s: read failed at byte offset %llu: %s",
-                             t->display, (unsigned long long)(off + done), strerror(e));
+            return st_errorf(err, ST_ERR_IO, "%s: read failed at byte offset %llu: %s", t->display,
+                             (unsigned long long)(off + done), strerror(e));
         }
         if (r == 0) break;
         done += (uint64_t)r;
@@ -499,9 +509,9 @@ static void sleep_s(double s) {
     }
 }
 
-enum st_status fetch_sync(const struct fetch_target *t, const struct fetch_policy *p,
-                          uint64_t off, uint64_t len, struct dbuf *out, uint64_t *size,
-                          char *etag_out, size_t etag_cap, struct st_error *err) {
+enum st_status fetch_sync(const struct fetch_target *t, const struct fetch_policy *p, uint64_t off,
+                          uint64_t len, struct dbuf *out, uint64_t *size, char *etag_out,
+                          size_t etag_cap, struct st_error *err) {
     if (etag_out && etag_cap) etag_out[0] = '\0';
     if (t->scheme == URL_FILE) {
         struct stat sb;
@@ -556,8 +566,7 @@ enum st_status fetch_sync(const struct fetch_target *t, const struct fetch_polic
         /* bytes stored are always exactly [x.off, x.off + got): the next attempt asks for
          * the rest */
         if (v == FV_FATAL || attempt >= p->max_retries) {
-            if (v != FV_FATAL)
-                st_error_prefix(err, "giving up after %d attempts: ", attempt + 1);
+            if (v != FV_FATAL) st_error_prefix(err, "giving up after %d attempts: ", attempt + 1);
             rc = err ? err->code : ST_ERR_NET;
             break;
         }

@@ -37,8 +37,10 @@ static enum st_status scan_shard(const struct dataset *d, uint32_t i, const stru
     enum comp comp = COMP_NONE;
     struct jsonl jl;
     struct tar tr;
-    if (fmt == F_TAR) tar_init(&tr, 0, 0, max_rec);
-    else jsonl_init(&jl, 0, 0, max_rec, 1);
+    if (fmt == F_TAR)
+        tar_init(&tr, 0, 0, max_rec);
+    else
+        jsonl_init(&jl, 0, 0, max_rec, 1);
     struct counter c = {0};
     uint8_t *out = st_malloc(1 << 17);
     struct dbuf b;
@@ -75,8 +77,9 @@ static enum st_status scan_shard(const struct dataset *d, uint32_t i, const stru
                 if (!used_in && !chunk_n) break;
             }
             size_t used;
-            rc = fmt == F_TAR ? tar_feed(&tr, chunk, chunk_n, &used, count_rec, &c, t.display, err)
-                              : jsonl_feed(&jl, chunk, chunk_n, &used, count_rec, &c, t.display, err);
+            rc = fmt == F_TAR
+                     ? tar_feed(&tr, chunk, chunk_n, &used, count_rec, &c, t.display, err)
+                     : jsonl_feed(&jl, chunk, chunk_n, &used, count_rec, &c, t.display, err);
             in += used_in;
             n -= used_in;
         }
@@ -96,8 +99,10 @@ static enum st_status scan_shard(const struct dataset *d, uint32_t i, const stru
         rc = fmt == F_TAR ? tar_end(&tr, count_rec, &c, t.display, err)
                           : jsonl_end(&jl, count_rec, &c, t.display, err);
     if (dec_on) decomp_free(&dec);
-    if (fmt == F_TAR) tar_free(&tr);
-    else jsonl_free(&jl);
+    if (fmt == F_TAR)
+        tar_free(&tr);
+    else
+        jsonl_free(&jl);
     dbuf_free(&b);
     st_free(out);
     if (rc) return rc;
@@ -110,17 +115,20 @@ static enum st_status scan_shard(const struct dataset *d, uint32_t i, const stru
 static void json_str(FILE *f, const char *s) {
     fputc('"', f);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
     }
     fputc('"', f);
 }
 
 enum st_status st_index_write(const struct st_stream_options *opts, const char *base_url,
                               const char *out_path,
-                              void (*progress)(uint32_t done, uint32_t total, void *ctx),
-                              void *ctx, struct st_error *err) {
+                              void (*progress)(uint32_t done, uint32_t total, void *ctx), void *ctx,
+                              struct st_error *err) {
     struct dataset d;
     enum st_status rc = dataset_open(&d, opts, err);
     if (rc) return rc;
@@ -136,14 +144,17 @@ enum st_status st_index_write(const struct st_stream_options *opts, const char *
     }
     /* base: given, else the source URL (a directory or prefix gets its trailing slash) */
     char base[4096] = "";
-    if (base_url) snprintf(base, sizeof base, "%s", base_url);
+    if (base_url)
+        snprintf(base, sizeof base, "%s", base_url);
     else if (opts->url && !strchr(opts->url, '{') && !strchr(opts->url, '*')) {
         snprintf(base, sizeof base, "%s", opts->url);
         int is_single = d.list.n == 1 && strcmp(d.list.shards[0].url, opts->url) == 0;
         if (is_single) {
             char *sl = strrchr(base, '/');
-            if (sl) sl[1] = '\0';
-            else base[0] = '\0';
+            if (sl)
+                sl[1] = '\0';
+            else
+                base[0] = '\0';
         } else if (base[0] && base[strlen(base) - 1] != '/') {
             strncat(base, "/", sizeof base - strlen(base) - 1);
         }

@@ -72,12 +72,12 @@ enum comp { COMP_NONE = 0, COMP_GZIP, COMP_ZSTD };
 
 struct decomp {
     enum comp kind;
-    void *z;          /* z_stream* (gzip) */
-    void *zs;         /* ZSTD_DCtx* */
-    int in_frame;     /* inside a frame/member (EOF now would be truncation) */
+    void *z;      /* z_stream* (gzip) */
+    void *zs;     /* ZSTD_DCtx* */
+    int in_frame; /* inside a frame/member (EOF now would be truncation) */
     int wlog_max;
-    uint64_t in_total;  /* compressed bytes consumed since init */
-    uint64_t in_base;   /* compressed offset of the first byte fed (for messages) */
+    uint64_t in_total; /* compressed bytes consumed since init */
+    uint64_t in_base;  /* compressed offset of the first byte fed (for messages) */
 };
 /* Compression from the first bytes (magic numbers); COMP_NONE when neither. */
 enum comp decomp_sniff(const uint8_t *p, size_t n);
@@ -118,11 +118,11 @@ typedef int (*rec_emit_fn)(void *ctx, const struct rec *r, struct st_error *err)
 
 /* ---- jsonl.c ---- */
 struct jsonl {
-    struct dbuf carry;  /* the start of a record cut by the end of the previous input */
-    uint64_t off;       /* decompressed offset of the next input byte */
-    uint64_t line;      /* 1-based line number of the next line */
-    uint64_t rec;       /* records emitted so far (+ first index) */
-    size_t max_rec;     /* longest record accepted */
+    struct dbuf carry; /* the start of a record cut by the end of the previous input */
+    uint64_t off;      /* decompressed offset of the next input byte */
+    uint64_t line;     /* 1-based line number of the next line */
+    uint64_t rec;      /* records emitted so far (+ first index) */
+    size_t max_rec;    /* longest record accepted */
     int json_check;
 };
 void jsonl_init(struct jsonl *p, uint64_t start_off, uint64_t first_index, size_t max_rec,
@@ -141,33 +141,33 @@ int jsonl_check_record(const uint8_t *d, size_t n, size_t *bad_at);
 /* ---- tar.c: WebDataset samples from a tar stream ---- */
 #define TAR_MAX_FIELDS 64
 struct tar {
-    int state;            /* see tar.c */
+    int state; /* see tar.c */
     uint8_t hdr[512];
     size_t hdr_fill;
-    uint64_t off;         /* offset of the next input byte */
-    uint64_t member_off;  /* header offset of the current member */
-    uint64_t remaining;   /* data bytes left in the current member */
-    uint64_t pad;         /* padding bytes left after it */
+    uint64_t off;        /* offset of the next input byte */
+    uint64_t member_off; /* header offset of the current member */
+    uint64_t remaining;  /* data bytes left in the current member */
+    uint64_t pad;        /* padding bytes left after it */
     int zero_blocks;
-    int mode;             /* what to do with the member data (tar.c) */
-    struct dbuf meta;     /* pax 'x' record or GNU long name being read */
-    char *long_name;      /* from a GNU 'L' header, for the next member */
-    char *pax_path;       /* from a pax 'x' header, for the next member */
-    int64_t pax_size;     /* -1 when absent */
+    int mode;         /* what to do with the member data (tar.c) */
+    struct dbuf meta; /* pax 'x' record or GNU long name being read */
+    char *long_name;  /* from a GNU 'L' header, for the next member */
+    char *pax_path;   /* from a pax 'x' header, for the next member */
+    int64_t pax_size; /* -1 when absent */
     /* sample under construction */
     struct dbuf key;
-    struct dbuf data;     /* field payloads, each followed by a NUL */
+    struct dbuf data; /* field payloads, each followed by a NUL */
     int n_fields;
     size_t field_off[TAR_MAX_FIELDS], field_size[TAR_MAX_FIELDS];
     char *field_name[TAR_MAX_FIELDS];
     uint64_t sample_off, sample_end;
     uint64_t rec;
     size_t max_rec;
-    int ended;            /* saw the end-of-archive blocks */
+    int ended; /* saw the end-of-archive blocks */
 };
 void tar_init(struct tar *t, uint64_t start_off, uint64_t first_index, size_t max_rec);
-enum st_status tar_feed(struct tar *t, const uint8_t *in, size_t n, size_t *used,
-                        rec_emit_fn emit, void *ctx, const char *what, struct st_error *err);
+enum st_status tar_feed(struct tar *t, const uint8_t *in, size_t n, size_t *used, rec_emit_fn emit,
+                        void *ctx, const char *what, struct st_error *err);
 enum st_status tar_end(struct tar *t, rec_emit_fn emit, void *ctx, const char *what,
                        struct st_error *err);
 size_t tar_mem(const struct tar *t);
@@ -178,11 +178,11 @@ int wds_split(const char *name, size_t *key_len, const char **ext);
 
 /* ---- s3.c ---- */
 struct s3_cfg {
-    char *endpoint;   /* "http://127.0.0.1:9000" (path-style) or NULL: AWS virtual-hosted */
+    char *endpoint; /* "http://127.0.0.1:9000" (path-style) or NULL: AWS virtual-hosted */
     char *region;
     char *akid, *secret, *token;
     int anonymous;
-    char sigv4[96];   /* "aws:amz:<region>:s3" */
+    char sigv4[96]; /* "aws:amz:<region>:s3" */
 };
 enum st_status s3_cfg_load(struct s3_cfg *c, const struct st_stream_options *o,
                            struct st_error *err);
@@ -227,12 +227,12 @@ void fetch_policy_from(struct fetch_policy *p, const struct st_stream_options *o
 /* What to read: a file path, or an http(s) URL with optional S3 signing. */
 struct fetch_target {
     enum url_scheme scheme;
-    const char *display; /* the URL the user gave (s3://..., http://..., path) */
-    const char *url;     /* request URL (http/s3) */
-    const char *path;    /* file path */
+    const char *display;     /* the URL the user gave (s3://..., http://..., path) */
+    const char *url;         /* request URL (http/s3) */
+    const char *path;        /* file path */
     const struct s3_cfg *s3; /* signing (NULL: plain HTTP) */
-    uint64_t size;       /* ST_SIZE_UNKNOWN when unknown */
-    const char *etag;    /* expected ETag or NULL */
+    uint64_t size;           /* ST_SIZE_UNKNOWN when unknown */
+    const char *etag;        /* expected ETag or NULL */
 };
 
 enum retry_kind { RK_NONE = 0, RK_CONN, RK_TIMEOUT, RK_TRUNCATED, RK_5XX, RK_THROTTLED };
@@ -243,20 +243,20 @@ struct fetch_xfer {
     const struct fetch_target *t;
     uint64_t off, len;
     uint8_t *buf;
-    struct dbuf *grow;     /* instead of buf: append to a growable buffer (whole-object reads) */
-    uint64_t got;          /* bytes stored */
+    struct dbuf *grow; /* instead of buf: append to a growable buffer (whole-object reads) */
+    uint64_t got;      /* bytes stored */
     long status;
     int header_seen;
-    uint64_t skip;         /* bytes of a 200 answer to drop (server ignored the Range) */
-    int overflow;          /* the server sent more than asked */
+    uint64_t skip; /* bytes of a 200 answer to drop (server ignored the Range) */
+    int overflow;  /* the server sent more than asked */
     int have_cr;
     uint64_t cr_first, cr_last, cr_total; /* Content-Range (cr_total UINT64_MAX for '*') */
     int64_t content_length;
-    double retry_after;    /* seconds, -1 when absent */
+    double retry_after; /* seconds, -1 when absent */
     char etag[128];
     char errbody[1024];
     size_t errbody_len;
-    void *headers;         /* struct curl_slist* */
+    void *headers; /* struct curl_slist* */
     char curl_err[256];
 };
 /* Configure an easy handle for x (URL, range, SigV4 headers, callbacks, timeouts). */
@@ -279,9 +279,9 @@ enum st_status fetch_file(const struct fetch_target *t, uint64_t off, uint64_t l
                           uint64_t *got, struct st_error *err);
 /* Whole-object (or range) read with retries into a growable buffer, for listings and manifests.
  * *size (may be NULL) gets the object's size when known. */
-enum st_status fetch_sync(const struct fetch_target *t, const struct fetch_policy *p,
-                          uint64_t off, uint64_t len, struct dbuf *out, uint64_t *size,
-                          char *etag_out, size_t etag_cap, struct st_error *err);
+enum st_status fetch_sync(const struct fetch_target *t, const struct fetch_policy *p, uint64_t off,
+                          uint64_t len, struct dbuf *out, uint64_t *size, char *etag_out,
+                          size_t etag_cap, struct st_error *err);
 /* curl_global_init once (thread-safe). */
 void fetch_global_init(void);
 

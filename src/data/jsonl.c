@@ -20,9 +20,13 @@ void jsonl_init(struct jsonl *p, uint64_t start_off, uint64_t first_index, size_
     p->json_check = json_check;
 }
 
-size_t jsonl_mem(const struct jsonl *p) { return p->carry.cap; }
+size_t jsonl_mem(const struct jsonl *p) {
+    return p->carry.cap;
+}
 
-void jsonl_free(struct jsonl *p) { dbuf_free(&p->carry); }
+void jsonl_free(struct jsonl *p) {
+    dbuf_free(&p->carry);
+}
 
 /* ---- a strict JSON checker (RFC 8259 grammar; no allocation; depth-capped) ---- */
 
@@ -51,7 +55,8 @@ static int jc_string(struct jc *c) {
     c->p++; /* opening quote */
     while (c->p < c->end) {
         /* the common case first: plain characters */
-        while (c->p < c->end && *c->p >= 0x20 && *c->p != '"' && *c->p != '\\') c->p++;
+        while (c->p < c->end && *c->p >= 0x20 && *c->p != '"' && *c->p != '\\')
+            c->p++;
         if (c->p >= c->end) break;
         uint8_t ch = *c->p;
         if (ch == '"') {
@@ -80,15 +85,18 @@ static int jc_string(struct jc *c) {
 
 static int jc_digits(struct jc *c) {
     const uint8_t *s = c->p;
-    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+        c->p++;
     return c->p == s;
 }
 
 static int jc_number(struct jc *c) {
     if (c->p < c->end && *c->p == '-') c->p++;
     if (c->p >= c->end) return 1;
-    if (*c->p == '0') c->p++;
-    else if (jc_digits(c)) return 1;
+    if (*c->p == '0')
+        c->p++;
+    else if (jc_digits(c))
+        return 1;
     if (c->p < c->end && *c->p == '.') {
         c->p++;
         if (jc_digits(c)) return 1;
@@ -221,8 +229,8 @@ enum st_status jsonl_feed(struct jsonl *p, const uint8_t *in, size_t n, size_t *
                                  "largest record this stream's budget allows",
                                  what, (unsigned long long)p->line, (unsigned long long)start,
                                  p->max_rec);
-            r = line_done(p, (const uint8_t *)p->carry.p, p->carry.len, start, end, emit, ctx,
-                          what, err);
+            r = line_done(p, (const uint8_t *)p->carry.p, p->carry.len, start, end, emit, ctx, what,
+                          err);
             dbuf_reset(&p->carry);
         } else {
             if (len > p->max_rec)
@@ -249,8 +257,8 @@ enum st_status jsonl_end(struct jsonl *p, rec_emit_fn emit, void *ctx, const cha
                          struct st_error *err) {
     if (!p->carry.len) return ST_OK;
     uint64_t start = p->off - p->carry.len;
-    int r = line_done(p, (const uint8_t *)p->carry.p, p->carry.len, start, p->off, emit, ctx,
-                      what, err);
+    int r = line_done(p, (const uint8_t *)p->carry.p, p->carry.len, start, p->off, emit, ctx, what,
+                      err);
     dbuf_reset(&p->carry);
     if (r < 0) return err ? err->code : ST_ERR_FORMAT;
     return ST_OK;

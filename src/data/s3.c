@@ -27,9 +27,11 @@ static char *env_dup(const char *name) {
 
 static void trim(char *s) {
     size_t n = strlen(s);
-    while (n && isspace((unsigned char)s[n - 1])) s[--n] = '\0';
+    while (n && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
     size_t i = 0;
-    while (s[i] && isspace((unsigned char)s[i])) i++;
+    while (s[i] && isspace((unsigned char)s[i]))
+        i++;
     if (i) memmove(s, s + i, n - i + 1);
 }
 
@@ -111,8 +113,10 @@ enum st_status s3_cfg_load(struct s3_cfg *c, const struct st_stream_options *o,
     char *cred_path = home_file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
     char *conf_path = home_file("AWS_CONFIG_FILE", ".aws/config");
     char conf_sec[256];
-    if (strcmp(profile, "default") == 0) snprintf(conf_sec, sizeof conf_sec, "default");
-    else snprintf(conf_sec, sizeof conf_sec, "profile %s", profile);
+    if (strcmp(profile, "default") == 0)
+        snprintf(conf_sec, sizeof conf_sec, "default");
+    else
+        snprintf(conf_sec, sizeof conf_sec, "profile %s", profile);
 
     /* endpoint */
     if (o->endpoint_url && *o->endpoint_url) c->endpoint = st_strdup(o->endpoint_url);
@@ -121,12 +125,13 @@ enum st_status s3_cfg_load(struct s3_cfg *c, const struct st_stream_options *o,
     if (!c->endpoint) c->endpoint = ini_get(conf_path, conf_sec, "endpoint_url");
     if (c->endpoint) {
         size_t n = strlen(c->endpoint);
-        while (n && c->endpoint[n - 1] == '/') c->endpoint[--n] = '\0';
+        while (n && c->endpoint[n - 1] == '/')
+            c->endpoint[--n] = '\0';
         const char *rest;
         if (url_scheme(c->endpoint, &rest) != URL_HTTP) {
-            enum st_status rc = st_errorf(err, ST_ERR_ARG,
-                                          "S3 endpoint '%s' must start with http:// or https://",
-                                          c->endpoint);
+            enum st_status rc =
+                st_errorf(err, ST_ERR_ARG, "S3 endpoint '%s' must start with http:// or https://",
+                          c->endpoint);
             st_free(cred_path);
             st_free(conf_path);
             s3_cfg_free(c);
@@ -251,14 +256,14 @@ enum st_status s3_list_url(const struct s3_cfg *c, const char *bucket, const cha
     dbuf_init(&b, 32768);
     /* path-style "/bucket?..." (no slash: the canonical URI is the bucket, as S3 and s3rver
      * compute it); virtual-hosted "/?..." */
-    int bad = base_url(&b, c, bucket) ||
-              dbuf_addstr(&b, c->endpoint || strchr(bucket, '.') ? "?" : "/?");
+    int bad =
+        base_url(&b, c, bucket) || dbuf_addstr(&b, c->endpoint || strchr(bucket, '.') ? "?" : "/?");
     /* sorted by name: continuation-token < encoding-type < list-type < max-keys < prefix */
-    if (token) bad = bad || dbuf_addstr(&b, "continuation-token=") || url_encode(&b, token, 0) ||
-                     dbuf_addstr(&b, "&");
+    if (token)
+        bad = bad || dbuf_addstr(&b, "continuation-token=") || url_encode(&b, token, 0) ||
+              dbuf_addstr(&b, "&");
     bad = bad || dbuf_printf(&b, "encoding-type=url&list-type=2&max-keys=%d", max_keys);
-    if (prefix && *prefix)
-        bad = bad || dbuf_addstr(&b, "&prefix=") || url_encode(&b, prefix, 0);
+    if (prefix && *prefix) bad = bad || dbuf_addstr(&b, "&prefix=") || url_encode(&b, prefix, 0);
     if (bad) {
         dbuf_free(&b);
         return st_errorf(err, ST_ERR_ARG, "s3://%s/%s: listing URL too long", bucket, prefix);
@@ -273,15 +278,18 @@ enum st_status s3_list_url(const struct s3_cfg *c, const char *bucket, const cha
 static int put_utf8(char *out, size_t cap, size_t *k, unsigned long cp) {
     char u[4];
     int n;
-    if (cp < 0x80) u[0] = (char)cp, n = 1;
-    else if (cp < 0x800) u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 63)), n = 2;
+    if (cp < 0x80)
+        u[0] = (char)cp, n = 1;
+    else if (cp < 0x800)
+        u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 63)), n = 2;
     else if (cp < 0x10000)
         u[0] = (char)(0xE0 | (cp >> 12)), u[1] = (char)(0x80 | ((cp >> 6) & 63)),
         u[2] = (char)(0x80 | (cp & 63)), n = 3;
     else if (cp < 0x110000)
         u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 63)),
         u[2] = (char)(0x80 | ((cp >> 6) & 63)), u[3] = (char)(0x80 | (cp & 63)), n = 4;
-    else return 1;
+    else
+        return 1;
     if (*k + (size_t)n >= cap) return 1;
     memcpy(out + *k, u, (size_t)n);
     *k += (size_t)n;
@@ -306,11 +314,16 @@ static int xml_text_raw(const char *s, const char *e, char *out, size_t cap) {
             size_t n = (size_t)(semi - s - 1);
             const char *name = s + 1;
             unsigned long cp;
-            if (n == 3 && memcmp(name, "amp", 3) == 0) cp = '&';
-            else if (n == 2 && memcmp(name, "lt", 2) == 0) cp = '<';
-            else if (n == 2 && memcmp(name, "gt", 2) == 0) cp = '>';
-            else if (n == 4 && memcmp(name, "quot", 4) == 0) cp = '"';
-            else if (n == 4 && memcmp(name, "apos", 4) == 0) cp = '\'';
+            if (n == 3 && memcmp(name, "amp", 3) == 0)
+                cp = '&';
+            else if (n == 2 && memcmp(name, "lt", 2) == 0)
+                cp = '<';
+            else if (n == 2 && memcmp(name, "gt", 2) == 0)
+                cp = '>';
+            else if (n == 4 && memcmp(name, "quot", 4) == 0)
+                cp = '"';
+            else if (n == 4 && memcmp(name, "apos", 4) == 0)
+                cp = '\'';
             else if (n >= 2 && name[0] == '#') {
                 char num[16];
                 memcpy(num, name + 1, n - 1);
@@ -337,13 +350,15 @@ static int xml_text_raw(const char *s, const char *e, char *out, size_t cap) {
 static int xml_find(const char *s, const char *e, const char *tag, const char **cs,
                     const char **ce) {
     char open[64], close[64];
-    int no = snprintf(open, sizeof open, "<%s", tag), nc = snprintf(close, sizeof close, "</%s>", tag);
+    int no = snprintf(open, sizeof open, "<%s", tag),
+        nc = snprintf(close, sizeof close, "</%s>", tag);
     size_t lo = (size_t)no, lc = (size_t)nc;
     for (const char *p = s; p + lo < e; p++) {
         if (*p != '<' || memcmp(p, open, lo) != 0) continue;
         const char *a = p + lo;
         if (*a != '>' && *a != ' ' && *a != '\t' && *a != '\n' && *a != '\r') continue;
-        while (a < e && *a != '>') a++;
+        while (a < e && *a != '>')
+            a++;
         if (a >= e) return 1;
         if (a[-1] == '/') continue; /* <tag/>: empty, keep looking */
         const char *c = a + 1;
@@ -385,9 +400,8 @@ enum st_status s3_parse_list(const char *xml, size_t len, struct s3_list_page *o
     char tmp[64];
     int url_enc = xml_tag_text(rs, (size_t)(re - rs), "EncodingType", tmp, sizeof tmp) == 0 &&
                   strcmp(tmp, "url") == 0;
-    out->truncated =
-        xml_tag_text(rs, (size_t)(re - rs), "IsTruncated", tmp, sizeof tmp) == 0 &&
-        strcmp(tmp, "true") == 0;
+    out->truncated = xml_tag_text(rs, (size_t)(re - rs), "IsTruncated", tmp, sizeof tmp) == 0 &&
+                     strcmp(tmp, "true") == 0;
     size_t cap = 0;
     const char *p = rs;
     char *key = st_malloc(S3_KEY_MAX * 3 + 1), *etag = st_malloc(256);

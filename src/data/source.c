@@ -5,8 +5,8 @@
  * DESIGN: the listing is fixed when a stream opens; every rank and worker must see the same list
  * in the same order (the epoch's permutation is applied to it), so directory and S3 listings are
  * sorted by name and the fingerprint of the names goes into the resume state. Only names that look
- * like shards (.jsonl/.ndjson/.tar/.tgz, optionally .gz/.zst; not .json) are taken from a directory or
- * prefix, so a README or an index.json beside the shards is not read as data. An index manifest
+ * like shards (.jsonl/.ndjson/.tar/.tgz, optionally .gz/.zst; not .json) are taken from a directory
+ * or prefix, so a README or an index.json beside the shards is not read as data. An index manifest
  * gives byte sizes (so HTTP shards need no HEAD), sample counts and SHA-256 hashes. */
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -31,7 +31,8 @@ static int ends_with(const char *s, const char *suf) {
 /* The name without a trailing compression suffix, lower-cased into buf. */
 static const char *base_ext(const char *name, char *buf, size_t cap) {
     snprintf(buf, cap, "%s", name);
-    for (char *p = buf; *p; p++) *p = (char)tolower((unsigned char)*p);
+    for (char *p = buf; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
     static const char *comp[] = {".gz", ".gzip", ".zst", ".zstd"};
     for (size_t i = 0; i < sizeof comp / sizeof *comp; i++)
         if (ends_with(buf, comp[i])) {
@@ -54,7 +55,8 @@ static int is_index_name(const char *url) {
     snprintf(b, sizeof b, "%s", url);
     char *q = strchr(b, '?');
     if (q) *q = '\0';
-    for (char *p = b; *p; p++) *p = (char)tolower((unsigned char)*p);
+    for (char *p = b; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
     return ends_with(b, ".json") && !ends_with(b, ".jsonl");
 }
 
@@ -90,8 +92,7 @@ static enum st_status push_shard(struct slist *s, const char *url, const char *n
                                  const char *etag, int64_t samples, const char *sha,
                                  const char *req, enum url_scheme scheme, struct st_error *err) {
     struct st_shard_list *l = s->l;
-    if (l->n >= MAX_SHARDS)
-        return st_errorf(err, ST_ERR_ARG, "more than %u shards", MAX_SHARDS);
+    if (l->n >= MAX_SHARDS) return st_errorf(err, ST_ERR_ARG, "more than %u shards", MAX_SHARDS);
     if (l->n == s->cap) {
         uint32_t nc = s->cap ? s->cap * 2 : 64;
         struct st_shard_info *a = st_realloc(l->shards, nc * sizeof *a);
@@ -246,7 +247,8 @@ static enum st_status list_s3(struct slist *s, const struct s3_cfg *c, const str
             }
             snprintf(disp_url, ul, "s3://%s/%s", bucket, k);
             const char *name = k + (exact_found ? 0 : pl);
-            while (*name == '/') name++;
+            while (*name == '/')
+                name++;
             if (!*name) name = k;
             rc = push_shard(s, disp_url, name, pg.objs[i].size, pg.objs[i].etag, -1, NULL, ourl,
                             URL_S3, err);
@@ -310,7 +312,8 @@ static int json_u53(const cJSON *v, uint64_t *out) {
 
 static char *resolve(const char *base, const char *rel) {
     const char *r;
-    if (url_scheme(rel, &r) != URL_FILE || strstr(rel, "://") || rel[0] == '/') return st_strdup(rel);
+    if (url_scheme(rel, &r) != URL_FILE || strstr(rel, "://") || rel[0] == '/')
+        return st_strdup(rel);
     const char *slash = strrchr(base, '/');
     size_t dl = slash ? (size_t)(slash - base + 1) : 0;
     size_t n = dl + strlen(rel) + 1;
@@ -373,13 +376,13 @@ enum st_status index_parse(const char *json, size_t len, const char *base,
         const cJSON *h = cJSON_GetObjectItemCaseSensitive(e, "sha256");
         uint64_t bytes, samples;
         if (!cJSON_IsString(u) || !u->valuestring[0] || strlen(u->valuestring) > 4096) {
-            rc = st_errorf(err, ST_ERR_FORMAT, "%s: %s[%d].%s: expected a URL string", what, arr,
-                           i, kurl);
+            rc = st_errorf(err, ST_ERR_FORMAT, "%s: %s[%d].%s: expected a URL string", what, arr, i,
+                           kurl);
             break;
         }
         if (json_u53(b, &bytes)) {
-            rc = st_errorf(err, ST_ERR_FORMAT, "%s: %s[%d].%s: expected a byte count", what, arr,
-                           i, kbytes);
+            rc = st_errorf(err, ST_ERR_FORMAT, "%s: %s[%d].%s: expected a byte count", what, arr, i,
+                           kbytes);
             break;
         }
         int64_t ns = -1;
@@ -394,7 +397,8 @@ enum st_status index_parse(const char *json, size_t len, const char *base,
         struct st_shard_info *sh = &out->shards[i];
         if (h && !cJSON_IsNull(h)) {
             int ok = cJSON_IsString(h) && strlen(h->valuestring) == 64;
-            for (int k = 0; ok && k < 64; k++) ok = isxdigit((unsigned char)h->valuestring[k]);
+            for (int k = 0; ok && k < 64; k++)
+                ok = isxdigit((unsigned char)h->valuestring[k]);
             if (!ok) {
                 rc = st_errorf(err, ST_ERR_FORMAT, "%s: %s[%d].sha256: expected 64 hex digits",
                                what, arr, i);
@@ -423,7 +427,8 @@ enum st_status index_parse(const char *json, size_t len, const char *base,
 
 void dataset_free(struct dataset *d) {
     if (d->req_url)
-        for (uint32_t i = 0; i < d->list.n; i++) st_free(d->req_url[i]);
+        for (uint32_t i = 0; i < d->list.n; i++)
+            st_free(d->req_url[i]);
     st_free(d->req_url);
     st_free(d->scheme);
     st_free(d->fmt);
@@ -474,8 +479,7 @@ static enum st_status request_of(struct dataset *d, const struct st_stream_optio
         }
     } else if (sc == URL_HTTP) {
         const char *host_end = rest + strcspn(rest, "/?#");
-        if (host_end == rest)
-            return st_errorf(err, ST_ERR_ARG, "%s: bad URL: no host name", url);
+        if (host_end == rest) return st_errorf(err, ST_ERR_ARG, "%s: bad URL: no host name", url);
         *req = st_strdup(url);
     } else {
         enum st_status rc = need_s3(d, o, err);
@@ -504,8 +508,13 @@ static enum st_status read_whole(struct dataset *d, const struct st_stream_optio
     if (rc) return rc;
     struct fetch_policy p;
     fetch_policy_from(&p, o);
-    struct fetch_target t = {sc, url, sc == URL_FILE ? NULL : req, sc == URL_FILE ? req : NULL,
-                             sc == URL_S3 ? &d->s3 : NULL, ST_SIZE_UNKNOWN, NULL};
+    struct fetch_target t = {sc,
+                             url,
+                             sc == URL_FILE ? NULL : req,
+                             sc == URL_FILE ? req : NULL,
+                             sc == URL_S3 ? &d->s3 : NULL,
+                             ST_SIZE_UNKNOWN,
+                             NULL};
     dbuf_init(out, max);
     rc = fetch_sync(&t, &p, 0, ST_SIZE_UNKNOWN, out, NULL, NULL, 0, err);
     st_free(req);
@@ -563,8 +572,8 @@ static enum st_status add_url(struct dataset *d, struct slist *s, const struct s
             if (*p == '/') slash = p + 1;
         char name[1024];
         snprintf(name, sizeof name, "%.*s", (int)(q - slash), slash);
-        rc = push_shard(s, url, name[0] ? name : url, ST_SIZE_UNKNOWN, NULL, -1, NULL, req, URL_HTTP,
-                        err);
+        rc = push_shard(s, url, name[0] ? name : url, ST_SIZE_UNKNOWN, NULL, -1, NULL, req,
+                        URL_HTTP, err);
         st_free(req);
         return rc;
     }
@@ -619,7 +628,8 @@ enum st_status dataset_open(struct dataset *d, const struct st_stream_options *o
         char **exp;
         size_t ne;
         if ((rc = brace_expand(url, MAX_SHARDS, &exp, &ne, err))) break;
-        for (size_t i = 0; i < ne && rc == ST_OK; i++) rc = add_url(d, &s, o, exp[i], err);
+        for (size_t i = 0; i < ne && rc == ST_OK; i++)
+            rc = add_url(d, &s, o, exp[i], err);
         str_array_free(exp, ne);
     }
     d->req_url = s.req;
@@ -654,7 +664,8 @@ enum st_status st_data_list(const struct st_stream_options *opts, struct st_shar
     d.list.shards = NULL;
     uint32_t n = d.list.n;
     d.list.n = 0;
-    for (uint32_t i = 0; i < n; i++) st_free(d.req_url[i]);
+    for (uint32_t i = 0; i < n; i++)
+        st_free(d.req_url[i]);
     dataset_free(&d);
     return ST_OK;
 }

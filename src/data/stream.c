@@ -38,21 +38,28 @@
 #define CONN_OVERHEAD (256u * 1024) /* curl buffers per connection, reserved off the top */
 #define MIN_QUOTA (1u << 20)
 #define OUTBUF_SIZE (128u * 1024)
+#define FIRST_PART (1u << 20)
 
 enum { P_QUEUED = 0, P_RUNNING, P_WAIT, P_DONE };
 
 struct part {
     struct part *next;
     struct reader *r;
-    uint64_t off, len;  /* range asked; len shrinks to what exists at the end of an object */
+    uint64_t off, len; /* range asked; len shrinks to what exists at the end of an object */
     uint8_t *buf;
-    size_t mem;         /* bytes reserved */
-    uint64_t got;       /* valid bytes from off */
+    size_t mem;   /* bytes reserved */
+    uint64_t got; /* valid bytes from off */
     int state, attempts, hashed;
     double retry_at;
-    size_t consumed;    /* parse position */
+    size_t consumed; /* parse position */
     CURL *h;
     struct fetch_xfer x;
+};
+
+/* One entry of an epoch's plan: a shard and the records of it this partition reads. */
+struct plan_item {
+    uint32_t shard;
+    uint64_t first, end; /* record range [first, end); end = UINT64_MAX: to the end */
 };
 
 struct node {
@@ -63,14 +70,14 @@ struct node {
 };
 
 struct reader {
-    struct reader *next;     /* in the look-ahead list */
+    struct reader *next; /* in the look-ahead list */
     uint32_t shard;
     int64_t epoch;
-    uint32_t pos;            /* position in its epoch's plan */
+    uint32_t pos; /* position in its epoch's plan */
     struct fetch_target t;
-    char etag[128];          /* learned from the first answer when the listing had none */
+    char etag[128]; /* learned from the first answer when the listing had none */
     enum st_shard_format fmt;
-    char *name;              /* for messages and keys */
+    char *name; /* for messages and keys */
     size_t name_len;
     /* start point */
     uint64_t s_off, s_doff, s_skip, s_index;
@@ -92,15 +99,18 @@ struct reader {
     int out_full;
     struct jsonl jl;
     struct tar tr;
-    uint64_t in_off;          /* compressed offset of the next byte into the decoder */
+    uint64_t in_off;                    /* compressed offset of the next byte into the decoder */
     uint64_t rs_off, rs_doff, rs_index; /* current restart point (compressed) */
-    int boundary;             /* a frame ended: commit a restart point when the parser is idle */
+    int boundary; /* a frame ended: commit a restart point when the parser is idle */
     uint64_t boundary_off;
     uint64_t skip_left;
     struct sha256 sha;
     int hashing;
     size_t parser_mem, dec_mem;
-    uint64_t n_records;       /* records seen (for the index check) */
+    uint64_t n_records; /* records seen (for the index check) */
+    uint64_t limit;     /* stop before this record index (sample partitioning) */
+    int limit_hit;      /* reached it: the rest of the shard is not ours (under the lock) */
+    int limit_local;    /* the same, as the parse thread saw it (parse-thread owned) */
     /* queue */
     struct node *q_head, *q_tail;
     size_t q_mem;
@@ -115,25 +125,26 @@ struct st_stream {
     struct fetch_policy pol;
     /* plan */
     int P, p;                 /* partitions, ours */
+    int by_samples;           /* partition by record counts (an index gives them) */
     int64_t epoch, end_epoch; /* current epoch; stop before end_epoch (INT64_MAX: never) */
-    uint32_t *plan;           /* this epoch's plan */
+    struct plan_item *plan;   /* this epoch's plan */
     uint32_t plan_n;
-    uint32_t *plan2;          /* next epoch's (for look-ahead) */
+    struct plan_item *plan2; /* next epoch's (for look-ahead) */
     uint32_t plan2_n;
     int64_t plan2_epoch;
-    uint32_t next_pos;        /* next plan position to put in a slot */
+    uint32_t next_pos; /* next plan position to put in a slot */
     struct st_rng rng;
-    int finished;             /* past end_epoch */
+    int finished; /* past end_epoch */
     /* readers */
     int K, L;
     struct reader **slots;
     int n_slots;
     struct reader *la_head, *la_tail; /* look-ahead readers in plan order */
     int n_la;
-    int64_t la_epoch;         /* where the next look-ahead reader comes from */
-    int la_done;              /* fill_lookahead found nothing more */
+    int64_t la_epoch; /* where the next look-ahead reader comes from */
+    int la_done;      /* fill_lookahead found nothing more */
     uint32_t la_pos;
-    struct reader *want;      /* the reader the consumer waits for */
+    struct reader *want; /* the reader the consumer waits for */
     /* budget */
     size_t quota, part_size, max_rec, node_max, half;
     int wlog_max;
@@ -190,6 +201,7 @@ const char st_stream_options_help[] =
     "  --shuffle-shards K     shards read at once and interleaved (default 8)\n"
     "  --epoch E              first epoch (default 0)     --epochs N  stop after N epochs\n"
     "  --rank R --world-size W, --worker I --num-workers N   disjoint partition to read\n"
+    "  --partition samples|shards|auto   equal sample counts per rank (needs an index; auto)\n"
     "  --connections N        parallel transfers (default 16)\n"
     "  --part-size SIZE       ranged GET size (default 8M)\n"
     "  --prefetch-shards N    look-ahead shards beyond the K being read (default K/2)\n"
@@ -209,35 +221,38 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
     int64_t v;
     double d;
     size_t sz;
-#define NEED()                                                                                \
-    do {                                                                                      \
-        if (!value) return st_errorf(err, ST_ERR_ARG, "--%s needs a value", name);            \
+#define NEED()                                                                                     \
+    do {                                                                                           \
+        if (!value) return st_errorf(err, ST_ERR_ARG, "--%s needs a value", name);                 \
     } while (0)
-#define INT(field, lo, hi)                                                                    \
-    do {                                                                                      \
-        NEED();                                                                               \
-        if (st_parse_i64(value, lo, hi, &v))                                                  \
-            return st_errorf(err, ST_ERR_ARG, "--%s: expected an integer in [%lld, %lld], got '%s'", \
-                             name, (long long)(lo), (long long)(hi), value);                  \
-        field = v;                                                                            \
-        return ST_OK;                                                                         \
+#define INT(field, lo, hi)                                                                         \
+    do {                                                                                           \
+        NEED();                                                                                    \
+        if (st_parse_i64(value, lo, hi, &v))                                                       \
+            return st_errorf(err, ST_ERR_ARG,                                                      \
+                             "--%s: expected an integer in [%lld, %lld], got '%s'", name,          \
+                             (long long)(lo), (long long)(hi), value);                             \
+        field = v;                                                                                 \
+        return ST_OK;                                                                              \
     } while (0)
-#define DBL(field, lo, hi)                                                                    \
-    do {                                                                                      \
-        NEED();                                                                               \
-        if (st_parse_f64(value, &d) || d < (lo) || d > (hi))                                  \
-            return st_errorf(err, ST_ERR_ARG, "--%s: expected a number in [%g, %g], got '%s'", \
-                             name, (double)(lo), (double)(hi), value);                        \
-        field = d;                                                                            \
-        return ST_OK;                                                                         \
+#define DBL(field, lo, hi)                                                                         \
+    do {                                                                                           \
+        NEED();                                                                                    \
+        if (st_parse_f64(value, &d) || d < (lo) || d > (hi))                                       \
+            return st_errorf(err, ST_ERR_ARG, "--%s: expected a number in [%g, %g], got '%s'",     \
+                             name, (double)(lo), (double)(hi), value);                             \
+        field = d;                                                                                 \
+        return ST_OK;                                                                              \
     } while (0)
     if (strcmp(name, "stream-memory") == 0 || strcmp(name, "part-size") == 0) {
         NEED();
         if (st_parse_size(value, &sz) || sz == 0)
             return st_errorf(err, ST_ERR_ARG, "--%s: expected a size like 512M or 2G, got '%s'",
                              name, value);
-        if (name[0] == 's') o->memory_budget = sz;
-        else o->part_size = sz;
+        if (name[0] == 's')
+            o->memory_budget = sz;
+        else
+            o->part_size = sz;
         return ST_OK;
     }
     if (strcmp(name, "seed") == 0) {
@@ -275,10 +290,28 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
     if (strcmp(name, "connect-timeout") == 0) DBL(o->connect_timeout, 0.1, 3600);
     if (strcmp(name, "format") == 0) {
         NEED();
-        if (strcmp(value, "jsonl") == 0) o->format = ST_FORMAT_JSONL;
-        else if (strcmp(value, "tar") == 0) o->format = ST_FORMAT_TAR;
-        else if (strcmp(value, "auto") == 0) o->format = ST_FORMAT_AUTO;
-        else return st_errorf(err, ST_ERR_ARG, "--format: expected jsonl, tar or auto, got '%s'", value);
+        if (strcmp(value, "jsonl") == 0)
+            o->format = ST_FORMAT_JSONL;
+        else if (strcmp(value, "tar") == 0)
+            o->format = ST_FORMAT_TAR;
+        else if (strcmp(value, "auto") == 0)
+            o->format = ST_FORMAT_AUTO;
+        else
+            return st_errorf(err, ST_ERR_ARG, "--format: expected jsonl, tar or auto, got '%s'",
+                             value);
+        return ST_OK;
+    }
+    if (strcmp(name, "partition") == 0) {
+        NEED();
+        if (strcmp(value, "samples") == 0)
+            o->partition_by_samples = 1;
+        else if (strcmp(value, "shards") == 0)
+            o->partition_by_samples = -1;
+        else if (strcmp(value, "auto") == 0)
+            o->partition_by_samples = 0;
+        else
+            return st_errorf(err, ST_ERR_ARG,
+                             "--partition: expected samples, shards or auto, got '%s'", value);
         return ST_OK;
     }
     if (strcmp(name, "no-json-check") == 0) {
@@ -325,7 +358,9 @@ static void mem_add(struct st_stream *s, size_t n) {
     while (now > peak && !atomic_compare_exchange_weak(&s->mem_peak, &peak, now)) {
     }
 }
-static void mem_sub(struct st_stream *s, size_t n) { atomic_fetch_sub(&s->mem_used, n); }
+static void mem_sub(struct st_stream *s, size_t n) {
+    atomic_fetch_sub(&s->mem_used, n);
+}
 
 /* ---- plan ---- */
 
@@ -333,17 +368,33 @@ static uint64_t rng_below(struct st_rng *r, uint64_t n) {
     /* rejection sampling: no modulo bias */
     uint64_t lim = UINT64_MAX - UINT64_MAX % n;
     uint64_t x;
-    do x = st_rng_u64(r);
+    do
+        x = st_rng_u64(r);
     while (x >= lim);
     return x % n;
 }
 
-static enum st_status make_plan(struct st_stream *s, int64_t epoch, uint32_t **out, uint32_t *n,
-                                struct st_error *err) {
+/* floor(a * b / c) without overflow (a < 2^53, b < c < 2^31) */
+static uint64_t muldiv(uint64_t a, uint64_t b, uint64_t c) {
+    return (a / c) * b + (a % c) * b / c;
+}
+
+/* Epoch `epoch`'s plan for this partition. Shard partitioning: positions i of the permutation with
+ * i % P == p. Sample partitioning (every shard's record count known): the permutation's records
+ * laid end to end, partition p takes records [p*T/P, (p+1)*T/P): equal counts (+-1) for every
+ * rank; the first and last shard of a range may be read in part. */
+static enum st_status make_plan(struct st_stream *s, int64_t epoch, struct plan_item **out,
+                                uint32_t *n, struct st_error *err) {
     uint32_t N = s->ds.list.n;
     uint32_t *perm = st_malloc((size_t)(N ? N : 1) * sizeof *perm);
-    if (!perm) return st_errorf(err, ST_ERR_NOMEM, "out of memory planning epoch %lld", (long long)epoch);
-    for (uint32_t i = 0; i < N; i++) perm[i] = i;
+    struct plan_item *pl = st_malloc((size_t)(N ? N : 1) * sizeof *pl);
+    if (!perm || !pl) {
+        st_free(perm);
+        st_free(pl);
+        return st_errorf(err, ST_ERR_NOMEM, "out of memory planning epoch %lld", (long long)epoch);
+    }
+    for (uint32_t i = 0; i < N; i++)
+        perm[i] = i;
     if (s->o.shuffle && N > 1) {
         struct st_rng r;
         st_rng_seed(&r, seed_mix(seed_mix(s->o.seed, 0x73686172ULL), (uint64_t)epoch));
@@ -355,9 +406,35 @@ static enum st_status make_plan(struct st_stream *s, int64_t epoch, uint32_t **o
         }
     }
     uint32_t k = 0;
-    for (uint32_t i = 0; i < N; i++)
-        if (i % (uint32_t)s->P == (uint32_t)s->p) perm[k++] = perm[i];
-    *out = perm;
+    if (s->by_samples) {
+        uint64_t T = 0;
+        for (uint32_t i = 0; i < N; i++)
+            T += (uint64_t)s->ds.list.shards[i].samples;
+        uint64_t lo = muldiv(T, (uint64_t)s->p, (uint64_t)s->P);
+        uint64_t hi = muldiv(T, (uint64_t)s->p + 1, (uint64_t)s->P);
+        uint64_t c = 0;
+        for (uint32_t i = 0; i < N; i++) {
+            uint64_t cnt = (uint64_t)s->ds.list.shards[perm[i]].samples;
+            uint64_t a = c > lo ? c : lo, b = c + cnt < hi ? c + cnt : hi;
+            if (a < b) {
+                pl[k].shard = perm[i];
+                pl[k].first = a - c;
+                pl[k].end = b - c == cnt ? UINT64_MAX : b - c;
+                k++;
+            }
+            c += cnt;
+        }
+    } else {
+        for (uint32_t i = 0; i < N; i++)
+            if (i % (uint32_t)s->P == (uint32_t)s->p) {
+                pl[k].shard = perm[i];
+                pl[k].first = 0;
+                pl[k].end = UINT64_MAX;
+                k++;
+            }
+    }
+    st_free(perm);
+    *out = pl;
     *n = k;
     return ST_OK;
 }
@@ -397,8 +474,10 @@ static void reader_free(struct st_stream *s, struct reader *r) {
         n = nx;
     }
     if (r->parse_init) {
-        if (r->fmt == ST_FORMAT_TAR) tar_free(&r->tr);
-        else jsonl_free(&r->jl);
+        if (r->fmt == ST_FORMAT_TAR)
+            tar_free(&r->tr);
+        else
+            jsonl_free(&r->jl);
         mem_sub(s, r->parser_mem);
     }
     if (r->dec_on) decomp_free(&r->dec);
@@ -407,13 +486,20 @@ static void reader_free(struct st_stream *s, struct reader *r) {
     st_free(r);
 }
 
-static struct reader *reader_new(struct st_stream *s, int64_t epoch, uint32_t pos, uint32_t shard,
-                                 uint64_t off, uint64_t doff, uint64_t skip, uint64_t index) {
+/* A reader for plan item it, starting at (off, doff) with `skip` records to drop there and
+ * record index `index` at that point. A fresh reader (off = 0, index = 0) also skips the records
+ * before the item's first. */
+static struct reader *reader_new(struct st_stream *s, int64_t epoch, uint32_t pos,
+                                 const struct plan_item *it, uint64_t off, uint64_t doff,
+                                 uint64_t skip, uint64_t index) {
     struct reader *r = st_calloc(1, sizeof *r);
     if (!r) return NULL;
+    uint32_t shard = it->shard;
+    if (off == 0 && index == 0 && skip < it->first) skip = it->first;
     r->shard = shard;
     r->epoch = epoch;
     r->pos = pos;
+    r->limit = it->end;
     dataset_target(&s->ds, shard, &r->t);
     r->fmt = s->ds.fmt[shard];
     r->name = s->ds.list.shards[shard].name;
@@ -422,9 +508,12 @@ static struct reader *reader_new(struct st_stream *s, int64_t epoch, uint32_t po
     r->s_doff = r->r_doff = r->rs_doff = doff;
     r->s_skip = r->r_skip = r->skip_left = skip;
     r->s_index = r->r_index = r->rs_index = index;
-    r->hashing = off == 0 && s->o.verify_hashes > 0 && s->ds.list.shards[shard].sha256[0];
+    r->hashing = off == 0 && r->limit == UINT64_MAX && s->o.verify_hashes > 0 &&
+                 s->ds.list.shards[shard].sha256[0];
     if (r->hashing) sha256_init(&r->sha);
     if (r->t.size != ST_SIZE_UNKNOWN && off >= r->t.size) r->fetch_eof = 1;
+    if (index + skip >= r->limit) /* nothing left to read */
+        r->fetch_eof = r->limit_hit = r->limit_local = r->parse_done = 1;
     return r;
 }
 
@@ -435,7 +524,7 @@ static void reader_fail(struct reader *r, const struct st_error *e) {
 }
 
 /* Plan of epoch e if we have it (current or next), else NULL. */
-static const uint32_t *plan_of(struct st_stream *s, int64_t e, uint32_t *n) {
+static const struct plan_item *plan_of(struct st_stream *s, int64_t e, uint32_t *n) {
     if (e == s->epoch) {
         *n = s->plan_n;
         return s->plan;
@@ -453,7 +542,7 @@ static enum st_status fill_lookahead(struct st_stream *s, struct st_error *err) 
         uint32_t n;
         if (s->la_epoch >= s->end_epoch) return ST_OK;
         if (s->la_epoch > s->epoch + 1) return ST_OK;
-        const uint32_t *pl = plan_of(s, s->la_epoch, &n);
+        const struct plan_item *pl = plan_of(s, s->la_epoch, &n);
         if (!pl) {
             st_free(s->plan2);
             s->plan2 = NULL;
@@ -467,10 +556,12 @@ static enum st_status fill_lookahead(struct st_stream *s, struct st_error *err) 
             s->la_pos = 0;
             continue;
         }
-        struct reader *r = reader_new(s, s->la_epoch, s->la_pos, pl[s->la_pos], 0, 0, 0, 0);
+        struct reader *r = reader_new(s, s->la_epoch, s->la_pos, &pl[s->la_pos], 0, 0, 0, 0);
         if (!r) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
-        if (s->la_tail) s->la_tail->next = r;
-        else s->la_head = r;
+        if (s->la_tail)
+            s->la_tail->next = r;
+        else
+            s->la_head = r;
         s->la_tail = r;
         s->n_la++;
         s->la_pos++;
@@ -488,7 +579,7 @@ static struct reader *take_next(struct st_stream *s) {
         s->n_la--;
         r->next = NULL;
     } else {
-        r = reader_new(s, s->epoch, s->next_pos, s->plan[s->next_pos], 0, 0, 0, 0);
+        r = reader_new(s, s->epoch, s->next_pos, &s->plan[s->next_pos], 0, 0, 0, 0);
         if (!r) return NULL;
         if (s->la_epoch < s->epoch || (s->la_epoch == s->epoch && s->la_pos <= s->next_pos)) {
             s->la_epoch = s->epoch;
@@ -513,6 +604,10 @@ static int on_record(void *vctx, const struct rec *rec, struct st_error *err) {
     struct emit_ctx *c = vctx;
     struct st_stream *s = c->s;
     struct reader *r = c->r;
+    if (rec->index >= r->limit) { /* the rest belongs to the next partition */
+        r->limit_local = 1;
+        return 1;
+    }
     r->n_records++;
     if (r->skip_left) {
         r->skip_left--;
@@ -527,9 +622,11 @@ static int on_record(void *vctx, const struct rec *rec, struct st_error *err) {
         char digits[24];
         int k = 0;
         uint64_t v = rec->index;
-        do digits[k++] = (char)('0' + v % 10);
+        do
+            digits[k++] = (char)('0' + v % 10);
         while ((v /= 10) && k < 23);
-        while (k) keybuf[nl++] = digits[--k];
+        while (k)
+            keybuf[nl++] = digits[--k];
         keybuf[nl] = '\0';
         key = keybuf;
     }
@@ -548,7 +645,8 @@ static int on_record(void *vctx, const struct rec *rec, struct st_error *err) {
     size_t total = over + data + 16;
     struct node *n = st_malloc(total);
     if (!n) {
-        st_errorf(err, ST_ERR_NOMEM, "%s: out of memory for a %zu-byte sample", r->t.display, total);
+        st_errorf(err, ST_ERR_NOMEM, "%s: out of memory for a %zu-byte sample", r->t.display,
+                  total);
         return -1;
     }
     mem_add(s, total);
@@ -590,8 +688,10 @@ static int on_record(void *vctx, const struct rec *rec, struct st_error *err) {
         n->a_skip = rec->index + 1 - r->rs_index;
     }
     n->a_index = rec->index + 1;
-    if (c->tail) c->tail->next = n;
-    else c->head = n;
+    if (c->tail)
+        c->tail->next = n;
+    else
+        c->head = n;
     c->tail = n;
     c->produced += total;
     if (c->q_mem0 + c->produced + s->max_rec + s->node_max > s->half) return 1; /* pause */
@@ -604,8 +704,10 @@ static size_t parser_mem(const struct reader *r) {
 
 static void track_parser_mem(struct st_stream *s, struct reader *r) {
     size_t m = parser_mem(r);
-    if (m > r->parser_mem) mem_add(s, m - r->parser_mem);
-    else mem_sub(s, r->parser_mem - m);
+    if (m > r->parser_mem)
+        mem_add(s, m - r->parser_mem);
+    else
+        mem_sub(s, r->parser_mem - m);
     r->parser_mem = m;
 }
 
@@ -637,8 +739,8 @@ static void maybe_commit(struct reader *r) {
 }
 
 /* First touch: choose the decoder from the bytes (and name), start the parser. */
-static enum st_status parse_start(struct st_stream *s, struct reader *r, const uint8_t *d,
-                                  size_t n, struct st_error *err) {
+static enum st_status parse_start(struct st_stream *s, struct reader *r, const uint8_t *d, size_t n,
+                                  struct st_error *err) {
     r->comp = decomp_sniff(d, n);
     if (r->comp == COMP_NONE && n < 4) r->comp = comp_from_name(r->name);
     if (r->comp != COMP_NONE) {
@@ -651,8 +753,10 @@ static enum st_status parse_start(struct st_stream *s, struct reader *r, const u
         if (rc) return rc;
         r->dec_on = 1;
     }
-    if (r->fmt == ST_FORMAT_TAR) tar_init(&r->tr, r->s_doff, r->s_index, s->max_rec);
-    else jsonl_init(&r->jl, r->s_doff, r->s_index, s->max_rec, s->o.json_check > 0);
+    if (r->fmt == ST_FORMAT_TAR)
+        tar_init(&r->tr, r->s_doff, r->s_index, s->max_rec);
+    else
+        jsonl_init(&r->jl, r->s_doff, r->s_index, s->max_rec, s->o.json_check > 0);
     r->parse_init = 1;
     return ST_OK;
 }
@@ -661,6 +765,7 @@ static enum st_status parse_start(struct st_stream *s, struct reader *r, const u
 static enum st_status parse_finish(struct st_stream *s, struct reader *r, struct emit_ctx *c,
                                    struct st_error *err) {
     enum st_status rc;
+    if (r->limit_local) return ST_OK;
     if (!r->parse_init && (rc = parse_start(s, r, (const uint8_t *)"", 0, err))) return rc;
     if (r->comp != COMP_NONE) {
         for (;;) {
@@ -686,7 +791,7 @@ static enum st_status parse_finish(struct st_stream *s, struct reader *r, struct
     rc = r->fmt == ST_FORMAT_TAR ? tar_end(&r->tr, on_record, c, r->t.display, err)
                                  : jsonl_end(&r->jl, on_record, c, r->t.display, err);
     track_parser_mem(s, r);
-    if (rc) return rc;
+    if (rc || r->limit_local) return rc;
     if (r->skip_left)
         return st_errorf(err, ST_ERR_FORMAT,
                          "%s: the resume state points %llu records past the end of this shard "
@@ -729,6 +834,7 @@ static enum st_status parse_step(struct st_stream *s, struct reader *r, struct p
         p->consumed += used;
         return rc;
     }
+    if (r->limit_local) return ST_OK;
     for (;;) {
         if (r->out_pos < r->out_len) {
             size_t used;
@@ -761,14 +867,39 @@ static enum st_status parse_step(struct st_stream *s, struct reader *r, struct p
     }
 }
 
+/* Free the parts of r that the I/O thread is not transferring; a reader whose limit was hit and
+ * that has no parts left is done (under the lock). */
+static void drop_idle_parts(struct st_stream *s, struct reader *r) {
+    struct part **pp = &r->parts, *last = NULL;
+    while (*pp) {
+        struct part *p = *pp;
+        if (p->state == P_RUNNING) {
+            last = p;
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        r->parts_mem -= p->mem;
+        r->n_parts--;
+        part_free(s, p);
+    }
+    r->parts_tail = last;
+    if (r->limit_hit && !r->parts) {
+        r->parse_done = 1;
+        pthread_cond_broadcast(&s->cv_data);
+    }
+}
+
 /* Pick a reader with work for a parse thread (under the lock): the one the consumer waits for
  * first, then slots, then look-ahead readers in plan order. */
 /* A parse step starts only when the reader's queue is below the low-water mark (half its limit),
  * so the consumer and a parse thread do not ping-pong one record at a time. */
-static size_t q_low(const struct st_stream *s) { return (s->half - s->max_rec - s->node_max) / 2; }
+static size_t q_low(const struct st_stream *s) {
+    return (s->half - s->max_rec - s->node_max) / 2;
+}
 
 static int has_parse_work(struct st_stream *s, struct reader *r) {
-    if (r->parsing || r->failed || r->parse_done) return 0;
+    if (r->parsing || r->failed || r->parse_done || r->limit_hit) return 0;
     if (r->q_mem > q_low(s)) return 0;
     if (r->parts) return r->parts->state == P_DONE;
     return r->fetch_eof;
@@ -803,19 +934,29 @@ static void *parse_main(void *arg) {
         uint64_t d0 = r->parse_init ? parser_off(r) : r->s_doff;
         enum st_status rc = parse_step(s, r, p, &c, &err);
         uint64_t d1 = r->parse_init ? parser_off(r) : r->s_doff;
-        int done = rc == ST_OK && p == NULL && r->parse_done_local;
+        int done = rc == ST_OK && r->parse_done_local;
+        int limit = r->limit_local;
 
         pthread_mutex_lock(&s->mu);
         s->st.bytes_decoded += d1 - d0;
         if (c.head) {
-            if (r->q_tail) r->q_tail->next = c.head;
-            else r->q_head = c.head;
+            if (r->q_tail)
+                r->q_tail->next = c.head;
+            else
+                r->q_head = c.head;
             r->q_tail = c.tail;
             r->q_mem += c.produced;
         }
         if (rc) reader_fail(r, &err);
         if (done) r->parse_done = 1;
-        if (p && !rc && p->consumed == p->got) {
+        if (limit) r->limit_hit = 1;
+        if (!rc && r->limit_hit) {
+            /* the rest of the shard is another partition's: drop the parts that are not in
+             * flight; the I/O thread cancels those that are and finishes the reader */
+            r->fetch_eof = 1;
+            drop_idle_parts(s, r);
+            if (s->multi) curl_multi_wakeup(s->multi);
+        } else if (p && !rc && p->consumed == p->got) {
             r->parts = p->next;
             if (!r->parts) r->parts_tail = NULL;
             r->parts_mem -= p->mem;
@@ -838,7 +979,8 @@ static int priority_list(struct st_stream *s, struct reader **out, int cap) {
     if (s->want && n < cap) out[n++] = s->want;
     for (int i = 0; i < s->n_slots && n < cap; i++)
         if (s->slots[i] != s->want) out[n++] = s->slots[i];
-    for (struct reader *r = s->la_head; r && n < cap; r = r->next) out[n++] = r;
+    for (struct reader *r = s->la_head; r && n < cap; r = r->next)
+        out[n++] = r;
     return n;
 }
 
@@ -846,6 +988,8 @@ static int priority_list(struct st_stream *s, struct reader **out, int cap) {
 static struct part *new_part(struct st_stream *s, struct reader *r) {
     if (r->failed || r->fetch_eof) return NULL;
     uint64_t len = s->part_size;
+    /* a shard's first part is small, so its first records (and an unknown size) arrive soon */
+    if (r->fetch_off == r->s_off && len > FIRST_PART) len = FIRST_PART;
     if (r->t.size == ST_SIZE_UNKNOWN) {
         /* size unknown until the first answer: one part at a time */
         if (r->parts_tail && r->parts_tail->state != P_DONE) return NULL;
@@ -869,8 +1013,10 @@ static struct part *new_part(struct st_stream *s, struct reader *r) {
     p->state = P_QUEUED;
     r->fetch_off += len;
     if (r->t.size != ST_SIZE_UNKNOWN && r->fetch_off >= r->t.size) r->fetch_eof = 1;
-    if (r->parts_tail) r->parts_tail->next = p;
-    else r->parts = p;
+    if (r->parts_tail)
+        r->parts_tail->next = p;
+    else
+        r->parts = p;
     r->parts_tail = p;
     r->parts_mem += p->mem;
     r->n_parts++;
@@ -892,9 +1038,11 @@ static void part_outcome(struct st_stream *s, struct part *p, enum fetch_verdict
             uint64_t end = r->t.size;
             if (end != ST_SIZE_UNKNOWN && p->off + p->got < end) {
                 struct st_error fe;
-                st_errorf(&fe, ST_ERR_IO, "%s: only %llu bytes at byte offset %llu, the object is "
-                          "%llu bytes (it changed?)", r->t.display, (unsigned long long)p->got,
-                          (unsigned long long)p->off, (unsigned long long)end);
+                st_errorf(&fe, ST_ERR_IO,
+                          "%s: only %llu bytes at byte offset %llu, the object is "
+                          "%llu bytes (it changed?)",
+                          r->t.display, (unsigned long long)p->got, (unsigned long long)p->off,
+                          (unsigned long long)end);
                 reader_fail(r, &fe);
                 return;
             }
@@ -932,8 +1080,9 @@ static void *io_main(void *arg) {
     int cap = s->K + s->L + 2;
     struct reader **prio = st_malloc((size_t)cap * sizeof *prio);
     struct part **starts = st_malloc((size_t)(s->n_handles + 8) * sizeof *starts);
+    struct part **cancels = st_malloc((size_t)(s->n_handles + 8) * sizeof *cancels);
     pthread_mutex_lock(&s->mu);
-    if (!prio || !starts) {
+    if (!prio || !starts || !cancels) {
         struct st_error e;
         st_errorf(&e, ST_ERR_NOMEM, "out of memory starting the I/O thread");
         s->failed = 1;
@@ -944,7 +1093,12 @@ static void *io_main(void *arg) {
     while (!s->stop) {
         double now = st_time_now(), next_due = now + 1.0;
         int n = priority_list(s, prio, cap);
-        int avail_h = s->n_free, avail_f = 2, n_start = 0;
+        int avail_h = s->n_free, avail_f = 2, n_start = 0, n_cancel = 0;
+        /* transfers for records another partition reads: abandon them */
+        for (int i = 0; i < n; i++)
+            if (prio[i]->limit_hit && !prio[i]->parse_done)
+                for (struct part *p = prio[i]->parts; p && n_cancel < s->n_handles; p = p->next)
+                    if (p->state == P_RUNNING && p->h) cancels[n_cancel++] = p;
         /* retries that are due, then new parts, round-robin over readers by priority */
         for (int i = 0; i < n; i++)
             for (struct part *p = prio[i]->parts; p; p = p->next) {
@@ -953,8 +1107,10 @@ static void *io_main(void *arg) {
                 if (p->retry_at > now) {
                     if (p->retry_at < next_due) next_due = p->retry_at;
                 } else if (file ? avail_f > 0 : avail_h > 0) {
-                    if (file) avail_f--;
-                    else avail_h--;
+                    if (file)
+                        avail_f--;
+                    else
+                        avail_h--;
                     p->state = P_RUNNING;
                     starts[n_start++] = p;
                 }
@@ -966,8 +1122,10 @@ static void *io_main(void *arg) {
                 if (file ? avail_f <= 0 : avail_h <= 0) continue;
                 struct part *p = new_part(s, prio[i]);
                 if (!p) continue;
-                if (file) avail_f--;
-                else avail_h--;
+                if (file)
+                    avail_f--;
+                else
+                    avail_h--;
                 p->state = P_RUNNING;
                 starts[n_start++] = p;
                 progress = 1;
@@ -975,14 +1133,30 @@ static void *io_main(void *arg) {
         }
         pthread_mutex_unlock(&s->mu);
 
+        if (n_cancel) {
+            for (int i = 0; i < n_cancel; i++) {
+                struct part *p = cancels[i];
+                curl_multi_remove_handle(s->multi, p->h);
+                fetch_xfer_cleanup(&p->x);
+                s->free_handles[s->n_free++] = p->h;
+                p->h = NULL;
+            }
+            pthread_mutex_lock(&s->mu);
+            for (int i = 0; i < n_cancel; i++)
+                cancels[i]->state = P_DONE;
+            for (int i = 0; i < n_cancel; i++)
+                if (!cancels[i]->r->parsing) drop_idle_parts(s, cancels[i]->r);
+            pthread_mutex_unlock(&s->mu);
+        }
+
         for (int i = 0; i < n_start; i++) {
             struct part *p = starts[i];
             struct reader *r = p->r;
             if (r->t.scheme == URL_FILE) {
                 uint64_t got = 0;
                 struct st_error e = {0};
-                enum st_status rc = fetch_file(&r->t, p->off + p->got, p->len - p->got,
-                                               p->buf + p->got, &got, &e);
+                enum st_status rc =
+                    fetch_file(&r->t, p->off + p->got, p->len - p->got, p->buf + p->got, &got, &e);
                 pthread_mutex_lock(&s->mu);
                 s->st.bytes_fetched += got;
                 p->got += got;
@@ -1074,6 +1248,7 @@ static void *io_main(void *arg) {
     }
     st_free(prio);
     st_free(starts);
+    st_free(cancels);
     return NULL;
 }
 
@@ -1083,11 +1258,12 @@ size_t st_stream_state(struct st_stream *s, char *buf, size_t cap) {
     struct dbuf b;
     dbuf_init(&b, 1 << 20);
     pthread_mutex_lock(&s->mu);
-    dbuf_printf(&b,
-                "{\"streamtune_stream\":1,\"dataset\":\"%016llx\",\"seed\":%llu,\"partition\":[%d,"
-                "%d],\"shuffle\":%d,\"k\":%d,\"epoch\":%lld,\"next\":%u,\"rng\":[",
-                (unsigned long long)s->ds.fingerprint, (unsigned long long)s->o.seed, s->p, s->P,
-                s->o.shuffle ? 1 : 0, s->K, (long long)s->epoch, s->next_pos);
+    dbuf_printf(
+        &b,
+        "{\"streamtune_stream\":1,\"dataset\":\"%016llx\",\"seed\":%llu,\"partition\":[%d,"
+        "%d],\"by_samples\":%d,\"shuffle\":%d,\"k\":%d,\"epoch\":%lld,\"next\":%u,\"rng\":[",
+        (unsigned long long)s->ds.fingerprint, (unsigned long long)s->o.seed, s->p, s->P,
+        s->by_samples, s->o.shuffle ? 1 : 0, s->K, (long long)s->epoch, s->next_pos);
     for (int i = 0; i < 4; i++)
         dbuf_printf(&b, "%s\"%016llx\"", i ? "," : "", (unsigned long long)s->rng.s[i]);
     dbuf_addstr(&b, "],\"slots\":[");
@@ -1122,7 +1298,8 @@ static enum st_status apply_state(struct st_stream *s, const char *text, struct 
     enum st_status rc = ST_OK;
     const char *bad = NULL;
     uint64_t v, epoch = 0, next = 0;
-    if (!root || json_u64(cJSON_GetObjectItemCaseSensitive(root, "streamtune_stream"), &v) || v != 1) {
+    if (!root || json_u64(cJSON_GetObjectItemCaseSensitive(root, "streamtune_stream"), &v) ||
+        v != 1) {
         bad = "not a stream state record";
         goto out;
     }
@@ -1135,9 +1312,9 @@ static enum st_status apply_state(struct st_stream *s, const char *text, struct 
     }
     const cJSON *part = cJSON_GetObjectItemCaseSensitive(root, "partition");
     uint64_t seed, pp, PP, sh, k;
-    if (json_u64(cJSON_GetObjectItemCaseSensitive(root, "seed"), &seed) ||
-        !cJSON_IsArray(part) || cJSON_GetArraySize(part) != 2 ||
-        json_u64(cJSON_GetArrayItem(part, 0), &pp) || json_u64(cJSON_GetArrayItem(part, 1), &PP) ||
+    if (json_u64(cJSON_GetObjectItemCaseSensitive(root, "seed"), &seed) || !cJSON_IsArray(part) ||
+        cJSON_GetArraySize(part) != 2 || json_u64(cJSON_GetArrayItem(part, 0), &pp) ||
+        json_u64(cJSON_GetArrayItem(part, 1), &PP) ||
         json_u64(cJSON_GetObjectItemCaseSensitive(root, "shuffle"), &sh) ||
         json_u64(cJSON_GetObjectItemCaseSensitive(root, "k"), &k) ||
         json_u64(cJSON_GetObjectItemCaseSensitive(root, "epoch"), &epoch) ||
@@ -1149,7 +1326,13 @@ static enum st_status apply_state(struct st_stream *s, const char *text, struct 
         bad = "it was saved with another --seed";
         goto out;
     }
-    if (pp != (uint64_t)s->p || PP != (uint64_t)s->P) {
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(root, "by_samples");
+    uint64_t bsv = 0;
+    if (bs && json_u64(bs, &bsv)) {
+        bad = "a field is missing or malformed";
+        goto out;
+    }
+    if (pp != (uint64_t)s->p || PP != (uint64_t)s->P || bsv != (uint64_t)s->by_samples) {
         bad = "it was saved for another rank/world size/worker";
         goto out;
     }
@@ -1208,14 +1391,14 @@ static enum st_status apply_state(struct st_stream *s, const char *text, struct 
             bad = "bad slot";
             goto out;
         }
-        uint32_t shard = s->plan[a[0]];
+        uint32_t shard = s->plan[a[0]].shard;
         uint64_t size = s->ds.list.shards[shard].size;
         if (size != ST_SIZE_UNKNOWN && a[1] > size) {
             bad = "a slot offset is past the end of its shard";
             goto out;
         }
-        struct reader *r = reader_new(s, s->epoch, (uint32_t)a[0], shard, a[1], a[2], a[3],
-                                      a[4] - a[3]);
+        struct reader *r =
+            reader_new(s, s->epoch, (uint32_t)a[0], &s->plan[a[0]], a[1], a[2], a[3], a[4] - a[3]);
         if (!r) {
             rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
             goto out;
@@ -1240,7 +1423,8 @@ static void stop_threads(struct st_stream *s) {
     pthread_mutex_unlock(&s->mu);
     if (s->multi) curl_multi_wakeup(s->multi);
     if (s->io_started) pthread_join(s->io_thread, NULL);
-    for (int i = 0; i < s->n_parse_threads; i++) pthread_join(s->parse_threads[i], NULL);
+    for (int i = 0; i < s->n_parse_threads; i++)
+        pthread_join(s->parse_threads[i], NULL);
     s->io_started = 0;
     s->n_parse_threads = 0;
 }
@@ -1249,14 +1433,16 @@ void st_stream_close(struct st_stream *s) {
     if (!s) return;
     stop_threads(s);
     if (s->cur) node_free(s, s->cur);
-    for (int i = 0; i < s->n_slots; i++) reader_free(s, s->slots[i]);
+    for (int i = 0; i < s->n_slots; i++)
+        reader_free(s, s->slots[i]);
     struct reader *r = s->la_head;
     while (r) {
         struct reader *nx = r->next;
         reader_free(s, r);
         r = nx;
     }
-    for (int i = 0; i < s->n_handles; i++) curl_easy_cleanup(s->handles[i]);
+    for (int i = 0; i < s->n_handles; i++)
+        curl_easy_cleanup(s->handles[i]);
     if (s->multi) curl_multi_cleanup(s->multi);
     st_free(s->handles);
     st_free(s->free_handles);
@@ -1302,6 +1488,17 @@ enum st_status st_stream_open(struct st_stream **out, const struct st_stream_opt
     }
     s->P = o->world_size * o->num_workers;
     s->p = o->rank * o->num_workers + o->worker;
+    int counts = s->ds.list.n > 0;
+    for (uint32_t i = 0; i < s->ds.list.n; i++)
+        if (s->ds.list.shards[i].samples < 0) counts = 0;
+    if (o->partition_by_samples > 0 && !counts) {
+        rc = st_errorf(err, ST_ERR_ARG,
+                       "--partition samples needs every shard's record count: stream from an "
+                       "index manifest (streamtune data index)");
+        st_stream_close(s);
+        return rc;
+    }
+    s->by_samples = counts && o->partition_by_samples >= 0;
     s->K = o->shuffle_shards > 0 ? o->shuffle_shards : (o->shuffle ? 8 : 1);
     s->L = o->prefetch_shards >= 0 ? o->prefetch_shards : (s->K / 2 > 0 ? s->K / 2 : 1);
     /* budget layout (see DESIGN) */
@@ -1435,8 +1632,10 @@ enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct
         if (s->n_la < s->L && !s->la_done) {
             int before = s->n_la;
             if (fill_lookahead(s, &e)) return fail(s, &e, err);
-            if (s->n_la > before) created = 1;
-            else s->la_done = 1; /* nothing left to look ahead at (until the next epoch) */
+            if (s->n_la > before)
+                created = 1;
+            else
+                s->la_done = 1; /* nothing left to look ahead at (until the next epoch) */
         }
         if (created && s->multi) curl_multi_wakeup(s->multi); /* new readers to fetch for */
         if (s->n_slots == 0) {
@@ -1512,7 +1711,8 @@ enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct
             s->slots[j] = nr;
             if (s->multi) curl_multi_wakeup(s->multi);
         } else {
-            memmove(s->slots + j, s->slots + j + 1, (size_t)(s->n_slots - j - 1) * sizeof *s->slots);
+            memmove(s->slots + j, s->slots + j + 1,
+                    (size_t)(s->n_slots - j - 1) * sizeof *s->slots);
             s->n_slots--;
         }
     }

@@ -30,7 +30,8 @@ void tar_init(struct tar *t, uint64_t start_off, uint64_t first_index, size_t ma
 }
 
 static void clear_sample(struct tar *t) {
-    for (int i = 0; i < t->n_fields; i++) st_free(t->field_name[i]);
+    for (int i = 0; i < t->n_fields; i++)
+        st_free(t->field_name[i]);
     t->n_fields = 0;
     dbuf_reset(&t->key);
     dbuf_reset(&t->data);
@@ -46,7 +47,9 @@ void tar_free(struct tar *t) {
     t->long_name = t->pax_path = NULL;
 }
 
-size_t tar_mem(const struct tar *t) { return t->meta.cap + t->key.cap + t->data.cap; }
+size_t tar_mem(const struct tar *t) {
+    return t->meta.cap + t->key.cap + t->data.cap;
+}
 
 int wds_split(const char *name, size_t *key_len, const char **ext) {
     const char *base = strrchr(name, '/');
@@ -73,7 +76,7 @@ static int is_meta_name(const char *name) {
 }
 
 static int parse_octal(const uint8_t *f, size_t n, uint64_t *out) {
-    if (f[0] & 0x80) { /* base-256 (GNU): big-endian in the remaining bytes */
+    if (f[0] & 0x80) {              /* base-256 (GNU): big-endian in the remaining bytes */
         if (f[0] != 0x80) return 1; /* negative or too large */
         uint64_t v = 0;
         for (size_t i = 1; i < n; i++) {
@@ -85,7 +88,8 @@ static int parse_octal(const uint8_t *f, size_t n, uint64_t *out) {
         return 0;
     }
     size_t i = 0;
-    while (i < n && (f[i] == ' ' || f[i] == '\0')) i++;
+    while (i < n && (f[i] == ' ' || f[i] == '\0'))
+        i++;
     uint64_t v = 0;
     int digits = 0;
     for (; i < n && f[i] >= '0' && f[i] <= '7'; i++, digits++) {
@@ -114,7 +118,8 @@ static int checksum_ok(const uint8_t *h) {
 
 static char *field_str(const uint8_t *f, size_t n) {
     size_t len = 0;
-    while (len < n && f[len]) len++;
+    while (len < n && f[len])
+        len++;
     char *s = st_malloc(len + 1);
     if (s) {
         memcpy(s, f, len);
@@ -161,8 +166,9 @@ static enum st_status parse_pax(struct tar *t, const char *what, struct st_error
     }
     return ST_OK;
 bad:
-    return st_errorf(err, ST_ERR_FORMAT, "%s: corrupt tar: malformed pax header at byte offset %llu",
-                     what, (unsigned long long)t->member_off);
+    return st_errorf(err, ST_ERR_FORMAT,
+                     "%s: corrupt tar: malformed pax header at byte offset %llu", what,
+                     (unsigned long long)t->member_off);
 }
 
 static int flush_sample(struct tar *t, rec_emit_fn emit, void *ctx, struct st_error *err) {
@@ -205,8 +211,10 @@ static int on_header(struct tar *t, rec_emit_fn emit, void *ctx, const char *wha
     }
     uint64_t size;
     if (parse_octal(h + 124, 12, &size)) {
-        st_errorf(err, ST_ERR_FORMAT, "%s: corrupt tar: bad size field in the header at byte "
-                  "offset %llu", what, (unsigned long long)t->member_off);
+        st_errorf(err, ST_ERR_FORMAT,
+                  "%s: corrupt tar: bad size field in the header at byte "
+                  "offset %llu",
+                  what, (unsigned long long)t->member_off);
         return -1;
     }
     char type = (char)h[156];
@@ -264,8 +272,9 @@ static int on_header(struct tar *t, rec_emit_fn emit, void *ctx, const char *wha
             if (!t->n_fields) {
                 dbuf_reset(&t->key);
                 if (dbuf_add(&t->key, name, key_len)) {
-                    st_errorf(err, ST_ERR_FORMAT, "%s: tar member name too long at byte offset %llu",
-                              what, (unsigned long long)t->member_off);
+                    st_errorf(err, ST_ERR_FORMAT,
+                              "%s: tar member name too long at byte offset %llu", what,
+                              (unsigned long long)t->member_off);
                     st_free(name);
                     return -1;
                 }
@@ -277,7 +286,8 @@ static int on_header(struct tar *t, rec_emit_fn emit, void *ctx, const char *wha
                 st_errorf(err, ST_ERR_NOMEM, "%s: out of memory", what);
                 return -1;
             }
-            for (char *q = e; *q; q++) *q = (char)tolower((unsigned char)*q);
+            for (char *q = e; *q; q++)
+                *q = (char)tolower((unsigned char)*q);
             for (int i = 0; i < t->n_fields; i++)
                 if (strcmp(t->field_name[i], e) == 0) {
                     st_errorf(err, ST_ERR_FORMAT,
@@ -340,8 +350,8 @@ static enum st_status member_done(struct tar *t, const char *what, struct st_err
     return ST_OK;
 }
 
-enum st_status tar_feed(struct tar *t, const uint8_t *in, size_t n, size_t *used,
-                        rec_emit_fn emit, void *ctx, const char *what, struct st_error *err) {
+enum st_status tar_feed(struct tar *t, const uint8_t *in, size_t n, size_t *used, rec_emit_fn emit,
+                        void *ctx, const char *what, struct st_error *err) {
     size_t i = 0;
     int paused = 0;
     *used = 0; /* on an error nothing counts as used */
@@ -369,8 +379,9 @@ enum st_status tar_feed(struct tar *t, const uint8_t *in, size_t n, size_t *used
                     return st_errorf(err, ST_ERR_NOMEM, "%s: out of memory", what);
             } else if (t->mode == M_LONGNAME || t->mode == M_PAX) {
                 if (dbuf_add(&t->meta, in + i, take))
-                    return st_errorf(err, ST_ERR_FORMAT, "%s: corrupt tar header at byte offset %llu",
-                                     what, (unsigned long long)t->member_off);
+                    return st_errorf(err, ST_ERR_FORMAT,
+                                     "%s: corrupt tar header at byte offset %llu", what,
+                                     (unsigned long long)t->member_off);
             }
             i += take;
             t->off += take;

@@ -46,7 +46,9 @@ int dbuf_add(struct dbuf *b, const void *d, size_t n) {
     return 0;
 }
 
-int dbuf_addstr(struct dbuf *b, const char *s) { return dbuf_add(b, s, strlen(s)); }
+int dbuf_addstr(struct dbuf *b, const char *s) {
+    return dbuf_add(b, s, strlen(s));
+}
 
 int dbuf_printf(struct dbuf *b, const char *fmt, ...) {
     va_list ap;
@@ -90,7 +92,8 @@ int url_encode(struct dbuf *b, const char *s, int keep_slash) {
     static const char hex[] = "0123456789ABCDEF";
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         unsigned char c = *p;
-        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || (keep_slash && c == '/')) {
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' ||
+            (keep_slash && c == '/')) {
             if (dbuf_add(b, p, 1)) return 1;
         } else {
             char e[3] = {'%', hex[c >> 4], hex[c & 15]};
@@ -149,7 +152,8 @@ int url_scheme(const char *url, const char **rest) {
 
 void str_array_free(char **a, size_t n) {
     if (!a) return;
-    for (size_t i = 0; i < n; i++) st_free(a[i]);
+    for (size_t i = 0; i < n; i++)
+        st_free(a[i]);
     st_free(a);
 }
 
@@ -177,7 +181,8 @@ static int find_group(const char *s, const char **open, const char **close) {
         if (*p != '{') continue;
         int depth = 0;
         for (const char *q = p; *q; q++) {
-            if (*q == '{') depth++;
+            if (*q == '{')
+                depth++;
             else if (*q == '}' && --depth == 0) {
                 *open = p;
                 *close = q;
@@ -262,8 +267,10 @@ static enum st_status expand_rec(const char *s, struct strvec *sv, int depth,
         const char *item = body;
         int has_comma = 0;
         for (const char *p = body; p <= close; p++) {
-            if (p < close && *p == '{') d++;
-            else if (p < close && *p == '}') d--;
+            if (p < close && *p == '{')
+                d++;
+            else if (p < close && *p == '}')
+                d--;
             if (p == close || (*p == ',' && d == 0)) {
                 if (p < close) has_comma = 1;
                 if (p == close && !has_comma) break;
@@ -323,12 +330,18 @@ int st_parse_size(const char *s, size_t *out) {
     if (*end) {
         char u = (char)toupper((unsigned char)*end);
         const char *rest = end + 1;
-        if (u == 'K') mul = 1024.0;
-        else if (u == 'M') mul = 1048576.0;
-        else if (u == 'G') mul = 1073741824.0;
-        else if (u == 'T') mul = 1099511627776.0;
-        else if (u == 'B' && !*rest) mul = 1, rest = end + 1;
-        else return 1;
+        if (u == 'K')
+            mul = 1024.0;
+        else if (u == 'M')
+            mul = 1048576.0;
+        else if (u == 'G')
+            mul = 1073741824.0;
+        else if (u == 'T')
+            mul = 1099511627776.0;
+        else if (u == 'B' && !*rest)
+            mul = 1, rest = end + 1;
+        else
+            return 1;
         if (*rest == 'i' || *rest == 'I') rest++;
         if (*rest == 'B' || *rest == 'b') rest++;
         if (*rest) return 1;

@@ -67,10 +67,14 @@ function throttle(sock) {
 }
 
 function sendThrottled(req, res, up, sock, onChunk, done) {
+  // 'end' can come right after the last 'data' even while we pace that chunk (a paused stream
+  // still ends once its buffer is empty), so the end waits for the pacing to finish.
+  let pacing = false, ended = false;
   up.on('data', (chunk) => {
     if (!onChunk(chunk)) return;
     if (!opt.rate) { if (!res.write(chunk)) { up.pause(); res.once('drain', () => up.resume()); } return; }
     up.pause();
+    pacing = true;
     let off = 0;
     const step = () => {
       if (res.destroyed) return;
@@ -80,12 +84,13 @@ function sendThrottled(req, res, up, sock, onChunk, done) {
       b.tokens -= n;
       res.write(chunk.subarray(off, off + n));
       off += n;
-      if (off < chunk.length) setTimeout(step, Math.max(1, Math.ceil(Math.min(n, 65536) / opt.rate * 1000)));
-      else up.resume();
+      if (off < chunk.length) { setTimeout(step, Math.max(1, Math.ceil(Math.min(n, 65536) / opt.rate * 1000))); return; }
+      pacing = false;
+      if (ended) done(); else up.resume();
     };
     step();
   });
-  up.on('end', () => done());
+  up.on('end', () => { ended = true; if (!pacing) done(); });
   up.on('error', () => res.destroy());
 }
 
@@ -95,6 +100,8 @@ function errorBody(code, msg) {
 }
 
 const server = http.createServer((req, res) => {
+  req.pause(); // keep the request body (and its 'end') until it is forwarded, after the latency
+  req.socket.setNoDelay(true); // paced small writes must not wait for delayed ACKs (Nagle)
   counts.requests++;
   let fault = null;
   const draw = rand(), pick = rand(), frac = rand();

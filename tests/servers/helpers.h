@@ -17,8 +17,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +85,8 @@ static inline void tb_add(struct tbuf *b, const void *d, size_t n) {
     if (!n && b->p) return;
     if (b->n + n + 1 > b->cap) {
         size_t c = b->cap ? b->cap : 4096;
-        while (c < b->n + n + 1) c *= 2;
+        while (c < b->n + n + 1)
+            c *= 2;
         b->p = realloc(b->p, c);
         b->cap = c;
     }
@@ -93,7 +94,8 @@ static inline void tb_add(struct tbuf *b, const void *d, size_t n) {
     b->n += n;
     b->p[b->n] = 0;
 }
-static inline void tb_printf(struct tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static inline void tb_printf(struct tbuf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static inline void tb_printf(struct tbuf *b, const char *fmt, ...) {
     char tmp[8192];
     va_list ap;
@@ -156,10 +158,14 @@ static inline void td_tar_member(struct tbuf *t, const char *name, const void *d
     snprintf((char *)h + 124, 12, "%011llo", (unsigned long long)n);
     snprintf((char *)h + 136, 12, "%011o", 1700000000);
     h[156] = '0';
-    memcpy(h + 257, "ustar\0" "00", 8);
+    memcpy(h + 257,
+           "ustar\0"
+           "00",
+           8);
     memset(h + 148, ' ', 8);
     unsigned sum = 0;
-    for (int i = 0; i < 512; i++) sum += h[i];
+    for (int i = 0; i < 512; i++)
+        sum += h[i];
     snprintf((char *)h + 148, 8, "%06o", sum);
     h[155] = ' ';
     tb_add(t, h, 512);
@@ -220,9 +226,12 @@ static inline int td_make_dataset(const char *dir, int n_shards, int per, const 
         }
         if (kind == TD_TAR) td_tar_end(&raw);
         const uint8_t *data = raw.p ? raw.p : (const uint8_t *)"";
-        if (kind == TD_GZ) td_gzip(data, raw.n, &out);
-        else if (kind == TD_ZST) td_zstd(data, raw.n, 37, &out);
-        else tb_add(&out, data, raw.n);
+        if (kind == TD_GZ)
+            td_gzip(data, raw.n, &out);
+        else if (kind == TD_ZST)
+            td_zstd(data, raw.n, 37, &out);
+        else
+            tb_add(&out, data, raw.n);
         char path[4096];
         snprintf(path, sizeof path, "%s/shard-%03d%s", dir, s, td_ext[kind]);
         int bad = td_write(path, out.p, out.n);
@@ -434,7 +443,8 @@ static inline int td_node_start(struct td_server *s, const char *script, const c
     argv[k++] = node;
     argv[k++] = "--openssl-legacy-provider";
     argv[k++] = path;
-    for (int i = 0; i < n_args && k < 62; i++) argv[k++] = (char *)args[i];
+    for (int i = 0; i < n_args && k < 62; i++)
+        argv[k++] = (char *)args[i];
     argv[k] = NULL;
     int fd;
     s->pid = td_spawn(argv, &fd, log);
