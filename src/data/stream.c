@@ -1146,6 +1146,10 @@ static void *io_main(void *arg) {
                 cancels[i]->state = P_DONE;
             for (int i = 0; i < n_cancel; i++)
                 if (!cancels[i]->r->parsing) drop_idle_parts(s, cancels[i]->r);
+            /* parts changed state: a parse thread may now have work, and the consumer may be
+             * waiting on a reader these parts belonged to (a lost wakeup here hung the stream) */
+            pthread_cond_broadcast(&s->cv_parse);
+            pthread_cond_broadcast(&s->cv_data);
             pthread_mutex_unlock(&s->mu);
         }
 
