@@ -33,7 +33,7 @@ struct run {
     int64_t ids[TOTAL + 16];
     int n;
     struct st_stream_stats st;
-    char state[8192];
+    char state[1 << 20]; /* with the shuffle buffer the record carries its samples */
     enum st_status rc;
     struct st_error err;
     double secs;
@@ -64,7 +64,7 @@ static void run_stream(const struct st_stream_options *o, int stop, struct run *
         if (r->n < TOTAL + 16) r->ids[r->n] = sample_id(&smp);
         r->n++;
     }
-    st_stream_state(s, r->state, sizeof r->state);
+    if (st_stream_state(s, r->state, sizeof r->state) >= sizeof r->state) r->state[0] = 0;
     st_stream_stats(s, &r->st);
     st_stream_close(s);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -277,6 +277,7 @@ static int child_main(int argc, char **argv) {
     struct st_stream_options o;
     opts(&o);
     o.stall_timeout = 30; /* byte counts are exact only without retries */
+    o.shuffle_buffer = 0; /* byte counts by slot offsets (buffered resume: test_data_stream) */
     o.urls = urls;
     o.n_urls = k;
     o.resume_state = state;
@@ -313,6 +314,7 @@ TEST(http_resume_new_process) {
     o.urls = (const char *const *)urls;
     o.n_urls = N_SHARDS;
     o.stall_timeout = 30; /* byte counts are exact only without retries */
+    o.shuffle_buffer = 0; /* byte counts by slot offsets (buffered resume: test_data_stream) */
     run_stream(&o, -1, &full);
     CHECK(exactly_once(&full));
     /* shard order of the epoch (plan), from a K=1 stream with the same seed */
@@ -325,7 +327,8 @@ TEST(http_resume_new_process) {
         CHECK(st_stream_open(&s, &po, &err) == ST_OK);
         struct st_sample smp;
         while (st_stream_next(s, &smp, &err) == ST_OK)
-            if (no == 0 || order[no - 1] != (int)smp.shard) order[no++] = (int)smp.shard;
+            if ((no == 0 || order[no - 1] != (int)smp.shard) && no < N_SHARDS)
+                order[no++] = (int)smp.shard;
         st_stream_close(s);
     }
     CHECK(no == N_SHARDS);
@@ -437,6 +440,7 @@ TEST(stall_retried) {
     struct st_stream_options o;
     opts(&o);
     o.url = url;
+    o.shuffle_buffer = 0; /* one shard: its samples in file order */
     static struct run r;
     run_stream(&o, -1, &r);
     CHECKF(r.rc == ST_OK && r.n == PER, "%s", r.err.msg);

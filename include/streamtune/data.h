@@ -90,6 +90,12 @@ struct st_stream_options {
     int shuffle;
     uint64_t seed;
     int shuffle_shards; /* K: shards read at once and interleaved (default 8; 1 without shuffle) */
+    /* Sample shuffle buffer after the interleave (webdataset/HF style): holds up to this many
+     * samples and returns a random one of them; -1 = default (1000 with shuffle, 0 without).
+     * It gets a quarter of memory_budget; its samples travel in the state record, so a resumed
+     * stream continues exactly (and the record grows by their size, base64-encoded). Samples
+     * never cross an epoch boundary: the buffer drains at the end of each epoch. */
+    int shuffle_buffer;
     int64_t epoch;      /* first epoch (default 0) */
     int64_t epochs;     /* stop after this epoch count (0 = never stop; next() starts the next) */
 
@@ -172,8 +178,10 @@ enum st_status st_stream_open(struct st_stream **out, const struct st_stream_opt
  * ST_STREAM_END at the end of an epoch, or an error (the stream is then unusable: close it). */
 enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct st_error *err);
 
-/* Write the resume record (a one-line JSON object, < 4 KiB for K <= 64) describing the position
- * after the last sample returned. Returns its length, or the length needed if >= cap. */
+/* Write the resume record (a one-line JSON object) describing the position after the last
+ * sample returned. Without a shuffle buffer it is < 4 KiB for K <= 64; with one it also holds the
+ * buffered samples. Returns its length, or the length needed if >= cap (call again with a
+ * buffer of that size + 1). Call it from the thread that calls st_stream_next. */
 size_t st_stream_state(struct st_stream *s, char *buf, size_t cap);
 
 void st_stream_stats(struct st_stream *s, struct st_stream_stats *out);

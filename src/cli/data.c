@@ -129,7 +129,7 @@ static int load_resume(struct data_args *a) {
     char *text;
     size_t len;
     struct st_error err;
-    if (st_read_file(a->resume, 1 << 20, &text, &len, &err)) return cli_fail(a->json, &err);
+    if (st_read_file(a->resume, (size_t)1 << 32, &text, &len, &err)) return cli_fail(a->json, &err);
     a->resume_text = text;
     a->o.resume_state = text;
     return 0;

@@ -37,6 +37,12 @@ void dbuf_free(struct dbuf *b);
 /* Take ownership of the buffer (NUL-terminated; an empty string when nothing was added). */
 char *dbuf_take(struct dbuf *b);
 
+/* Standard base64 (RFC 4648, padded) of n bytes appended to b; 0 on success. */
+int b64_encode(struct dbuf *b, const void *d, size_t n);
+/* Decode text (length tn) into out (room for tn / 4 * 3 bytes); -1 on malformed input, else the
+ * decoded length. */
+long long b64_decode(const char *text, size_t tn, uint8_t *out);
+
 /* Percent-encode s into b (RFC 3986 unreserved kept; '/' kept when keep_slash). */
 int url_encode(struct dbuf *b, const char *s, int keep_slash);
 /* Decode %XX escapes (and '+' -> ' ' when plus) in place; returns 1 on a malformed escape. */

@@ -151,6 +151,14 @@ struct st_stream {
     atomic_size_t mem_used, mem_peak;
     /* consumer */
     struct node *cur;
+    /* sample shuffle buffer (consumer side): B slots, nbuf filled, buf_mem of buf_cap bytes;
+     * draining: the raw stream ended its epoch, empty the buffer before reporting it */
+    int B, nbuf, draining;
+    enum st_status buf_rc; /* an error the raw stream gave while filling: after the buffer */
+    struct st_error buf_err;
+    struct node **buf;
+    size_t buf_mem, buf_cap;
+    struct st_rng brng;
     int failed;
     struct st_error fail_err;
     /* threads */
@@ -177,6 +185,7 @@ void st_stream_options_init(struct st_stream_options *o) {
     o->shuffle = 1;
     o->seed = 0;
     o->shuffle_shards = 0; /* 0: 8 with shuffle, 1 without */
+    o->shuffle_buffer = -1; /* 1000 with shuffle, 0 without */
     o->world_size = 1;
     o->num_workers = 1;
     o->memory_budget = (size_t)512 << 20;
@@ -199,6 +208,7 @@ const char st_stream_options_help[] =
     "  --stream-memory SIZE   memory budget of the stream (default 512M); never exceeded\n"
     "  --seed N               shuffle seed (default 0)    --no-shuffle  shards in listing order\n"
     "  --shuffle-shards K     shards read at once and interleaved (default 8)\n"
+    "  --shuffle-buffer N     samples shuffled in a buffer after that (default 1000; 0: off)\n"
     "  --epoch E              first epoch (default 0)     --epochs N  stop after N epochs\n"
     "  --rank R --world-size W, --worker I --num-workers N   disjoint partition to read\n"
     "  --partition samples|shards|auto   equal sample counts per rank (needs an index; auto)\n"
@@ -274,6 +284,7 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
         return ST_OK;
     }
     if (strcmp(name, "shuffle-shards") == 0) INT(o->shuffle_shards, 1, 256);
+    if (strcmp(name, "shuffle-buffer") == 0) INT(o->shuffle_buffer, 0, 1 << 24);
     if (strcmp(name, "epoch") == 0) INT(o->epoch, 0, INT64_MAX / 2);
     if (strcmp(name, "epochs") == 0) INT(o->epochs, 0, INT64_MAX / 2);
     if (strcmp(name, "rank") == 0) INT(o->rank, 0, 1 << 20);
@@ -444,6 +455,21 @@ static void epoch_rng(struct st_stream *s, int64_t epoch) {
                                   (uint64_t)s->p));
 }
 
+/* The shuffle buffer's rng for the current epoch. */
+/* Count a sample returned to the caller (under the lock). */
+static void count_sample(struct st_stream *s) {
+    s->st.samples++;
+    if (s->first_sample_unset) {
+        s->st.first_sample_s = st_time_now() - s->t_open;
+        s->first_sample_unset = 0;
+    }
+}
+
+static void buffer_rng(struct st_stream *s) {
+    st_rng_seed(&s->brng, seed_mix(seed_mix(seed_mix(s->o.seed, 0x62756666ULL), (uint64_t)s->epoch),
+                                   (uint64_t)s->p));
+}
+
 /* ---- readers ---- */
 
 static void node_free(struct st_stream *s, struct node *n) {
@@ -600,6 +626,62 @@ struct emit_ctx {
     size_t q_mem0;
 };
 
+/* A sample node holding copies of key and fields (sizes known; data may be NULL to fill in
+ * later), reserved against the budget. NULL with err set on failure. */
+static struct node *node_make(struct st_stream *s, const char *key, const char *url,
+                              uint32_t shard, uint64_t index, uint64_t offset, int n_fields,
+                              const struct rec_field *fields, struct st_error *err) {
+    size_t over = sizeof(struct node) + (size_t)n_fields * sizeof(struct st_sample_field) +
+                  strlen(key) + 1;
+    size_t data = 0;
+    for (int i = 0; i < n_fields; i++) {
+        over += strlen(fields[i].name) + 1;
+        data += fields[i].size + 1;
+    }
+    if (over > NODE_OVERHEAD_MAX) {
+        st_errorf(err, ST_ERR_FORMAT, "%s: sample '%s' has too long a key or field names", url,
+                  key);
+        return NULL;
+    }
+    size_t total = over + data + 16;
+    struct node *n = st_malloc(total);
+    if (!n) {
+        st_errorf(err, ST_ERR_NOMEM, "%s: out of memory for a %zu-byte sample", url, total);
+        return NULL;
+    }
+    mem_add(s, total);
+    memset(n, 0, sizeof *n);
+    n->mem = total;
+    struct st_sample_field *f = (struct st_sample_field *)(n + 1);
+    char *p = (char *)(f + n_fields);
+    size_t kl = strlen(key) + 1;
+    memcpy(p, key, kl);
+    n->s.key = p;
+    p += kl;
+    for (int i = 0; i < n_fields; i++) {
+        size_t nl = strlen(fields[i].name) + 1;
+        memcpy(p, fields[i].name, nl);
+        f[i].name = p;
+        p += nl;
+    }
+    for (int i = 0; i < n_fields; i++) {
+        if (fields[i].data) memcpy(p, fields[i].data, fields[i].size);
+        p[fields[i].size] = '\0';
+        f[i].data = (const uint8_t *)p;
+        f[i].size = fields[i].size;
+        p += fields[i].size + 1;
+    }
+    n->s.url = url;
+    n->s.shard = shard;
+    n->s.index = index;
+    n->s.offset = offset;
+    n->s.n_fields = n_fields;
+    n->s.fields = f;
+    n->s.data = n_fields ? f[0].data : (const uint8_t *)"";
+    n->s.size = n_fields ? f[0].size : 0;
+    return n;
+}
+
 static int on_record(void *vctx, const struct rec *rec, struct st_error *err) {
     struct emit_ctx *c = vctx;
     struct st_stream *s = c->s;
@@ -630,55 +712,10 @@ static int on_record(void *vctx, const struct rec *rec, struct st_error *err) {
         keybuf[nl] = '\0';
         key = keybuf;
     }
-    size_t over = sizeof(struct node) + (size_t)rec->n_fields * sizeof(struct st_sample_field) +
-                  strlen(key) + 1;
-    size_t data = 0;
-    for (int i = 0; i < rec->n_fields; i++) {
-        over += strlen(rec->fields[i].name) + 1;
-        data += rec->fields[i].size + 1;
-    }
-    if (over > NODE_OVERHEAD_MAX) {
-        st_errorf(err, ST_ERR_FORMAT, "%s: sample '%s' has too long a key or field names",
-                  r->t.display, key);
-        return -1;
-    }
-    size_t total = over + data + 16;
-    struct node *n = st_malloc(total);
-    if (!n) {
-        st_errorf(err, ST_ERR_NOMEM, "%s: out of memory for a %zu-byte sample", r->t.display,
-                  total);
-        return -1;
-    }
-    mem_add(s, total);
-    memset(n, 0, sizeof *n);
-    n->mem = total;
-    struct st_sample_field *f = (struct st_sample_field *)(n + 1);
-    char *p = (char *)(f + rec->n_fields);
-    size_t kl = strlen(key) + 1;
-    memcpy(p, key, kl);
-    n->s.key = p;
-    p += kl;
-    for (int i = 0; i < rec->n_fields; i++) {
-        size_t nl = strlen(rec->fields[i].name) + 1;
-        memcpy(p, rec->fields[i].name, nl);
-        f[i].name = p;
-        p += nl;
-    }
-    for (int i = 0; i < rec->n_fields; i++) {
-        memcpy(p, rec->fields[i].data, rec->fields[i].size);
-        p[rec->fields[i].size] = '\0';
-        f[i].data = (const uint8_t *)p;
-        f[i].size = rec->fields[i].size;
-        p += rec->fields[i].size + 1;
-    }
-    n->s.url = r->t.display;
-    n->s.shard = r->shard;
-    n->s.index = rec->index;
-    n->s.offset = rec->offset;
-    n->s.n_fields = rec->n_fields;
-    n->s.fields = f;
-    n->s.data = rec->n_fields ? f[0].data : (const uint8_t *)"";
-    n->s.size = rec->n_fields ? f[0].size : 0;
+    struct node *n = node_make(s, key, r->t.display, r->shard, rec->index, rec->offset,
+                               rec->n_fields, rec->fields, err);
+    if (!n) return -1;
+    size_t total = n->mem;
     if (r->comp == COMP_NONE) {
         n->a_off = n->a_doff = rec->end;
         n->a_skip = 0;
@@ -1028,6 +1065,15 @@ static struct part *new_part(struct st_stream *s, struct reader *r) {
 static void part_outcome(struct st_stream *s, struct part *p, enum fetch_verdict v, uint64_t size,
                          enum retry_kind kind, double retry_after, const struct st_error *e) {
     struct reader *r = p->r;
+    if (r->limit_hit) {
+        /* the parser already reached this partition's last record: whatever this transfer
+         * brought is another partition's. Drop it now; a part left DONE here would never be
+         * parsed nor freed, and the consumer would wait for the reader forever. */
+        p->state = P_DONE;
+        if (!r->parsing) drop_idle_parts(s, r);
+        pthread_cond_broadcast(&s->cv_data);
+        return;
+    }
     if (v == FV_OK) {
         if (size != ST_SIZE_UNKNOWN && r->t.size == ST_SIZE_UNKNOWN) {
             r->t.size = size;
@@ -1094,6 +1140,11 @@ static void *io_main(void *arg) {
         double now = st_time_now(), next_due = now + 1.0;
         int n = priority_list(s, prio, cap);
         int avail_h = s->n_free, avail_f = 2, n_start = 0, n_cancel = 0;
+        /* readers past their limit: free the parts nobody will parse (retries waiting, parts
+         * that finished after the limit was seen) so they can finish */
+        for (int i = 0; i < n; i++)
+            if (prio[i]->limit_hit && !prio[i]->parse_done && !prio[i]->parsing)
+                drop_idle_parts(s, prio[i]);
         /* transfers for records another partition reads: abandon them */
         for (int i = 0; i < n; i++)
             if (prio[i]->limit_hit && !prio[i]->parse_done)
@@ -1102,7 +1153,7 @@ static void *io_main(void *arg) {
         /* retries that are due, then new parts, round-robin over readers by priority */
         for (int i = 0; i < n; i++)
             for (struct part *p = prio[i]->parts; p; p = p->next) {
-                if (p->state != P_WAIT || prio[i]->failed) continue;
+                if (p->state != P_WAIT || prio[i]->failed || prio[i]->limit_hit) continue;
                 int file = prio[i]->t.scheme == URL_FILE;
                 if (p->retry_at > now) {
                     if (p->retry_at < next_due) next_due = p->retry_at;
@@ -1164,7 +1215,7 @@ static void *io_main(void *arg) {
                 pthread_mutex_lock(&s->mu);
                 s->st.bytes_fetched += got;
                 p->got += got;
-                if (rc) {
+                if (rc && !r->limit_hit) {
                     reader_fail(r, &e);
                     pthread_cond_broadcast(&s->cv_data);
                 } else {
@@ -1260,7 +1311,7 @@ static void *io_main(void *arg) {
 
 size_t st_stream_state(struct st_stream *s, char *buf, size_t cap) {
     struct dbuf b;
-    dbuf_init(&b, 1 << 20);
+    dbuf_init(&b, ((size_t)1 << 20) + s->buf_mem / 3 * 4 + 64 * (size_t)s->nbuf);
     pthread_mutex_lock(&s->mu);
     dbuf_printf(
         &b,
@@ -1277,7 +1328,33 @@ size_t st_stream_state(struct st_stream *s, char *buf, size_t cap) {
                     (unsigned long long)r->r_off, (unsigned long long)r->r_doff,
                     (unsigned long long)r->r_skip, (unsigned long long)r->r_index);
     }
-    dbuf_addstr(&b, "]}");
+    dbuf_addstr(&b, "]");
+    if (s->B) {
+        /* the buffered samples themselves: [shard, index, offset, key, [[name, data]...]],
+         * strings in base64 */
+        dbuf_printf(&b, ",\"shuffle_buffer\":%d,\"buffer\":{\"drain\":%d,\"rng\":[", s->B,
+                    s->draining);
+        for (int i = 0; i < 4; i++)
+            dbuf_printf(&b, "%s\"%016llx\"", i ? "," : "", (unsigned long long)s->brng.s[i]);
+        dbuf_addstr(&b, "],\"samples\":[");
+        for (int i = 0; i < s->nbuf; i++) {
+            const struct st_sample *x = &s->buf[i]->s;
+            dbuf_printf(&b, "%s[%u,%llu,%llu,\"", i ? "," : "", x->shard,
+                        (unsigned long long)x->index, (unsigned long long)x->offset);
+            b64_encode(&b, x->key, strlen(x->key));
+            dbuf_addstr(&b, "\",[");
+            for (int k = 0; k < x->n_fields; k++) {
+                dbuf_addstr(&b, k ? ",[\"" : "[\"");
+                b64_encode(&b, x->fields[k].name, strlen(x->fields[k].name));
+                dbuf_addstr(&b, "\",\"");
+                b64_encode(&b, x->fields[k].data, x->fields[k].size);
+                dbuf_addstr(&b, "\"]");
+            }
+            dbuf_addstr(&b, "]]");
+        }
+        dbuf_addstr(&b, "]}");
+    }
+    dbuf_addstr(&b, "}");
     pthread_mutex_unlock(&s->mu);
     size_t n = b.len;
     if (cap) {
@@ -1295,6 +1372,106 @@ static int json_u64(const cJSON *v, uint64_t *out) {
     if (!(d >= 0) || d > 9007199254740992.0 || d != (double)(uint64_t)d) return 1;
     *out = (uint64_t)d;
     return 0;
+}
+
+static int b64_field(const cJSON *v, uint8_t **out, size_t *n) {
+    if (!cJSON_IsString(v)) return 1;
+    size_t tn = strlen(v->valuestring);
+    *out = st_malloc(tn / 4 * 3 + 1);
+    if (!*out) return 1;
+    long long k = b64_decode(v->valuestring, tn, *out);
+    if (k < 0) {
+        st_free(*out);
+        *out = NULL;
+        return 1;
+    }
+    (*out)[k] = 0;
+    *n = (size_t)k;
+    return 0;
+}
+
+/* The shuffle buffer from a state record: *why is set when it is malformed. */
+static enum st_status restore_buffer(struct st_stream *s, const cJSON *b, const char **why,
+                                     struct st_error *err) {
+    const cJSON *rng = cJSON_GetObjectItemCaseSensitive(b, "rng");
+    const cJSON *smp = cJSON_GetObjectItemCaseSensitive(b, "samples");
+    uint64_t drain;
+    if (!cJSON_IsObject(b) || !cJSON_IsArray(rng) || cJSON_GetArraySize(rng) != 4 ||
+        !cJSON_IsArray(smp) || cJSON_GetArraySize(smp) > s->B ||
+        json_u64(cJSON_GetObjectItemCaseSensitive(b, "drain"), &drain) || drain > 1) {
+        *why = "bad shuffle buffer";
+        return ST_OK;
+    }
+    for (int i = 0; i < 4; i++) {
+        const cJSON *x = cJSON_GetArrayItem(rng, i);
+        char *end;
+        if (!cJSON_IsString(x) || strlen(x->valuestring) != 16) {
+            *why = "bad shuffle buffer rng";
+            return ST_OK;
+        }
+        s->brng.s[i] = strtoull(x->valuestring, &end, 16);
+        if (*end) {
+            *why = "bad shuffle buffer rng";
+            return ST_OK;
+        }
+    }
+    s->draining = (int)drain;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, smp) {
+        uint64_t a[3];
+        const cJSON *fl = cJSON_GetArrayItem(e, 4);
+        if (!cJSON_IsArray(e) || cJSON_GetArraySize(e) != 5 || !cJSON_IsArray(fl) ||
+            json_u64(cJSON_GetArrayItem(e, 0), &a[0]) ||
+            json_u64(cJSON_GetArrayItem(e, 1), &a[1]) ||
+            json_u64(cJSON_GetArrayItem(e, 2), &a[2]) || a[0] >= s->ds.list.n ||
+            cJSON_GetArraySize(fl) > 1024) {
+            *why = "bad shuffle buffer sample";
+            return ST_OK;
+        }
+        int nf = cJSON_GetArraySize(fl);
+        struct rec_field f[1024];
+        uint8_t *key = NULL;
+        size_t kn;
+        int ok = !b64_field(cJSON_GetArrayItem(e, 3), &key, &kn) && strlen((char *)key) == kn;
+        int k = 0;
+        for (; ok && k < nf; k++) {
+            const cJSON *fe = cJSON_GetArrayItem(fl, k);
+            uint8_t *name = NULL, *data = NULL;
+            size_t nn = 0;
+            if (!cJSON_IsArray(fe) || cJSON_GetArraySize(fe) != 2 ||
+                b64_field(cJSON_GetArrayItem(fe, 0), &name, &nn) ||
+                b64_field(cJSON_GetArrayItem(fe, 1), &data, &f[k].size) ||
+                strlen((char *)name) != nn) {
+                st_free(name);
+                st_free(data);
+                ok = 0;
+                break;
+            }
+            f[k].name = (const char *)name;
+            f[k].data = data;
+        }
+        struct node *n = NULL;
+        if (ok && s->buf_mem + 2 * s->node_max <= s->buf_cap) {
+            n = node_make(s, (const char *)key, s->ds.list.shards[a[0]].url, (uint32_t)a[0],
+                          a[1], a[2], nf, f, err);
+            if (!n) ok = -1;
+        } else if (ok) {
+            ok = 0;
+        }
+        for (int i = 0; i < k; i++) {
+            st_free((void *)f[i].name);
+            st_free((void *)f[i].data);
+        }
+        st_free(key);
+        if (ok < 0) return err->code ? err->code : ST_ERR_NOMEM;
+        if (!ok) {
+            *why = "bad shuffle buffer sample (or it does not fit this --stream-memory)";
+            return ST_OK;
+        }
+        s->buf[s->nbuf++] = n;
+        s->buf_mem += n->mem;
+    }
+    return ST_OK;
 }
 
 static enum st_status apply_state(struct st_stream *s, const char *text, struct st_error *err) {
@@ -1411,6 +1588,25 @@ static enum st_status apply_state(struct st_stream *s, const char *text, struct 
         r->r_skip = a[3];
         s->slots[s->n_slots++] = r;
     }
+    uint64_t bsz = 0;
+    const cJSON *bsj = cJSON_GetObjectItemCaseSensitive(root, "shuffle_buffer");
+    if (bsj && json_u64(bsj, &bsz)) {
+        bad = "bad shuffle_buffer";
+        goto out;
+    }
+    if (bsz != (uint64_t)s->B) {
+        bad = "it was saved with another --shuffle-buffer";
+        goto out;
+    }
+    if (s->B) {
+        const char *why = NULL;
+        if ((rc = restore_buffer(s, cJSON_GetObjectItemCaseSensitive(root, "buffer"), &why, err)))
+            goto out;
+        if (why) {
+            bad = why;
+            goto out;
+        }
+    }
 out:
     cJSON_Delete(root);
     if (bad) rc = st_errorf(err, ST_ERR_ARG, "cannot resume from the state record: %s", bad);
@@ -1437,6 +1633,9 @@ void st_stream_close(struct st_stream *s) {
     if (!s) return;
     stop_threads(s);
     if (s->cur) node_free(s, s->cur);
+    for (int i = 0; i < s->nbuf; i++)
+        node_free(s, s->buf[i]);
+    st_free(s->buf);
     for (int i = 0; i < s->n_slots; i++)
         reader_free(s, s->slots[i]);
     struct reader *r = s->la_head;
@@ -1505,8 +1704,10 @@ enum st_status st_stream_open(struct st_stream **out, const struct st_stream_opt
     s->by_samples = counts && o->partition_by_samples >= 0;
     s->K = o->shuffle_shards > 0 ? o->shuffle_shards : (o->shuffle ? 8 : 1);
     s->L = o->prefetch_shards >= 0 ? o->prefetch_shards : (s->K / 2 > 0 ? s->K / 2 : 1);
-    /* budget layout (see DESIGN) */
-    size_t fixed = (size_t)o->connections * CONN_OVERHEAD + NODE_OVERHEAD_MAX;
+    s->B = o->shuffle_buffer >= 0 ? o->shuffle_buffer : (o->shuffle ? 1000 : 0);
+    /* budget layout (see DESIGN); a shuffle buffer takes a quarter */
+    s->buf_cap = s->B ? o->memory_budget / 4 : 0;
+    size_t fixed = (size_t)o->connections * CONN_OVERHEAD + NODE_OVERHEAD_MAX + s->buf_cap;
     size_t nread = (size_t)(s->K + s->L);
     size_t q = o->memory_budget > fixed ? (o->memory_budget - fixed) / (nread * 8 + 1) * 8 : 0;
     if (q < MIN_QUOTA) {
@@ -1523,6 +1724,21 @@ enum st_status st_stream_open(struct st_stream **out, const struct st_stream_opt
     s->half = q / 2;
     s->max_rec = q / 8;
     s->node_max = s->max_rec + NODE_OVERHEAD_MAX;
+    if (s->B && s->buf_cap < 2 * s->node_max) {
+        rc = st_errorf(err, ST_ERR_ARG,
+                       "--stream-memory %zu MiB is too small for a shuffle buffer: give more or "
+                       "--shuffle-buffer 0",
+                       o->memory_budget >> 20);
+        st_stream_close(s);
+        return rc;
+    }
+    if (s->B) {
+        s->buf = st_calloc((size_t)s->B, sizeof *s->buf);
+        if (!s->buf) {
+            st_stream_close(s);
+            return st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        }
+    }
     size_t ps = o->part_size < q / 8 ? o->part_size : q / 8;
     if (ps < 4096) ps = 4096;
     s->part_size = ps;
@@ -1546,6 +1762,7 @@ enum st_status st_stream_open(struct st_stream **out, const struct st_stream_opt
     } else {
         rc = make_plan(s, s->epoch, &s->plan, &s->plan_n, err);
         epoch_rng(s, s->epoch);
+        buffer_rng(s);
     }
     if (rc) {
         st_stream_close(s);
@@ -1610,11 +1827,8 @@ static enum st_status fail(struct st_stream *s, const struct st_error *e, struct
     return s->fail_err.code ? s->fail_err.code : ST_ERR_IO;
 }
 
-enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct st_error *err) {
-    if (s->cur) { /* only this thread touches cur */
-        node_free(s, s->cur);
-        s->cur = NULL;
-    }
+/* The next record of the interleaved shards; the caller owns *outn. */
+static enum st_status next_raw(struct st_stream *s, struct node **outn, struct st_error *err) {
     pthread_mutex_lock(&s->mu);
     if (s->failed) return fail(s, &s->fail_err, err);
     for (;;) {
@@ -1689,13 +1903,7 @@ enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct
             r->r_doff = n->a_doff;
             r->r_skip = n->a_skip;
             r->r_index = n->a_index;
-            s->cur = n;
-            *out = n->s;
-            s->st.samples++;
-            if (s->first_sample_unset) {
-                s->st.first_sample_s = st_time_now() - s->t_open;
-                s->first_sample_unset = 0;
-            }
+            *outn = n;
             if (was_full && r->q_mem <= q_low(s) && s->parse_waiting)
                 pthread_cond_broadcast(&s->cv_parse);
             pthread_mutex_unlock(&s->mu);
@@ -1720,6 +1928,63 @@ enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct
             s->n_slots--;
         }
     }
+}
+
+enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct st_error *err) {
+    struct st_error local;
+    if (!err) err = &local;
+    if (s->cur) { /* only this thread touches cur */
+        node_free(s, s->cur);
+        s->cur = NULL;
+    }
+    struct node *n;
+    enum st_status rc;
+    if (!s->B) {
+        if ((rc = next_raw(s, &n, err))) return rc;
+        pthread_mutex_lock(&s->mu);
+        count_sample(s);
+        pthread_mutex_unlock(&s->mu);
+        s->cur = n;
+        *out = n->s;
+        return ST_OK;
+    }
+    /* fill the buffer while it has room for one more record besides the one being returned */
+    while (!s->draining && s->nbuf < s->B && s->buf_mem + 2 * s->node_max <= s->buf_cap) {
+        rc = next_raw(s, &n, err);
+        if (rc == ST_STREAM_END) {
+            s->draining = 1;
+            break;
+        }
+        if (rc) { /* the samples read before the error come first, as without a buffer */
+            s->buf_rc = rc;
+            s->buf_err = *err;
+            s->draining = 1;
+            break;
+        }
+        pthread_mutex_lock(&s->mu); /* st_stream_stats reads the stream under it */
+        s->buf[s->nbuf++] = n;
+        s->buf_mem += n->mem;
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (!s->nbuf && s->buf_rc) {
+        if (err) *err = s->buf_err;
+        return s->buf_rc;
+    }
+    if (!s->nbuf) { /* drained: the epoch (already advanced by next_raw) is over */
+        s->draining = 0;
+        buffer_rng(s);
+        return ST_STREAM_END;
+    }
+    pthread_mutex_lock(&s->mu);
+    uint32_t j = s->nbuf > 1 ? (uint32_t)rng_below(&s->brng, (uint64_t)s->nbuf) : 0;
+    n = s->buf[j];
+    s->buf[j] = s->buf[--s->nbuf];
+    s->buf_mem -= n->mem;
+    count_sample(s);
+    pthread_mutex_unlock(&s->mu);
+    s->cur = n;
+    *out = n->s;
+    return ST_OK;
 }
 
 void st_stream_stats(struct st_stream *s, struct st_stream_stats *out) {

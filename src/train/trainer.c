@@ -234,7 +234,11 @@ static void *loader_main(void *arg) {
         }
         char buf[8192];
         size_t sl = st_stream_state(L->stream, buf, sizeof buf);
-        it.state = sl < sizeof buf ? st_strdup(buf) : NULL;
+        if (sl < sizeof buf) {
+            it.state = st_strdup(buf);
+        } else if ((it.state = st_malloc(sl + 1))) { /* a shuffle buffer's samples */
+            st_stream_state(L->stream, it.state, sl + 1);
+        }
         it.pending = pending_copy(L->packer, &it.n_pending);
         if (!it.state || !it.pending) {
             st_errorf(&L->err, ST_ERR_NOMEM, "out of memory");
@@ -507,7 +511,7 @@ static enum st_status load_checkpoint(const struct st_train_options *o, const ch
     char path[4400], *text;
     size_t len;
     snprintf(path, sizeof path, "%s/trainer_state.json", ck);
-    enum st_status rc = st_read_file(path, 1u << 28, &text, &len, err);
+    enum st_status rc = st_read_file(path, (size_t)1 << 32, &text, &len, err);
     if (rc) return rc;
     cJSON *js = cJSON_ParseWithLength(text, len);
     st_free(text);
