@@ -18,6 +18,7 @@
 #include "harness.h"
 #include "streamtune/formats.h"
 #include "streamtune/nf4.h"
+#include "streamtune/quant.h"
 
 #define GOLDEN ST_SOURCE_DIR "/tests/golden/nf4/nf4_golden.safetensors"
 #define MM_TOL 1e-5
@@ -349,6 +350,115 @@ TEST(matmul) {
     check_matmul(4, 37, 5, 0);  /* odd C: rows start mid-byte */
 }
 
+/* Quantised weights (quant.h): a (rows, cols) F32/BF16 tensor quantised tensor by tensor through
+ * st_qweight_quantize_tensor gives the same codes as st_nf4_quantize over the whole array (chunks
+ * of whole blocks), st_qweight_dequant_rows of any row range equals st_nf4_dequantize with the
+ * reconstructed absmax, and the tiled OpenBLAS matmuls equal float64 loops over the dequantised
+ * matrix (1e-5 relative), on odd shapes where blocks straddle rows and tiles. INT8 likewise. */
+static void qweight_case(enum st_quant kind, int dq, size_t R, size_t C, enum st_dtype dt) {
+    size_t n = R * C, nb = st_nf4_nblocks(n);
+    float *w = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++) w[i] = rng_gauss() * 0.05f;
+    uint16_t *h = xmalloc(n * 2);
+    if (dt == ST_BF16) /* the loader quantises what it reads: compare against the bf16 values */
+        for (size_t i = 0; i < n; i++) {
+            h[i] = st_f32_to_bf16(w[i]);
+            w[i] = st_bf16_to_f32(h[i]);
+        }
+    struct st_tensor_view tv = {.name = "w", .dtype = dt, .ndim = 2, .shape = {(int64_t)R,
+                                (int64_t)C}, .nbytes = n * (dt == ST_BF16 ? 2 : 4),
+                                .data = dt == ST_BF16 ? (const void *)h : (const void *)w};
+    uint8_t *q = xmalloc(n), *aq = xmalloc(nb);
+    float *absmax = xmalloc(nb * 4), *nested = xmalloc((nb / 256 + 1) * 4), *scale = xmalloc(R * 4);
+    float *tmp = xmalloc(nb * 4), *chunk = xmalloc(ST_QUANT_CHUNK * 4);
+    struct st_qweight qw;
+    struct st_error err;
+    CHECK(st_qweight_quantize_tensor(&qw, kind, &tv, dq, q, absmax, aq, nested, scale, tmp, chunk,
+                                     &err) == ST_OK);
+    float *deq = xmalloc(n * 4), *rows = xmalloc(n * 4);
+    if (kind == ST_QUANT_NF4) {
+        uint8_t *q2 = xmalloc(st_nf4_packed_size(n));
+        float *am2 = xmalloc(nb * 4);
+        st_nf4_quantize(q2, am2, w, n);
+        CHECK(memcmp(q2, q, st_nf4_packed_size(n)) == 0);
+        if (dq) {
+            uint8_t *aq2 = xmalloc(nb);
+            float *nest2 = xmalloc((nb / 256 + 1) * 4), off2;
+            st_nf4_quantize_absmax(aq2, nest2, &off2, am2, nb);
+            CHECK(memcmp(aq2, aq, nb) == 0 && off2 == qw.nested_offset);
+            st_nf4_dequantize_absmax(am2, aq2, nest2, off2, nb);
+            free(aq2);
+            free(nest2);
+        } else {
+            CHECK(memcmp(am2, absmax, nb * 4) == 0);
+        }
+        st_nf4_dequantize(deq, q2, am2, n);
+        free(q2);
+        free(am2);
+    } else {
+        for (size_t r = 0; r < R; r++) {
+            float am = 0;
+            for (size_t c = 0; c < C; c++) am = fmaxf(am, fabsf(w[r * C + c]));
+            CHECK(scale[r] == am / 127.0f);
+            for (size_t c = 0; c < C; c++) {
+                int8_t v = ((int8_t *)q)[r * C + c];
+                deq[r * C + c] = (float)v * scale[r];
+                /* round to nearest: within half a step */
+                if (fabsf(deq[r * C + c] - w[r * C + c]) > scale[r] * 0.5001f) CHECK(0);
+            }
+        }
+    }
+    /* any row range, including ranges whose first element is odd */
+    size_t r0 = R / 3, nr = R - R / 3 - 1;
+    st_qweight_dequant_rows(rows, &qw, r0, nr);
+    CHECK(memcmp(rows, deq + r0 * C, nr * C * 4) == 0);
+    st_qweight_dequant_rows(rows, &qw, 0, R);
+    CHECK(memcmp(rows, deq, n * 4) == 0);
+    /* matmuls */
+    size_t N = 7;
+    float *x = xmalloc(N * C * 4), *out = xmalloc(N * R * 4), *bias = xmalloc(R * 4);
+    float *dout = xmalloc(N * R * 4), *dinp = xmalloc(N * C * 4);
+    float *scr = xmalloc(st_qweight_scratch_floats(&qw) * 4);
+    for (size_t i = 0; i < N * C; i++) x[i] = rng_gauss();
+    for (size_t i = 0; i < R; i++) bias[i] = rng_gauss();
+    for (size_t i = 0; i < N * R; i++) dout[i] = rng_gauss();
+    for (size_t i = 0; i < N * C; i++) dinp[i] = 1.0f;
+    st_qlinear_forward(out, x, &qw, bias, scr, N);
+    st_qlinear_backward_input(dinp, dout, &qw, scr, N);
+    double emax = 0, ref_max = 1, bmax = 0, bref = 1;
+    for (size_t i = 0; i < N; i++)
+        for (size_t o = 0; o < R; o++) {
+            double s = bias[o];
+            for (size_t c = 0; c < C; c++) s += (double)x[i * C + c] * deq[o * C + c];
+            emax = fmax(emax, fabs(s - out[i * R + o]));
+            ref_max = fmax(ref_max, fabs(s));
+        }
+    for (size_t i = 0; i < N; i++)
+        for (size_t c = 0; c < C; c++) {
+            double s = 1.0;
+            for (size_t o = 0; o < R; o++) s += (double)dout[i * R + o] * deq[o * C + c];
+            bmax = fmax(bmax, fabs(s - dinp[i * C + c]));
+            bref = fmax(bref, fabs(s));
+        }
+    CHECKF(emax / ref_max < MM_TOL && bmax / bref < MM_TOL,
+           "%s dq=%d %zux%zu: forward %.3g, backward %.3g relative", st_quant_name(kind), dq, R, C,
+           emax / ref_max, bmax / bref);
+    void *all[] = {w, h, q, aq, absmax, nested, scale, tmp, chunk, deq, rows, x, out, bias, dout,
+                   dinp, scr};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
+}
+
+TEST(qweight) {
+    qweight_case(ST_QUANT_NF4, 1, 37, 100, ST_F32);   /* blocks straddle rows, odd total */
+    qweight_case(ST_QUANT_NF4, 0, 37, 100, ST_F32);
+    qweight_case(ST_QUANT_NF4, 1, 300, 1027, ST_BF16); /* several tiles, > 1 chunk, ragged tail */
+    qweight_case(ST_QUANT_NF4, 1, 1, 64 * 257 + 3, ST_F32); /* one row, > 256 blocks */
+    qweight_case(ST_QUANT_INT8, 0, 37, 100, ST_F32);
+    qweight_case(ST_QUANT_INT8, 0, 300, 1027, ST_BF16);
+    /* codes + 8-bit absmax per 64 + float nested absmax per 256 blocks: 0.5156 bytes/weight */
+    CHECK(st_qweight_bytes(ST_QUANT_NF4, 4096, 4096, 1) == 4096 * 4096 / 2 + 4096 * 64 + 1024 * 4);
+}
+
 int main(void) {
     struct st_error err = {0};
     if (st_safetensors_open(&golden, GOLDEN, &err) != ST_OK) {
@@ -361,6 +471,7 @@ int main(void) {
     RUN(nibble_order);
     RUN(double_quant);
     RUN(matmul);
+    RUN(qweight);
     st_safetensors_close(golden);
     for (int i = 0; i < g_ncopies; i++) free(g_copies[i]);
     return test_finish();

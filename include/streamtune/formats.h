@@ -72,6 +72,9 @@ int st_safetensors_count(const struct st_safetensors *s);
 /* Drop the mapped pages from this process's resident set (after converting tensors to another
  * dtype); the mapping stays valid and pages fault back in from the file when read again. */
 void st_safetensors_drop_cache(const struct st_safetensors *s);
+/* Release the mapped pages under one tensor (after it was converted or quantised), so a
+ * tensor-by-tensor load never holds the whole file in RSS. */
+void st_tensor_drop_pages(const struct st_tensor_view *t);
 const struct st_tensor_view *st_safetensors_at(const struct st_safetensors *s, int i);
 /* Like find, but a missing tensor or a shape other than the expected one is an error naming both. */
 enum st_status st_safetensors_expect(const struct st_safetensors *s, const char *name, int ndim,

@@ -11,6 +11,7 @@
 #include "streamtune/formats.h"
 #include "streamtune/kernels.h"
 #include "streamtune/lora.h"
+#include "streamtune/quant.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,7 +24,20 @@ struct st_layer_weights {
     const float *post_norm;               // (D)
     const float *wg, *wu, *wd;            // (H, D), (H, D), (D, H)
     const float *bg, *bu, *bd;            // biases or NULL
+    struct st_qweight q[ST_LIN_COUNT];     // quantised projections (kind NONE: use the floats)
 };
+
+/* Load options. quantize: store the frozen projections (and, unless keep_embeddings, the
+ * embedding and the LM head) as NF4 or int8, quantised tensor by tensor from F32/BF16/F16 while
+ * loading (peak memory never holds the full 16-bit model). double_quant (default 1): NF4 absmax
+ * in 8 bits with a nested scale (bitsandbytes' compress_statistics). A checkpoint already saved
+ * by bitsandbytes (NF4 with .absmax/.quant_map/... tensors) is used as stored. */
+struct st_model_load_options {
+    enum st_quant quantize;
+    int double_quant;
+    int keep_embeddings;
+};
+void st_model_load_options_init(struct st_model_load_options *o);
 
 struct st_model {
     struct st_model_config cfg;
@@ -35,6 +49,14 @@ struct st_model {
     float *inv_freq;         // (hd/2)
     struct st_safetensors *st;
     struct st_arena converted; // F32 copies of BF16/F16 tensors
+    /* quantised storage (quant.h) */
+    enum st_quant quant;         // NONE, or the format of the quantised matrices
+    struct st_qweight q_embed;   // the embedding when quantised (kind NONE otherwise)
+    struct st_qweight q_head;    // the LM head when quantised and untied
+    struct st_arena qarena;      // codes and scales of matrices quantised at load
+    float *qscratch;             // tile scratch of the quantised matmuls (not thread-safe)
+    size_t qbytes;               // bytes of quantised storage
+    size_t mapped_bytes;         // bytes used straight from the safetensors map (F32 tensors)
     size_t n_params;
     size_t bytes_on_disk;      // sum of the tensors' stored bytes
     enum st_dtype dtype;       // dtype of the embedding (the model's storage dtype)
@@ -47,6 +69,12 @@ struct st_model {
 
 /* Load DIR (config.json + safetensors). Validates every tensor's presence, shape and dtype. */
 enum st_status st_model_load(struct st_model *m, const char *dir, struct st_error *err);
+enum st_status st_model_load_ex(struct st_model *m, const char *dir,
+                                const struct st_model_load_options *o, struct st_error *err);
+/* Bytes the weights of a model with config c take in memory when loaded with o (the memory plan
+ * of train; stored dtype is the checkpoint's, F32 computation). */
+size_t st_model_weight_bytes(const struct st_model_config *c,
+                             const struct st_model_load_options *o);
 void st_model_free(struct st_model *m);
 
 /* Activation buffers for a batch of B sequences of T tokens. Modes:

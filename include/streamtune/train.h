@@ -12,6 +12,7 @@
 #include "streamtune/lora.h"
 #include "streamtune/data.h"
 #include "streamtune/examples.h"
+#include "streamtune/model.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -63,6 +64,7 @@ struct st_train_options {
     long val_batches;      /* 0: the whole validation file */
     int keep_checkpoints;
     int grad_checkpoint;
+    struct st_model_load_options load; /* --quantize nf4|int8 (QLoRA), --no-double-quant ... */
     size_t max_memory;     /* bytes; 0: no limit */
     int dry_run;           /* print the plan and stop */
 };

@@ -559,6 +559,14 @@ void st_safetensors_drop_cache(const struct st_safetensors *s) {
         if (s->shards[i].map) madvise(s->shards[i].map, s->shards[i].map_len, MADV_DONTNEED);
 }
 
+void st_tensor_drop_pages(const struct st_tensor_view *t) {
+    if (!t->nbytes) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data & ~(page - 1);
+    uintptr_t b = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(page - 1);
+    madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 int st_safetensors_count(const struct st_safetensors *s) { return s->n; }
 const struct st_tensor_view *st_safetensors_at(const struct st_safetensors *s, int i) {
     return i >= 0 && i < s->n ? &s->index[i] : NULL;

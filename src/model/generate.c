@@ -101,7 +101,7 @@ enum st_status st_kv_forward(const struct st_model *m, struct st_kv_state *s, co
     }
     size_t D = (size_t)c->dim, KD = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t Tk = s->len + n;
-    m->k->embedding_forward(s->x0, ids, m->embed, c->embed_scale, n, D);
+    st_model_embed(m, s->x0, ids, n);
     float *x_in = s->x0, *x_out = s->x1;
     for (int l = 0; l < c->n_layers; l++) {
         float *kl = s->kc + (size_t)l * s->max_T * KD, *vl = s->vc + (size_t)l * s->max_T * KD;
@@ -113,7 +113,7 @@ enum st_status st_kv_forward(const struct st_model *m, struct st_kv_state *s, co
     }
     const float *last = x_in + (n - 1) * D;
     m->k->rmsnorm_forward(s->xf, s->rstdf, last, m->final_norm, c->norm_eps, c->norm_offset, 1, D);
-    m->k->linear_forward(s->logits, s->xf, m->lm_head, NULL, 1, D, (size_t)c->vocab_size);
+    st_model_head(m, s->logits, s->xf, 1);
     s->len = Tk;
     *logits = s->logits;
     return ST_OK;

@@ -10,6 +10,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "streamtune/nf4.h"
 
 #define LAYER_FMT "model.layers.%d.%s"
 
@@ -19,6 +22,7 @@ struct request {
     int64_t shape[2];
     const float **dst;
     int optional; /* absent is fine (e.g. a bias the config does not ask for) */
+    struct st_qweight *qdst; /* quantise into this when the load options ask for it */
 };
 
 static void add_req(struct request *r, int *n, const char *name, int64_t d0, int64_t d1,
@@ -30,6 +34,7 @@ static void add_req(struct request *r, int *n, const char *name, int64_t d0, int
     q->shape[1] = d1;
     q->dst = dst;
     q->optional = 0;
+    q->qdst = NULL;
 }
 
 static void add_layer_req(struct request *r, int *n, int l, const char *what, int64_t d0,
@@ -39,11 +44,96 @@ static void add_layer_req(struct request *r, int *n, int l, const char *what, in
     add_req(r, n, name, d0, d1, dst);
 }
 
+void st_model_load_options_init(struct st_model_load_options *o) {
+    memset(o, 0, sizeof *o);
+    o->double_quant = 1;
+}
+
+/* Storage of one quantised matrix inside the arena (sizes as st_qweight_bytes). */
+static size_t qstore_bytes(enum st_quant kind, size_t rows, size_t cols, int dq) {
+    size_t n = rows * cols, nb = st_nf4_nblocks(n);
+    if (kind == ST_QUANT_INT8) return st_arena_round(n) + st_arena_round(rows * 4);
+    if (!dq) return st_arena_round(st_nf4_packed_size(n)) + st_arena_round(nb * 4);
+    return st_arena_round(st_nf4_packed_size(n)) + st_arena_round(nb) +
+           st_arena_round(st_nf4_nested_nblocks(nb) * 4);
+}
+
+size_t st_model_weight_bytes(const struct st_model_config *c,
+                             const struct st_model_load_options *o) {
+    size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
+    size_t QD = (size_t)c->n_heads * (size_t)c->head_dim;
+    size_t KD = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    enum st_quant qk = o ? o->quantize : ST_QUANT_NONE;
+    int dq = o ? o->double_quant : 0, qe = qk && !(o && o->keep_embeddings);
+    size_t shapes[7][2] = {{QD, D}, {KD, D}, {KD, D}, {D, QD}, {H, D}, {H, D}, {D, H}};
+    size_t total = 0, scratch = 0;
+    for (int m = 0; m < 7; m++) {
+        size_t b = qk ? qstore_bytes(qk, shapes[m][0], shapes[m][1], dq)
+                      : shapes[m][0] * shapes[m][1] * 4;
+        total += b * (size_t)c->n_layers;
+    }
+    total += (size_t)c->n_layers * (2 * D + (c->qkv_bias ? QD + 2 * KD : 0) +
+                                     (c->o_bias ? D : 0) + (c->mlp_bias ? 2 * H + D : 0)) * 4;
+    size_t heads = c->tie_embeddings ? 1 : 2;
+    total += heads * (qe ? qstore_bytes(qk, V, D, dq) : V * D * 4) + D * 4;
+    if (qk) { /* the tile scratch of the widest matrix */
+        size_t widest = H > D ? H : D;
+        scratch = ((size_t)1 << 18) / widest;
+        if (scratch < 16) scratch = 16;
+        scratch *= widest * 4;
+    }
+    return total + scratch;
+}
+
 static int needs_convert(const struct st_tensor_view *t) {
     return t->dtype != ST_F32 || ((uintptr_t)t->data & 3u) != 0;
 }
 
+/* Quantise the requested tensors one by one into m->qarena, releasing each one's mapped pages. */
+static enum st_status quantize_all(struct st_model *m, struct request *req, int n, enum st_quant qk,
+                                   int dq, float *chunk, float *amt, struct st_error *err) {
+    size_t done = 0, total = 0;
+    for (int i = 0; i < n; i++)
+        if (req[i].qdst) total++;
+    for (int i = 0; i < n; i++) {
+        if (!req[i].qdst) continue;
+        const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
+        size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1], nel = rows * cols;
+        size_t nb = st_nf4_nblocks(nel);
+        uint8_t *q = NULL, *aq = NULL;
+        float *absmax = NULL, *nested = NULL, *scale = NULL;
+        if (qk == ST_QUANT_INT8) {
+            q = st_arena_take(&m->qarena, nel);
+            scale = st_arena_take(&m->qarena, rows * 4);
+        } else {
+            q = st_arena_take(&m->qarena, st_nf4_packed_size(nel));
+            if (dq) {
+                aq = st_arena_take(&m->qarena, nb);
+                nested = st_arena_take(&m->qarena, st_nf4_nested_nblocks(nb) * 4);
+            } else {
+                absmax = st_arena_take(&m->qarena, nb * 4);
+            }
+        }
+        ST_ASSERT(q);
+        enum st_status rc = st_qweight_quantize_tensor(req[i].qdst, qk, t, dq, q, absmax, aq,
+                                                       nested, scale, amt, chunk, err);
+        if (rc) return rc;
+        *req[i].dst = NULL;
+        st_tensor_drop_pages(t);
+        done++;
+        if (total > 8 && st_log_get_level() >= ST_LOG_INFO && isatty(2))
+            fprintf(stderr, "\rquantising to %s: %zu/%zu tensors", st_quant_name(qk), done, total);
+    }
+    if (total > 8 && st_log_get_level() >= ST_LOG_INFO && isatty(2)) fprintf(stderr, "\n");
+    return ST_OK;
+}
+
 enum st_status st_model_load(struct st_model *m, const char *dir, struct st_error *err) {
+    return st_model_load_ex(m, dir, NULL, err);
+}
+
+enum st_status st_model_load_ex(struct st_model *m, const char *dir,
+                                const struct st_model_load_options *o, struct st_error *err) {
     memset(m, 0, sizeof *m);
     snprintf(m->path, sizeof m->path, "%s", dir);
     m->k = st_kernels_cpu();
@@ -65,16 +155,26 @@ enum st_status st_model_load(struct st_model *m, const char *dir, struct st_erro
         return st_errorf(err, ST_ERR_NOMEM, "out of memory loading %s", dir);
     }
     int n = 0;
+    enum st_quant qk = o ? o->quantize : ST_QUANT_NONE;
+    int qe = qk && !o->keep_embeddings;
     add_req(req, &n, "model.embed_tokens.weight", V, D, &m->embed);
+    if (qe) req[n - 1].qdst = &m->q_embed;
     add_req(req, &n, "model.norm.weight", D, 0, &m->final_norm);
-    if (!c->tie_embeddings) add_req(req, &n, "lm_head.weight", V, D, &m->lm_head);
+    if (!c->tie_embeddings) {
+        add_req(req, &n, "lm_head.weight", V, D, &m->lm_head);
+        if (qe) req[n - 1].qdst = &m->q_head;
+    }
     for (int l = 0; l < c->n_layers; l++) {
         struct st_layer_weights *w = &m->layers[l];
         add_layer_req(req, &n, l, "input_layernorm.weight", D, 0, &w->in_norm);
         add_layer_req(req, &n, l, "self_attn.q_proj.weight", QD, D, &w->wq);
+        if (qk) req[n - 1].qdst = &w->q[ST_LIN_Q];
         add_layer_req(req, &n, l, "self_attn.k_proj.weight", KD, D, &w->wk);
+        if (qk) req[n - 1].qdst = &w->q[ST_LIN_K];
         add_layer_req(req, &n, l, "self_attn.v_proj.weight", KD, D, &w->wv);
+        if (qk) req[n - 1].qdst = &w->q[ST_LIN_V];
         add_layer_req(req, &n, l, "self_attn.o_proj.weight", D, QD, &w->wo);
+        if (qk) req[n - 1].qdst = &w->q[ST_LIN_O];
         if (c->qkv_bias) {
             add_layer_req(req, &n, l, "self_attn.q_proj.bias", QD, 0, &w->bq);
             add_layer_req(req, &n, l, "self_attn.k_proj.bias", KD, 0, &w->bk);
@@ -83,23 +183,39 @@ enum st_status st_model_load(struct st_model *m, const char *dir, struct st_erro
         if (c->o_bias) add_layer_req(req, &n, l, "self_attn.o_proj.bias", D, 0, &w->bo);
         add_layer_req(req, &n, l, "post_attention_layernorm.weight", D, 0, &w->post_norm);
         add_layer_req(req, &n, l, "mlp.gate_proj.weight", H, D, &w->wg);
+        if (qk) req[n - 1].qdst = &w->q[ST_LIN_GATE];
         add_layer_req(req, &n, l, "mlp.up_proj.weight", H, D, &w->wu);
+        if (qk) req[n - 1].qdst = &w->q[ST_LIN_UP];
         add_layer_req(req, &n, l, "mlp.down_proj.weight", D, H, &w->wd);
+        if (qk) req[n - 1].qdst = &w->q[ST_LIN_DOWN];
         if (c->mlp_bias) {
             add_layer_req(req, &n, l, "mlp.gate_proj.bias", H, 0, &w->bg);
             add_layer_req(req, &n, l, "mlp.up_proj.bias", H, 0, &w->bu);
             add_layer_req(req, &n, l, "mlp.down_proj.bias", D, 0, &w->bd);
         }
     }
-    /* pass 1: validate and size the conversions */
-    size_t convert_bytes = 0;
+    /* pass 1: validate and size the conversions and the quantised storage */
+    size_t convert_bytes = 0, q_bytes = 0, scratch = 0, nb_max = 0;
+    int dq = o ? o->double_quant : 0;
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t;
         rc = st_safetensors_expect(m->st, req[i].name, req[i].ndim, req[i].shape, &t, err);
         if (rc) goto fail;
         m->n_params += (size_t)st_tensor_numel(t);
         m->bytes_on_disk += t->nbytes;
-        if (needs_convert(t)) convert_bytes += st_arena_round((size_t)st_tensor_numel(t) * 4);
+        if (req[i].qdst) {
+            size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1];
+            q_bytes += qstore_bytes(qk, rows, cols, dq);
+            size_t nb = st_nf4_nblocks(rows * cols);
+            if (nb > nb_max) nb_max = nb;
+            struct st_qweight shape = {.kind = qk, .rows = rows, .cols = cols};
+            if (st_qweight_scratch_floats(&shape) > scratch)
+                scratch = st_qweight_scratch_floats(&shape);
+        } else if (needs_convert(t)) {
+            convert_bytes += st_arena_round((size_t)st_tensor_numel(t) * 4);
+        } else {
+            m->mapped_bytes += t->nbytes;
+        }
     }
     if (c->tie_embeddings && st_safetensors_find(m->st, "lm_head.weight"))
         st_log(ST_LOG_DEBUG, "%s: tie_word_embeddings is true; ignoring lm_head.weight", dir);
@@ -110,8 +226,28 @@ enum st_status st_model_load(struct st_model *m, const char *dir, struct st_erro
         st_error_prefix(err, "%s: converting weights to F32: ", dir);
         goto fail;
     }
+    if (qk) {
+        m->quant = qk;
+        rc = st_arena_init(&m->qarena, q_bytes + st_arena_round(scratch * 4), err);
+        float *chunk = st_malloc(ST_QUANT_CHUNK * 4);
+        float *amt = dq && qk == ST_QUANT_NF4 ? st_malloc((nb_max ? nb_max : 1) * 4) : NULL;
+        if (!rc && (!chunk || (dq && qk == ST_QUANT_NF4 && !amt)))
+            rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        if (!rc) {
+            m->qscratch = st_arena_take(&m->qarena, (scratch ? scratch : 1) * 4);
+            rc = quantize_all(m, req, n, qk, dq, chunk, amt, err);
+        }
+        st_free(chunk);
+        st_free(amt);
+        if (rc) {
+            st_error_prefix(err, "%s: quantising to %s: ", dir, st_quant_name(qk));
+            goto fail;
+        }
+        m->qbytes = q_bytes;
+    }
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
+        if (req[i].qdst) continue;
         if (!needs_convert(t)) {
             *req[i].dst = t->data;
             continue;
@@ -122,8 +258,12 @@ enum st_status st_model_load(struct st_model *m, const char *dir, struct st_erro
         rc = st_convert_to_f32(dst, t->data, t->dtype, numel, err);
         if (rc) goto fail;
         *req[i].dst = dst;
+        st_tensor_drop_pages(t);
     }
-    if (c->tie_embeddings) m->lm_head = m->embed;
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed;
+        m->q_head = m->q_embed;
+    }
     /* converted tensors no longer need their mapped pages: keep RSS what the plan says */
     if (convert_bytes) st_safetensors_drop_cache(m->st);
     struct st_rope_params rp = {c->rope_theta, c->rope_type, c->rope_factor,
@@ -141,6 +281,7 @@ fail:
 void st_model_free(struct st_model *m) {
     st_safetensors_close(m->st);
     st_arena_free(&m->converted);
+    st_arena_free(&m->qarena);
     st_free(m->layers);
     st_free(m->inv_freq);
     memset(m, 0, sizeof *m);
@@ -321,7 +462,11 @@ struct lin {
 static void lin_forward(const struct lin *c, int mod, float *out, const float *inp, const float *w,
                         const float *bias, size_t N, size_t C, size_t OC) {
     const struct st_model *m = c->m;
-    m->k->linear_forward(out, inp, w, bias, N, C, OC);
+    const struct st_qweight *qw = &m->layers[c->layer].q[mod];
+    if (qw->kind)
+        st_qlinear_forward(out, inp, qw, bias, m->qscratch, N);
+    else
+        m->k->linear_forward(out, inp, w, bias, N, C, OC);
     const struct st_lora_module *lm = m->lora ? st_lora_get(m->lora, c->layer, mod) : NULL;
     if (!lm) return;
     const float *x = inp;
@@ -339,7 +484,11 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
                          const float *dout, const float *inp, const float *w, size_t N, size_t C,
                          size_t OC) {
     const struct st_model *m = c->m;
-    m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, N, C, OC);
+    const struct st_qweight *qw = &m->layers[c->layer].q[mod];
+    if (qw->kind)
+        st_qlinear_backward_input(dinp, dout, qw, m->qscratch, N);
+    else
+        m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, N, C, OC);
     const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
     if (!lm) return;
     size_t r = (size_t)lo->cfg.rank;
@@ -359,6 +508,28 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
 }
 
 /* ---------------------------------------------------------------- forward */
+
+void st_model_embed(const struct st_model *m, float *out, const int32_t *ids, size_t N) {
+    size_t D = (size_t)m->cfg.dim;
+    if (!m->q_embed.kind) {
+        m->k->embedding_forward(out, ids, m->embed, m->cfg.embed_scale, N, D);
+        return;
+    }
+    for (size_t n = 0; n < N; n++) {
+        float *o = out + n * D;
+        st_qweight_dequant_rows(o, &m->q_embed, (size_t)ids[n], 1);
+        if (m->cfg.embed_scale != 1.0f)
+            for (size_t d = 0; d < D; d++) o[d] *= m->cfg.embed_scale;
+    }
+}
+
+void st_model_head(const struct st_model *m, float *logits, const float *x, size_t N) {
+    if (m->q_head.kind)
+        st_qlinear_forward(logits, x, &m->q_head, NULL, m->qscratch, N);
+    else
+        m->k->linear_forward(logits, x, m->lm_head, NULL, N, (size_t)m->cfg.dim,
+                             (size_t)m->cfg.vocab_size);
+}
 
 static enum st_status check_ids(const struct st_model *m, const int32_t *ids, size_t N,
                                 struct st_error *err) {
@@ -428,7 +599,7 @@ enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, con
             size_t i = b * T + t;
             a->pos[i] = (t == 0 || (seg && seg[i] != seg[i - 1])) ? 0 : a->pos[i - 1] + 1;
         }
-    m->k->embedding_forward(a->res, ids, m->embed, c->embed_scale, N, D);
+    st_model_embed(m, a->res, ids, N);
     for (int l = 0; l < c->n_layers; l++) {
         struct st_layer_acts *la = &a->layer[l];
         st_block_forward(m, l, la, layer_in(a, c, l + 1), layer_in(a, c, l), la->k, la->v, a->pos,
@@ -436,7 +607,7 @@ enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, con
     }
     m->k->rmsnorm_forward(a->xf, a->rstdf, layer_in(a, c, c->n_layers), m->final_norm, c->norm_eps,
                           c->norm_offset, N, D);
-    m->k->linear_forward(a->logits, a->xf, m->lm_head, NULL, N, D, (size_t)c->vocab_size);
+    st_model_head(m, a->logits, a->xf, N);
     return ST_OK;
 }
 
@@ -512,7 +683,10 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
     // loss -> logits -> final norm
     m->k->crossentropy_backward(a->logits, a->logits, targets, grad_scale, N, V);
     memset(a->dxn, 0, N * D * sizeof(float));
-    m->k->linear_backward(a->dxn, NULL, NULL, a->logits, a->xf, m->lm_head, N, D, V);
+    if (m->q_head.kind)
+        st_qlinear_backward_input(a->dxn, a->logits, &m->q_head, m->qscratch, N);
+    else
+        m->k->linear_backward(a->dxn, NULL, NULL, a->logits, a->xf, m->lm_head, N, D, V);
     memset(a->dres0, 0, N * D * sizeof(float));
     m->k->rmsnorm_backward(a->dres0, NULL, a->dxn, layer_in(a, c, c->n_layers), m->final_norm,
                            a->rstdf, c->norm_offset, N, D);

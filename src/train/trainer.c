@@ -44,6 +44,7 @@ void st_train_options_default(struct st_train_options *o) {
     o->pack = 1;
     st_stream_options_init(&o->stream);
     st_example_options_default(&o->examples);
+    st_model_load_options_init(&o->load);
 }
 
 int st_parse_bytes(const char *s, size_t *out) {
@@ -675,7 +676,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         rc = st_errorf(err, ST_ERR_ARG, "--lr must be positive");
         goto done;
     }
-    if ((rc = st_model_load(&m, o->model_dir, err))) goto done;
+    if ((rc = st_model_load_ex(&m, o->model_dir, &o->load, err))) goto done;
     have_model = 1;
     size_t live_model = st_alloc_live_bytes(); /* the plan counts what comes after separately */
     struct st_error terr;
@@ -722,7 +723,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
 
     /* the memory plan */
     int mode = o->grad_checkpoint ? ST_ACTS_CHECKPOINT : ST_ACTS_TRAIN;
-    size_t b_weights = m.converted.size + (m.dtype == ST_F32 ? m.bytes_on_disk : 0);
+    size_t b_weights = m.converted.size + m.qarena.size + m.mapped_bytes;
     size_t b_lora = lo.n_params * 4 * 4; /* params, grads, two moments */
     size_t b_acts = st_acts_bytes(&m.cfg, B, T, mode, lo.cfg.rank);
     size_t b_valb = 0;
@@ -733,7 +734,14 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     size_t live = st_alloc_live_bytes(), counted = live_model + lo.n_params * 16 + b_valb;
     size_t b_tok = live > counted ? live - counted : 0; /* tokenizer, template, shard lists */
     size_t total = rss0 + b_weights + b_lora + b_acts + b_batches + b_stream + b_tok;
-    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32];
+    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32], wdesc[160];
+    if (m.quant)
+        snprintf(wdesc, sizeof wdesc, "%s%s base, %s, F32 compute", st_quant_name(m.quant),
+                 m.quant == ST_QUANT_NF4 && o->load.double_quant ? " double-quantised" : "",
+                 m.q_embed.kind ? "embeddings too" : "embeddings unquantised");
+    else
+        snprintf(wdesc, sizeof wdesc, "%s",
+                 m.dtype == ST_F32 ? "F32, memory-mapped" : "converted to F32");
     fmt_bytes(x1, sizeof x1, (double)b_weights);
     fmt_bytes(x2, sizeof x2, (double)b_lora);
     fmt_bytes(x3, sizeof x3, (double)b_acts);
@@ -754,7 +762,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
              "  process baseline   %s\n"
              "  total              %s",
              B, T, o->pack ? "packed" : "padded", lo.cfg.rank, nmod, lo.n_params, x1,
-             m.dtype == ST_F32 ? "F32, memory-mapped" : "converted to F32", x2, x3,
+             wdesc, x2, x3,
              o->grad_checkpoint ? "on" : "off", x7, x4, src.n_train, src.n_val, val_records, x5,
              x6);
     if (cb) {

@@ -1,0 +1,185 @@
+/* qlinear.c: quantised frozen weights (quant.h): dequantise tiles of rows into a bounded scratch
+ * and multiply them with OpenBLAS; chunked quantisation of safetensors tensors at load.
+ *
+ * The tile is a few hundred KiB to a few MiB (about 1 MiB of floats, at least 16 rows), so the
+ * dequantisation (one pass over the codes per matmul) is cheap next to the GEMM for the batch
+ * sizes of training, and memory never holds a whole dequantised layer. */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "streamtune/nf4.h"
+#include "streamtune/quant.h"
+
+const char *st_quant_name(enum st_quant q) {
+    switch (q) {
+    case ST_QUANT_NF4: return "nf4";
+    case ST_QUANT_INT8: return "int8";
+    default: return "none";
+    }
+}
+
+int st_quant_parse(const char *s, enum st_quant *out) {
+    if (!strcmp(s, "nf4")) *out = ST_QUANT_NF4;
+    else if (!strcmp(s, "int8")) *out = ST_QUANT_INT8;
+    else if (!strcmp(s, "none") || !strcmp(s, "f32")) *out = ST_QUANT_NONE;
+    else return 1;
+    return 0;
+}
+
+size_t st_qweight_bytes(enum st_quant kind, size_t rows, size_t cols, int double_quant) {
+    size_t n = rows * cols;
+    if (kind == ST_QUANT_INT8) return n + rows * sizeof(float);
+    if (kind != ST_QUANT_NF4) return n * sizeof(float);
+    size_t nb = st_nf4_nblocks(n);
+    if (!double_quant) return st_nf4_packed_size(n) + nb * sizeof(float);
+    return st_nf4_packed_size(n) + nb + st_nf4_nested_nblocks(nb) * sizeof(float);
+}
+
+static float absmax_of(const struct st_qweight *w, size_t b) {
+    if (w->absmax) return w->absmax[b];
+    const float *map = w->nested_map ? w->nested_map : ST_NF4_DYNAMIC_MAP;
+    float p = map[w->aq[b]] * w->nested_absmax[b / ST_NF4_NESTED_BLOCK];
+    return p + w->nested_offset;
+}
+
+void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, size_t n) {
+    size_t C = w->cols;
+    if (w->kind == ST_QUANT_INT8) {
+        const int8_t *q = (const int8_t *)w->q;
+        for (size_t r = r0; r < r0 + n; r++) {
+            float s = w->scale[r];
+            const int8_t *qr = q + r * C;
+            float *d = dst + (r - r0) * C;
+            for (size_t c = 0; c < C; c++) d[c] = (float)qr[c] * s;
+        }
+        return;
+    }
+    const float *code = w->quant_map ? w->quant_map : ST_NF4_CODE;
+    size_t i = r0 * C, end = (r0 + n) * C;
+    float *d = dst;
+    while (i < end) {
+        size_t b = i / ST_NF4_BLOCK, stop = (b + 1) * ST_NF4_BLOCK;
+        if (stop > end) stop = end;
+        float am = absmax_of(w, b);
+        /* odd start: low nibble first, then whole bytes (two codes each) */
+        if ((i & 1) && i < stop) {
+            *d++ = code[w->q[i / 2] & 15] * am;
+            i++;
+        }
+        for (; i + 1 < stop; i += 2) {
+            uint8_t byte = w->q[i / 2];
+            d[0] = code[byte >> 4] * am;
+            d[1] = code[byte & 15] * am;
+            d += 2;
+        }
+        if (i < stop) {
+            *d++ = code[w->q[i / 2] >> 4] * am;
+            i++;
+        }
+    }
+}
+
+size_t st_qweight_tile_rows(const struct st_qweight *w) {
+    size_t rows = ((size_t)1 << 18) / (w->cols ? w->cols : 1);
+    if (rows < 16) rows = 16;
+    if (rows > w->rows) rows = w->rows;
+    return rows ? rows : 1;
+}
+
+size_t st_qweight_scratch_floats(const struct st_qweight *w) {
+    return st_qweight_tile_rows(w) * w->cols;
+}
+
+void st_qlinear_forward(float *out, const float *inp, const struct st_qweight *w,
+                        const float *bias, float *scratch, size_t N) {
+    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
+    if (bias)
+        for (size_t n = 0; n < N; n++) memcpy(out + n * OC, bias, OC * sizeof(float));
+    for (size_t r0 = 0; r0 < OC; r0 += tr) {
+        size_t nr = OC - r0 < tr ? OC - r0 : tr;
+        st_qweight_dequant_rows(scratch, w, r0, nr);
+        /* out[:, r0:r0+nr] (ld OC) = inp (N, C) @ tile (nr, C)^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)nr, (int)C, 1.0f, inp,
+                    (int)C, scratch, (int)C, bias ? 1.0f : 0.0f, out + r0, (int)OC);
+    }
+}
+
+void st_qlinear_backward_input(float *dinp, const float *dout, const struct st_qweight *w,
+                               float *scratch, size_t N) {
+    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
+    for (size_t r0 = 0; r0 < OC; r0 += tr) {
+        size_t nr = OC - r0 < tr ? OC - r0 : tr;
+        st_qweight_dequant_rows(scratch, w, r0, nr);
+        /* dinp (N, C) += dout[:, r0:r0+nr] (ld OC) @ tile (nr, C) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)nr, 1.0f,
+                    dout + r0, (int)OC, scratch, (int)C, 1.0f, dinp, (int)C);
+    }
+}
+
+/* float32 of elements [start, start + n) of a tensor view */
+static enum st_status view_f32(float *dst, const struct st_tensor_view *t, size_t start, size_t n,
+                               struct st_error *err) {
+    size_t es = t->dtype == ST_F32 ? 4 : 2;
+    return st_convert_to_f32(dst, (const uint8_t *)t->data + start * es, t->dtype, n, err);
+}
+
+enum st_status st_qweight_quantize_tensor(struct st_qweight *w, enum st_quant kind,
+                                          const struct st_tensor_view *t, int double_quant,
+                                          uint8_t *q, float *absmax, uint8_t *aq,
+                                          float *nested_absmax, float *scale, float *absmax_tmp,
+                                          float *chunk, struct st_error *err) {
+    if (t->ndim != 2 || (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16))
+        return st_errorf(err, ST_ERR_FORMAT, "%s: only 2-D F32/BF16/F16 tensors can be quantised",
+                         t->name);
+    memset(w, 0, sizeof *w);
+    w->kind = kind;
+    w->rows = (size_t)t->shape[0];
+    w->cols = (size_t)t->shape[1];
+    size_t R = w->rows, C = w->cols, n = R * C;
+    enum st_status rc;
+    if (kind == ST_QUANT_INT8) {
+        /* per row: absmax, scale = absmax / 127, q = round-half-even(w / scale) clamped */
+        int8_t *qi = (int8_t *)q;
+        for (size_t r = 0; r < R; r++) {
+            float am = 0;
+            for (size_t c0 = 0; c0 < C; c0 += ST_QUANT_CHUNK) {
+                size_t k = C - c0 < ST_QUANT_CHUNK ? C - c0 : ST_QUANT_CHUNK;
+                if ((rc = view_f32(chunk, t, r * C + c0, k, err))) return rc;
+                for (size_t c = 0; c < k; c++)
+                    if (fabsf(chunk[c]) > am) am = fabsf(chunk[c]);
+            }
+            float s = am / 127.0f;
+            scale[r] = s;
+            float inv = s > 0 ? 1.0f / s : 0.0f;
+            for (size_t c0 = 0; c0 < C; c0 += ST_QUANT_CHUNK) {
+                size_t k = C - c0 < ST_QUANT_CHUNK ? C - c0 : ST_QUANT_CHUNK;
+                if ((rc = view_f32(chunk, t, r * C + c0, k, err))) return rc;
+                for (size_t c = 0; c < k; c++) {
+                    float v = nearbyintf(chunk[c] * inv);
+                    qi[r * C + c0 + c] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+                }
+            }
+        }
+        w->q = q;
+        w->scale = scale;
+        return ST_OK;
+    }
+    if (kind != ST_QUANT_NF4) return st_errorf(err, ST_ERR_ARG, "unknown quantisation");
+    float *am = double_quant ? absmax_tmp : absmax;
+    /* chunks of whole blocks: packing and absmax stay aligned (ST_QUANT_CHUNK % 64 == 0) */
+    for (size_t i = 0; i < n; i += ST_QUANT_CHUNK) {
+        size_t k = n - i < ST_QUANT_CHUNK ? n - i : ST_QUANT_CHUNK;
+        if ((rc = view_f32(chunk, t, i, k, err))) return rc;
+        st_nf4_quantize(q + i / 2, am + i / ST_NF4_BLOCK, chunk, k);
+    }
+    w->q = q;
+    if (double_quant) {
+        st_nf4_quantize_absmax(aq, nested_absmax, &w->nested_offset, am, st_nf4_nblocks(n));
+        w->aq = aq;
+        w->nested_absmax = nested_absmax;
+    } else {
+        w->absmax = absmax;
+    }
+    return ST_OK;
+}
