@@ -47,4 +47,11 @@ void cli_progress_end(struct cli_progress *p);
 /* Write s as a JSON string literal (with quotes) to f. */
 void cli_json_string(FILE *f, const char *s);
 
+/* Model-loading flags shared by eval, generate, info and fuse: --quantize nf4|int8|none (with its
+ * value at argv[*i + 1]), --no-double-quant, --keep-embeddings. Returns 1 when argv[*i] was one
+ * (advancing *i past a value), 0 when not, -1 on a bad value (message printed). */
+int cli_load_flag(int argc, char **argv, int *i, struct st_model_load_options *o);
+#define CLI_LOAD_HELP                                                                              \
+    "  --quantize nf4|int8  store the base quantised (as train --quantize; QLoRA adapters)\n"      \
+    "  --no-double-quant, --keep-embeddings   see train --help\n"
 #endif

@@ -14,7 +14,8 @@
 static const char *usage =
     "usage: streamtune eval --model DIR [--adapter DIR] --data FILE.jsonl [--json]\n"
     "  each line of FILE.jsonl is {\"ids\": [token ids]} or {\"text\": \"...\"} (tokenized with the\n"
-    "  model's tokenizer.json, BOS added as its post-processor says); blank lines are skipped\n";
+    "  model's tokenizer.json, BOS added as its post-processor says); blank lines are skipped\n"
+    CLI_LOAD_HELP;
 
 #define MAX_LINE (64u << 20)
 
@@ -87,7 +88,9 @@ done:
 
 int cmd_eval(int argc, char **argv) {
     const char *dir = NULL, *data = NULL, *adapter = NULL;
-    int json = 0;
+    int json = 0, q;
+    struct st_model_load_options lo;
+    st_model_load_options_init(&lo);
     for (int i = 1; i < argc; i++) {
         int missing = 0;
         const char *v;
@@ -95,7 +98,9 @@ int cmd_eval(int argc, char **argv) {
         else if (!missing && (v = cli_opt(argc, argv, &i, "--data", &missing))) data = v;
         else if (!missing && (v = cli_opt(argc, argv, &i, "--adapter", &missing))) adapter = v;
         else if (missing) return cli_usage(usage, "%s needs a value", argv[i]);
-        else if (strcmp(argv[i], "--json") == 0) json = 1;
+        else if ((q = cli_load_flag(argc, argv, &i, &lo)) != 0) {
+            if (q < 0) return 2;
+        } else if (strcmp(argv[i], "--json") == 0) json = 1;
         else if (strcmp(argv[i], "--help") == 0) {
             fputs(usage, stdout);
             return 0;
@@ -105,7 +110,7 @@ int cmd_eval(int argc, char **argv) {
 
     struct st_error err = {0};
     struct st_model m;
-    if (st_model_load(&m, dir, &err)) return cli_fail(json, &err);
+    if (st_model_load_ex(&m, dir, &lo, &err)) return cli_fail(json, &err);
     struct st_lora lora = {0};
     if (adapter) {
         if (st_lora_load(&lora, &m.cfg, adapter, &err)) {

@@ -15,6 +15,7 @@ static const char *usage =
     "usage: streamtune generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
     "  --prompt TEXT      encoded with the model's tokenizer.json (BOS as its post-processor adds)\n"
     "  --adapter DIR      apply a PEFT LoRA adapter (adapter_config.json + .safetensors)\n"
+    CLI_LOAD_HELP
     "  --max-tokens N     tokens to generate (default 64)\n"
     "  --temperature T    0 = greedy (default: generation_config.json, else greedy)\n"
     "  --top-k K          keep the K most likely tokens (0 = off)\n"
@@ -114,7 +115,9 @@ int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *prompt_text = NULL, *adapter = NULL;
     const char *temp_s = NULL, *topk_s = NULL, *topp_s = NULL;
     long max_tokens = 64, seed = 0;
-    int json = 0, ignore_eos = 0;
+    int json = 0, ignore_eos = 0, q;
+    struct st_model_load_options lo;
+    st_model_load_options_init(&lo);
     for (int i = 1; i < argc; i++) {
         int missing = 0;
         const char *v;
@@ -133,7 +136,9 @@ int cmd_generate(int argc, char **argv) {
             if (cli_int(v, 0, INT64_MAX, &seed))
                 return cli_usage(usage, "--seed: expected a non-negative integer, got '%s'", v);
         } else if (missing) return cli_usage(usage, "%s needs a value", a);
-        else if (strcmp(a, "--json") == 0) json = 1;
+        else if ((q = cli_load_flag(argc, argv, &i, &lo)) != 0) {
+            if (q < 0) return 2;
+        } else if (strcmp(a, "--json") == 0) json = 1;
         else if (strcmp(a, "--ignore-eos") == 0) ignore_eos = 1;
         else if (strcmp(a, "--help") == 0) {
             fputs(usage, stdout);
@@ -151,7 +156,7 @@ int cmd_generate(int argc, char **argv) {
 
     struct st_error err = {0};
     struct st_model m;
-    if (st_model_load(&m, dir, &err)) {
+    if (st_model_load_ex(&m, dir, &lo, &err)) {
         st_free(ids);
         return cli_fail(json, &err);
     }

@@ -66,6 +66,25 @@ int cli_int(const char *s, long lo, long hi, long *out) {
     return 0;
 }
 
+int cli_load_flag(int argc, char **argv, int *i, struct st_model_load_options *o) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--no-double-quant")) {
+        o->double_quant = 0;
+        return 1;
+    }
+    if (!strcmp(a, "--keep-embeddings")) {
+        o->keep_embeddings = 1;
+        return 1;
+    }
+    if (strcmp(a, "--quantize") != 0) return 0;
+    if (*i + 1 >= argc || st_quant_parse(argv[*i + 1], &o->quantize)) {
+        fprintf(stderr, "streamtune: --quantize: expected nf4, int8 or none\n");
+        return -1;
+    }
+    (*i)++;
+    return 1;
+}
+
 int cli_float(const char *s, double lo, double hi, double *out) {
     double v;
     if (st_parse_f64(s, &v) || v < lo || v > hi) return 1;

@@ -298,12 +298,21 @@ enum st_status st_config_parse(struct st_model_config *c, const char *json, size
     const cJSON *dt = get(root, "torch_dtype");
     if (!cJSON_IsString(dt)) dt = get(root, "dtype");
     snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", cJSON_IsString(dt) ? dt->valuestring : "");
-    if (cJSON_IsObject(get(root, "quantization_config"))) {
-        rc = st_errorf(err, ST_ERR_UNSUPPORTED,
-                       "%s: pre-quantized checkpoints (quantization_config) are not supported yet; "
-                       "use the bf16/f16/f32 model",
-                       what);
-        goto done;
+    const cJSON *qc = get(root, "quantization_config");
+    if (cJSON_IsObject(qc)) {
+        /* bitsandbytes 4-bit NF4 (the QLoRA checkpoints transformers saves) is read as stored;
+         * other methods (GPTQ, AWQ, bnb 8-bit, FP4 ...) are not */
+        const cJSON *qm = get(qc, "quant_method"), *qt = get(qc, "bnb_4bit_quant_type");
+        int bnb_nf4 = cJSON_IsString(qm) && strcmp(qm->valuestring, "bitsandbytes") == 0 &&
+                      cJSON_IsTrue(get(qc, "load_in_4bit")) && cJSON_IsString(qt) &&
+                      strcmp(qt->valuestring, "nf4") == 0;
+        if (!bnb_nf4) {
+            rc = st_errorf(err, ST_ERR_UNSUPPORTED,
+                           "%s: quantization_config %s is not supported: only bitsandbytes 4-bit "
+                           "NF4 checkpoints are; or use the bf16/f16/f32 model (and --quantize)",
+                           what, cJSON_IsString(qm) ? qm->valuestring : "(no quant_method)");
+            goto done;
+        }
     }
 done:
     cJSON_Delete(root);

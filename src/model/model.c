@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "streamtune/nf4.h"
 
 #define LAYER_FMT "model.layers.%d.%s"
@@ -22,7 +24,9 @@ struct request {
     int64_t shape[2];
     const float **dst;
     int optional; /* absent is fine (e.g. a bias the config does not ask for) */
-    struct st_qweight *qdst; /* quantise into this when the load options ask for it */
+    struct st_qweight *qslot; /* a projection, embedding or head: its quantised form goes here */
+    int quantize;             /* quantise it while loading (the load options ask for it) */
+    int bnb;                  /* stored quantised by bitsandbytes (NF4): used as stored */
 };
 
 static void add_req(struct request *r, int *n, const char *name, int64_t d0, int64_t d1,
@@ -34,7 +38,8 @@ static void add_req(struct request *r, int *n, const char *name, int64_t d0, int
     q->shape[1] = d1;
     q->dst = dst;
     q->optional = 0;
-    q->qdst = NULL;
+    q->qslot = NULL;
+    q->quantize = q->bnb = 0;
 }
 
 static void add_layer_req(struct request *r, int *n, int l, const char *what, int64_t d0,
@@ -89,14 +94,138 @@ static int needs_convert(const struct st_tensor_view *t) {
     return t->dtype != ST_F32 || ((uintptr_t)t->data & 3u) != 0;
 }
 
+/* ---- checkpoints quantised by bitsandbytes (transformers' 4-bit serialisation) ---- */
+
+static const struct st_tensor_view *sub_tensor(const struct st_model *m, const char *base,
+                                               const char *suffix) {
+    char name[256];
+    snprintf(name, sizeof name, "%s.%s", base, suffix);
+    return st_safetensors_find(m->st, name);
+}
+
+static enum st_status bnb_tensor(const struct st_model *m, const char *base, const char *suffix,
+                                 enum st_dtype dt, size_t numel, const struct st_tensor_view **out,
+                                 struct st_error *err) {
+    const struct st_tensor_view *t = sub_tensor(m, base, suffix);
+    if (!t)
+        return st_errorf(err, ST_ERR_FORMAT, "%s: bitsandbytes NF4 weight without its %s.%s tensor",
+                         m->path, base, suffix);
+    if (t->dtype != dt || (size_t)st_tensor_numel(t) != numel)
+        return st_errorf(err, ST_ERR_FORMAT, "%s: %s.%s is %s with %lld elements, expected %s "
+                         "with %zu", m->path, base, suffix, st_dtype_name(t->dtype),
+                         (long long)st_tensor_numel(t), st_dtype_name(dt), numel);
+    *out = t;
+    return ST_OK;
+}
+
+/* Is r stored as bitsandbytes NF4 ({name}.quant_state.bitsandbytes__nf4 present)? Validates the
+ * quant state and its tensors, adds the bytes its float arrays take in the arena. */
+static enum st_status bnb_probe(struct st_model *m, struct request *r, int *found, size_t *bytes,
+                                struct st_error *err) {
+    *found = 0;
+    const struct st_tensor_view *qs = sub_tensor(m, r->name, "quant_state.bitsandbytes__nf4");
+    if (!qs) {
+        if (sub_tensor(m, r->name, "quant_state.bitsandbytes__fp4"))
+            return st_errorf(err, ST_ERR_UNSUPPORTED, "%s: %s is bitsandbytes FP4; only NF4 "
+                             "checkpoints are supported", m->path, r->name);
+        return ST_OK;
+    }
+    cJSON *js = qs->dtype == ST_U8 ? cJSON_ParseWithLength(qs->data, qs->nbytes) : NULL;
+    const cJSON *qt = cJSON_GetObjectItemCaseSensitive(js, "quant_type");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(js, "blocksize");
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(js, "shape");
+    const cJSON *off = cJSON_GetObjectItemCaseSensitive(js, "nested_offset");
+    const cJSON *nbs = cJSON_GetObjectItemCaseSensitive(js, "nested_blocksize");
+    size_t rows = (size_t)r->shape[0], cols = (size_t)r->shape[1], n = rows * cols;
+    const char *bad = NULL;
+    if (!js)
+        bad = "not a JSON object (U8 bytes)";
+    else if (!cJSON_IsString(qt) || strcmp(qt->valuestring, "nf4") != 0)
+        bad = "quant_type is not \"nf4\"";
+    else if (!cJSON_IsNumber(bs) || bs->valuedouble != ST_NF4_BLOCK)
+        bad = "blocksize is not 64 (the only one supported)";
+    else if (!cJSON_IsArray(sh) || cJSON_GetArraySize(sh) != 2 ||
+             cJSON_GetArrayItem(sh, 0)->valuedouble != (double)rows ||
+             cJSON_GetArrayItem(sh, 1)->valuedouble != (double)cols)
+        bad = "its shape differs from the one config.json implies";
+    else if (off && (!cJSON_IsNumber(off) || !cJSON_IsNumber(nbs) ||
+                     nbs->valuedouble != ST_NF4_NESTED_BLOCK))
+        bad = "nested_offset/nested_blocksize are malformed (nested blocks must be 256)";
+    float offset = off ? (float)off->valuedouble : 0.0f;
+    int nested = off != NULL;
+    cJSON_Delete(js);
+    if (bad)
+        return st_errorf(err, ST_ERR_FORMAT, "%s: %s.quant_state.bitsandbytes__nf4: %s", m->path,
+                         r->name, bad);
+    size_t nb = st_nf4_nblocks(n), nn = st_nf4_nested_nblocks(nb);
+    const struct st_tensor_view *w, *am, *qm, *na = NULL, *nm = NULL;
+    const struct st_tensor_view *wv = st_safetensors_find(m->st, r->name);
+    enum st_status rc;
+    if (!wv || wv->dtype != ST_U8 || (size_t)st_tensor_numel(wv) != st_nf4_packed_size(n))
+        return st_errorf(err, ST_ERR_FORMAT, "%s: %s: bitsandbytes NF4 codes must be U8 with %zu "
+                         "elements", m->path, r->name, st_nf4_packed_size(n));
+    w = wv;
+    if ((rc = bnb_tensor(m, r->name, "absmax", nested ? ST_U8 : ST_F32, nb, &am, err)) ||
+        (rc = bnb_tensor(m, r->name, "quant_map", ST_F32, 16, &qm, err)))
+        return rc;
+    if (nested && ((rc = bnb_tensor(m, r->name, "nested_absmax", ST_F32, nn, &na, err)) ||
+                   (rc = bnb_tensor(m, r->name, "nested_quant_map", ST_F32, 256, &nm, err))))
+        return rc;
+    *bytes += st_arena_round(16 * 4) +
+              (nested ? st_arena_round(nn * 4) + st_arena_round(256 * 4) : st_arena_round(nb * 4));
+    m->n_params += n;
+    m->bytes_on_disk += w->nbytes + am->nbytes + qm->nbytes + (na ? na->nbytes + nm->nbytes : 0);
+    m->mapped_bytes += w->nbytes + (nested ? am->nbytes : 0);
+    r->qslot->nested_offset = offset;
+    r->bnb = 1;
+    *found = 1;
+    return ST_OK;
+}
+
+/* aligned copy of a small float tensor into the arena */
+static const float *arena_floats(struct st_arena *a, const struct st_tensor_view *t) {
+    float *d = st_arena_take(a, t->nbytes);
+    ST_ASSERT(d);
+    memcpy(d, t->data, t->nbytes);
+    return d;
+}
+
+/* Point the bitsandbytes weights' qweights at the map (codes, 8-bit absmax) and the arena. */
+static enum st_status bnb_load(struct st_model *m, struct request *req, int n,
+                               struct st_error *err) {
+    for (int i = 0; i < n; i++) {
+        if (!req[i].bnb) continue;
+        struct st_qweight *q = req[i].qslot;
+        float offset = q->nested_offset;
+        memset(q, 0, sizeof *q);
+        q->kind = ST_QUANT_NF4;
+        q->rows = (size_t)req[i].shape[0];
+        q->cols = (size_t)req[i].shape[1];
+        q->q = st_safetensors_find(m->st, req[i].name)->data;
+        const struct st_tensor_view *am = sub_tensor(m, req[i].name, "absmax");
+        q->quant_map = arena_floats(&m->qarena, sub_tensor(m, req[i].name, "quant_map"));
+        if (am->dtype == ST_U8) {
+            q->aq = am->data;
+            q->nested_absmax = arena_floats(&m->qarena, sub_tensor(m, req[i].name, "nested_absmax"));
+            q->nested_map = arena_floats(&m->qarena, sub_tensor(m, req[i].name, "nested_quant_map"));
+            q->nested_offset = offset;
+        } else {
+            q->absmax = arena_floats(&m->qarena, am);
+        }
+        *req[i].dst = NULL;
+    }
+    (void)err;
+    return ST_OK;
+}
+
 /* Quantise the requested tensors one by one into m->qarena, releasing each one's mapped pages. */
 static enum st_status quantize_all(struct st_model *m, struct request *req, int n, enum st_quant qk,
                                    int dq, float *chunk, float *amt, struct st_error *err) {
     size_t done = 0, total = 0;
     for (int i = 0; i < n; i++)
-        if (req[i].qdst) total++;
+        if (req[i].quantize && !req[i].bnb) total++;
     for (int i = 0; i < n; i++) {
-        if (!req[i].qdst) continue;
+        if (!req[i].quantize || req[i].bnb) continue;
         const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
         size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1], nel = rows * cols;
         size_t nb = st_nf4_nblocks(nel);
@@ -115,7 +244,7 @@ static enum st_status quantize_all(struct st_model *m, struct request *req, int 
             }
         }
         ST_ASSERT(q);
-        enum st_status rc = st_qweight_quantize_tensor(req[i].qdst, qk, t, dq, q, absmax, aq,
+        enum st_status rc = st_qweight_quantize_tensor(req[i].qslot, qk, t, dq, q, absmax, aq,
                                                        nested, scale, amt, chunk, err);
         if (rc) return rc;
         *req[i].dst = NULL;
@@ -158,23 +287,23 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     enum st_quant qk = o ? o->quantize : ST_QUANT_NONE;
     int qe = qk && !o->keep_embeddings;
     add_req(req, &n, "model.embed_tokens.weight", V, D, &m->embed);
-    if (qe) req[n - 1].qdst = &m->q_embed;
+    req[n - 1].qslot = &m->q_embed, req[n - 1].quantize = qe;
     add_req(req, &n, "model.norm.weight", D, 0, &m->final_norm);
     if (!c->tie_embeddings) {
         add_req(req, &n, "lm_head.weight", V, D, &m->lm_head);
-        if (qe) req[n - 1].qdst = &m->q_head;
+        req[n - 1].qslot = &m->q_head, req[n - 1].quantize = qe;
     }
     for (int l = 0; l < c->n_layers; l++) {
         struct st_layer_weights *w = &m->layers[l];
         add_layer_req(req, &n, l, "input_layernorm.weight", D, 0, &w->in_norm);
         add_layer_req(req, &n, l, "self_attn.q_proj.weight", QD, D, &w->wq);
-        if (qk) req[n - 1].qdst = &w->q[ST_LIN_Q];
+        req[n - 1].qslot = &w->q[ST_LIN_Q], req[n - 1].quantize = qk != 0;
         add_layer_req(req, &n, l, "self_attn.k_proj.weight", KD, D, &w->wk);
-        if (qk) req[n - 1].qdst = &w->q[ST_LIN_K];
+        req[n - 1].qslot = &w->q[ST_LIN_K], req[n - 1].quantize = qk != 0;
         add_layer_req(req, &n, l, "self_attn.v_proj.weight", KD, D, &w->wv);
-        if (qk) req[n - 1].qdst = &w->q[ST_LIN_V];
+        req[n - 1].qslot = &w->q[ST_LIN_V], req[n - 1].quantize = qk != 0;
         add_layer_req(req, &n, l, "self_attn.o_proj.weight", D, QD, &w->wo);
-        if (qk) req[n - 1].qdst = &w->q[ST_LIN_O];
+        req[n - 1].qslot = &w->q[ST_LIN_O], req[n - 1].quantize = qk != 0;
         if (c->qkv_bias) {
             add_layer_req(req, &n, l, "self_attn.q_proj.bias", QD, 0, &w->bq);
             add_layer_req(req, &n, l, "self_attn.k_proj.bias", KD, 0, &w->bk);
@@ -183,11 +312,11 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
         if (c->o_bias) add_layer_req(req, &n, l, "self_attn.o_proj.bias", D, 0, &w->bo);
         add_layer_req(req, &n, l, "post_attention_layernorm.weight", D, 0, &w->post_norm);
         add_layer_req(req, &n, l, "mlp.gate_proj.weight", H, D, &w->wg);
-        if (qk) req[n - 1].qdst = &w->q[ST_LIN_GATE];
+        req[n - 1].qslot = &w->q[ST_LIN_GATE], req[n - 1].quantize = qk != 0;
         add_layer_req(req, &n, l, "mlp.up_proj.weight", H, D, &w->wu);
-        if (qk) req[n - 1].qdst = &w->q[ST_LIN_UP];
+        req[n - 1].qslot = &w->q[ST_LIN_UP], req[n - 1].quantize = qk != 0;
         add_layer_req(req, &n, l, "mlp.down_proj.weight", D, H, &w->wd);
-        if (qk) req[n - 1].qdst = &w->q[ST_LIN_DOWN];
+        req[n - 1].qslot = &w->q[ST_LIN_DOWN], req[n - 1].quantize = qk != 0;
         if (c->mlp_bias) {
             add_layer_req(req, &n, l, "mlp.gate_proj.bias", H, 0, &w->bg);
             add_layer_req(req, &n, l, "mlp.up_proj.bias", H, 0, &w->bu);
@@ -197,13 +326,25 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     /* pass 1: validate and size the conversions and the quantised storage */
     size_t convert_bytes = 0, q_bytes = 0, scratch = 0, nb_max = 0;
     int dq = o ? o->double_quant : 0;
+    size_t bnb_bytes = 0;
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t;
+        if (req[i].qslot) {
+            int found = 0;
+            if ((rc = bnb_probe(m, &req[i], &found, &bnb_bytes, err))) goto fail;
+            if (found) {
+                struct st_qweight shape = {.kind = ST_QUANT_NF4, .rows = (size_t)req[i].shape[0],
+                                           .cols = (size_t)req[i].shape[1]};
+                if (st_qweight_scratch_floats(&shape) > scratch)
+                    scratch = st_qweight_scratch_floats(&shape);
+                continue;
+            }
+        }
         rc = st_safetensors_expect(m->st, req[i].name, req[i].ndim, req[i].shape, &t, err);
         if (rc) goto fail;
         m->n_params += (size_t)st_tensor_numel(t);
         m->bytes_on_disk += t->nbytes;
-        if (req[i].qdst) {
+        if (req[i].quantize) {
             size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1];
             q_bytes += qstore_bytes(qk, rows, cols, dq);
             size_t nb = st_nf4_nblocks(rows * cols);
@@ -226,16 +367,17 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
         st_error_prefix(err, "%s: converting weights to F32: ", dir);
         goto fail;
     }
-    if (qk) {
-        m->quant = qk;
-        rc = st_arena_init(&m->qarena, q_bytes + st_arena_round(scratch * 4), err);
+    if (qk || bnb_bytes) {
+        m->quant = bnb_bytes ? ST_QUANT_NF4 : qk;
+        rc = st_arena_init(&m->qarena, q_bytes + bnb_bytes + st_arena_round(scratch * 4), err);
         float *chunk = st_malloc(ST_QUANT_CHUNK * 4);
         float *amt = dq && qk == ST_QUANT_NF4 ? st_malloc((nb_max ? nb_max : 1) * 4) : NULL;
         if (!rc && (!chunk || (dq && qk == ST_QUANT_NF4 && !amt)))
             rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
         if (!rc) {
             m->qscratch = st_arena_take(&m->qarena, (scratch ? scratch : 1) * 4);
-            rc = quantize_all(m, req, n, qk, dq, chunk, amt, err);
+            rc = bnb_bytes ? bnb_load(m, req, n, err) : ST_OK;
+            if (!rc) rc = quantize_all(m, req, n, qk, dq, chunk, amt, err);
         }
         st_free(chunk);
         st_free(amt);
@@ -247,7 +389,7 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     }
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
-        if (req[i].qdst) continue;
+        if (req[i].quantize || req[i].bnb) continue;
         if (!needs_convert(t)) {
             *req[i].dst = t->data;
             continue;
