@@ -16,6 +16,8 @@ EXE = sys.argv[1]
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(SRC, "tests", "golden")
 TOOL = os.path.join(SRC, "tools", "make_bnb_checkpoint.py")
+# the tool needs numpy: Debian's python3 has it (python3-numpy), a pyenv python on PATH may not
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 failures = 0
 
 
@@ -67,7 +69,7 @@ with tempfile.TemporaryDirectory() as t:
         src = os.path.join(GOLDEN, name)
         for dq in (True, False):
             dst = os.path.join(t, f"{name}-{dq}")
-            p = subprocess.run([sys.executable, TOOL, src, dst] + ([] if dq else ["--no-double-quant"]),
+            p = subprocess.run([PY, TOOL, src, dst] + ([] if dq else ["--no-double-quant"]),
                                capture_output=True, text=True)
             if p.returncode:
                 check(False, f"{name}: make_bnb_checkpoint.py: {p.stderr.strip()[-300:]}")
@@ -105,7 +107,7 @@ with tempfile.TemporaryDirectory() as t:
     ]
     for what, edit, needle in cases:
         dst = os.path.join(t, "broken-" + what.replace(" ", "-"))
-        subprocess.run([sys.executable, TOOL, src, dst], capture_output=True, check=True)
+        subprocess.run([PY, TOOL, src, dst], capture_output=True, check=True)
         rewrite(os.path.join(dst, "model.safetensors"), edit)
         rc, out, err = run("eval", "--model", dst, "--data", data)
         lines = err.strip().splitlines()

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,32 @@ def fast():
             ok = abs(l1 - l2) <= 1e-4 * abs(l1)
             print(f"     base+adapter loss {l1}, fused {l2}")
         check(ok, "fuse: fused model scores as base + adapter")
+        # QLoRA: an NF4 base trains (differently from the F32 base), and fuse dequantises, merges
+        # and writes BF16 that scores as the quantised base + adapter (to BF16 rounding)
+        q = os.path.join(t, "q")
+        rc = run("train", *common, "--out", q, "--quantize", "nf4")
+        lq = losses(q)
+        evq = [json.loads(l) for l in open(os.path.join(q, "metrics.jsonl")) if '"eval"' in l] if rc.returncode == 0 else []
+        check(rc.returncode == 0 and len(lq) == 30 and lq[1] != la[1] and len(evq) >= 2
+              and evq[-1]["val_loss"] < evq[0]["val_loss"], "QLoRA (--quantize nf4): trains, validation loss drops")
+        qf = os.path.join(t, "qfused")
+        rc = run("fuse", "--model", MODEL, "--adapter", q, "--out", qf, "--quantize", "nf4")
+        e1 = run("eval", "--model", MODEL, "--quantize", "nf4", "--adapter", q, "--data", val, "--json")
+        e2 = run("eval", "--model", qf, "--data", val, "--json")
+        e3 = run("eval", "--model", MODEL, "--quantize", "nf4", "--data", val, "--json")  # no adapter
+        ok = rc.returncode == 0 and e1.returncode == 0 and e2.returncode == 0 and e3.returncode == 0
+        if ok:
+            l1, l2, l3 = (json.loads(e.stdout)["loss"] for e in (e1, e2, e3))
+            hdr = open(os.path.join(qf, "model.safetensors"), "rb").read()
+            hdr = json.loads(hdr[8:8 + struct.unpack("<Q", hdr[:8])[0]])
+            cfg = json.load(open(os.path.join(qf, "config.json")))
+            ok = (abs(l1 - l2) <= 2e-3 * abs(l1) and abs(l3 - l1) > 10 * abs(l2 - l1)
+                  and hdr["model.layers.0.self_attn.q_proj.weight"]["dtype"] == "BF16"
+                  and cfg["torch_dtype"] == "bfloat16")
+            print(f"     QLoRA: quantised base + adapter {l1}, fused (BF16) {l2}, quantised base alone {l3}")
+        check(ok, "QLoRA fuse: BF16 model scoring as the NF4 base + adapter")
+        rc = run("train", *common, "--out", os.path.join(t, "q8"), "--quantize", "int8", "--steps", "3")
+        check(rc.returncode == 0 and len(losses(os.path.join(t, "q8"))) == 3, "--quantize int8 trains")
         # memory refusal and usage errors
         rc = run("train", *common, "--out", os.path.join(t, "d"), "--max-memory", "1K")
         check(rc.returncode == 1 and "--batch-size" in rc.stderr and "--grad-checkpoint" in rc.stderr,

@@ -173,6 +173,13 @@ int32_t st_sample(const float *logits, size_t V, const struct st_sampler *s, str
  * folder to out_dir (same dtypes; one model.safetensors; config and tokenizer files copied). */
 enum st_status st_model_fuse(const char *model_dir, const char *adapter_dir, const char *out_dir,
                              struct st_error *err);
+/* The same for a QLoRA adapter: the base is loaded with o (--quantize, or a bitsandbytes
+ * checkpoint), every quantised matrix is dequantised (the weights the adapter was trained
+ * against), merged and written as BF16: merging into a 4-bit base would lose the adapter's
+ * update in the rounding, so fuse always writes 16 bits. quantization_config is dropped. */
+enum st_status st_model_fuse_ex(const char *model_dir, const char *adapter_dir,
+                                const char *out_dir, const struct st_model_load_options *o,
+                                struct st_error *err);
 
 struct st_gen_params {
     int max_tokens;
