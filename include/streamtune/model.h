@@ -84,6 +84,10 @@ void st_model_free(struct st_model *m);
  *   (gradient checkpointing: less memory, one extra forward, identical gradients).
  * LoRA buffers are sized for the adapter attached to the model (m->lora) at init. */
 enum st_acts_mode { ST_ACTS_INFER = 0, ST_ACTS_TRAIN = 1, ST_ACTS_CHECKPOINT = 2 };
+/* Or'ed into a mode: logits are never held whole; only st_model_forward_loss runs (a chunk of
+ * rows at a time through the head and the cross-entropy), which keeps a 128k vocabulary's logits
+ * (N x V floats) out of memory. */
+#define ST_ACTS_CHUNKED_HEAD 4
 struct st_layer_acts {
     float *res_mid;           // (N, D) residual after attention
     float *rstd1, *rstd2;     // (N)
@@ -97,12 +101,15 @@ struct st_layer_acts {
 struct st_acts {
     size_t B, T;
     int keep_all; /* enum st_acts_mode */
+    int chunked;  /* ST_ACTS_CHUNKED_HEAD: logits hold head_rows rows */
+    size_t head_rows;
+    int head_grad; /* forward_loss left d loss / d xf in dxn for backward */
     int rank;     /* LoRA rank the buffers were planned for (0: none) */
     float *res;               // (L+1, N, D) with keep_all, else (2, N, D): residual stream
     struct st_layer_acts *layer; // L entries (all alias entry 0 without keep_all)
     float *rstdf;             // (N)
     float *xf;                // (N, D) final normed
-    float *logits;            // (N, V)
+    float *logits;            // (N, V), or (head_rows, V) when chunked
     float *tmp;               // (N, max(D, H)) scratch
     float *cos, *sin;         // (T, hd/2)
     int32_t *pos;             // (N)
@@ -133,6 +140,14 @@ enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, con
  * *loss_sum += sum of their cross-entropies, *count += their number. Validates targets. */
 enum st_status st_model_loss(const struct st_model *m, struct st_acts *a, const int32_t *targets,
                              double *loss_sum, size_t *count, struct st_error *err);
+/* Forward and loss without whole logits (any acts; needed for ST_ACTS_CHUNKED_HEAD): rows go
+ * through the head and the cross-entropy head_rows at a time. *loss_sum, *count as st_model_loss.
+ * With grad_scale != 0 (training acts) the head's backward runs right there and st_model_backward
+ * continues from it, with the same gradients as the unchunked path. */
+enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a,
+                                     const int32_t *ids, const int32_t *seg,
+                                     const int32_t *targets, float grad_scale, double *loss_sum,
+                                     size_t *count, struct st_error *err);
 /* After st_model_forward (and st_model_loss): backward of grad_scale * sum of the losses into
  * m's attached adapter's gradients (lo->grads, `+=`). The base model is frozen. Overwrites the
  * logits. Needs a TRAIN or CHECKPOINT acts. */

@@ -439,8 +439,17 @@ struct plan_item {
 
 #define MAX_PLAN_ITEMS(L, sets) (32 + (size_t)(sets) * (13 + ST_LIN_COUNT))
 
+/* Rows of the logits buffer with ST_ACTS_CHUNKED_HEAD: about 16 MiB of logits. */
+static size_t head_rows(const struct st_model_config *c, size_t N, int mode) {
+    if (!(mode & ST_ACTS_CHUNKED_HEAD)) return N;
+    size_t r = ((size_t)1 << 22) / (size_t)c->vocab_size;
+    if (r < 1) r = 1;
+    return r < N ? r : N;
+}
+
 static size_t make_plan(struct plan_item *items, struct st_acts *a, const struct st_model_config *c,
-                        size_t B, size_t T, int mode, int rank) {
+                        size_t B, size_t T, int mode_flags, int rank) {
+    int mode = mode_flags & 3;
     size_t N = B * T, D = (size_t)c->dim, H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
     size_t QD = (size_t)c->n_heads * (size_t)c->head_dim;
     size_t KD = (size_t)c->n_kv_heads * (size_t)c->head_dim;
@@ -451,7 +460,7 @@ static size_t make_plan(struct plan_item *items, struct st_acts *a, const struct
     ITEM(&a->res, (mode != ST_ACTS_INFER ? L + 1 : 2) * N * D);
     ITEM(&a->rstdf, N);
     ITEM(&a->xf, N * D);
-    ITEM(&a->logits, N * V);
+    ITEM(&a->logits, head_rows(c, N, mode_flags) * V);
     ITEM(&a->tmp, N * DH);
     ITEM(&a->cos, T * hd2);
     ITEM(&a->sin, T * hd2);
@@ -497,7 +506,7 @@ static size_t make_plan(struct plan_item *items, struct st_acts *a, const struct
 }
 
 size_t st_acts_bytes(const struct st_model_config *c, size_t B, size_t T, int mode, int rank) {
-    size_t sets = mode == ST_ACTS_TRAIN ? (size_t)c->n_layers : 1;
+    size_t sets = (mode & 3) == ST_ACTS_TRAIN ? (size_t)c->n_layers : 1;
     size_t nmax = MAX_PLAN_ITEMS(c->n_layers, sets);
     struct plan_item *items = st_calloc(nmax, sizeof *items);
     struct st_layer_acts *layers = st_calloc(sets, sizeof *layers);
@@ -535,7 +544,7 @@ enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t 
     if (bytes == SIZE_MAX)
         return st_errorf(err, ST_ERR_NOMEM, "activation plan for batch %zu x sequence %zu overflows",
                          B, T);
-    size_t L = (size_t)c->n_layers, sets = mode == ST_ACTS_TRAIN ? L : 1;
+    size_t L = (size_t)c->n_layers, sets = (mode & 3) == ST_ACTS_TRAIN ? L : 1;
     a->layer = st_calloc(L, sizeof *a->layer);
     struct plan_item *items = st_calloc(MAX_PLAN_ITEMS(L, sets), sizeof *items);
     if (!a->layer || !items) {
@@ -551,7 +560,7 @@ enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t 
                          "activations for batch %zu x sequence %zu need %.1f MiB, which cannot "
                          "be allocated: reduce the batch size or the sequence length%s",
                          B, T, (double)bytes / 1048576.0,
-                         mode == ST_ACTS_TRAIN ? ", or use gradient checkpointing" : "");
+                         (mode & 3) == ST_ACTS_TRAIN ? ", or use gradient checkpointing" : "");
     }
     size_t n = make_plan(items, a, c, B, T, mode, rank);
     for (size_t i = 0; i < n; i++) {
@@ -562,7 +571,9 @@ enum st_status st_acts_init(struct st_acts *a, const struct st_model *m, size_t 
     for (size_t l = sets; l < L; l++) a->layer[l] = a->layer[0];
     a->B = B;
     a->T = T;
-    a->keep_all = mode;
+    a->keep_all = mode & 3;
+    a->chunked = (mode & ST_ACTS_CHUNKED_HEAD) != 0;
+    a->head_rows = head_rows(c, B * T, mode);
     a->rank = rank;
     st_rope_table(a->cos, a->sin, m->inv_freq, T, (size_t)c->head_dim);
     return ST_OK;
@@ -726,8 +737,9 @@ static float *layer_in(struct st_acts *a, const struct st_model_config *c, int l
     return a->keep_all != ST_ACTS_INFER ? a->res + (size_t)l * ND : a->res + (size_t)(l % 2) * ND;
 }
 
-enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
-                                const int32_t *seg, struct st_error *err) {
+/* Embedding, blocks and final norm: a->xf (N, D). */
+static enum st_status forward_body(const struct st_model *m, struct st_acts *a, const int32_t *ids,
+                                   const int32_t *seg, struct st_error *err) {
     const struct st_model_config *c = &m->cfg;
     size_t B = a->B, T = a->T, N = B * T, D = (size_t)c->dim;
     enum st_status rc = check_ids(m, ids, N, err);
@@ -749,17 +761,76 @@ enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, con
     }
     m->k->rmsnorm_forward(a->xf, a->rstdf, layer_in(a, c, c->n_layers), m->final_norm, c->norm_eps,
                           c->norm_offset, N, D);
-    st_model_head(m, a->logits, a->xf, N);
+    a->head_grad = 0;
+    return ST_OK;
+}
+
+enum st_status st_model_forward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
+                                const int32_t *seg, struct st_error *err) {
+    if (a->chunked)
+        return st_errorf(err, ST_ERR_ARG, "activations planned with a chunked head hold no whole "
+                         "logits: use st_model_forward_loss");
+    enum st_status rc = forward_body(m, a, ids, seg, err);
+    if (rc) return rc;
+    st_model_head(m, a->logits, a->xf, a->B * a->T);
+    return ST_OK;
+}
+
+static enum st_status check_targets(const struct st_model *m, const int32_t *targets, size_t N,
+                                    struct st_error *err) {
+    for (size_t i = 0; i < N; i++)
+        if (targets[i] >= m->cfg.vocab_size || (targets[i] < 0 && targets[i] != -100))
+            return st_errorf(err, ST_ERR_ARG, "target %d at index %zu is neither a token id nor "
+                             "-100", targets[i], i);
+    return ST_OK;
+}
+
+enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a,
+                                     const int32_t *ids, const int32_t *seg,
+                                     const int32_t *targets, float grad_scale, double *loss_sum,
+                                     size_t *count, struct st_error *err) {
+    size_t N = a->B * a->T, V = (size_t)m->cfg.vocab_size, D = (size_t)m->cfg.dim;
+    enum st_status rc = check_targets(m, targets, N, err);
+    if (rc) return rc;
+    if (grad_scale != 0 && a->keep_all == ST_ACTS_INFER)
+        return st_errorf(err, ST_ERR_ARG, "a gradient needs activations planned for training");
+    if ((rc = forward_body(m, a, ids, seg, err))) return rc;
+    if (grad_scale != 0) memset(a->dxn, 0, N * D * sizeof(float));
+    size_t R = a->chunked ? a->head_rows : N, n = 0;
+    double s = 0;
+    for (size_t r0 = 0; r0 < N; r0 += R) {
+        size_t nr = N - r0 < R ? N - r0 : R;
+        const int32_t *tg = targets + r0;
+        st_model_head(m, a->logits, a->xf + r0 * D, nr);
+        m->k->crossentropy_forward(a->losses + r0, a->logits, tg, nr, V);
+        for (size_t i = 0; i < nr; i++)
+            if (tg[i] >= 0) {
+                s += a->losses[r0 + i];
+                n++;
+            }
+        if (grad_scale == 0) continue;
+        /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
+        m->k->crossentropy_backward(a->logits, a->logits, tg, grad_scale, nr, V);
+        if (m->q_head.kind)
+            st_qlinear_backward_input(a->dxn + r0 * D, a->logits, &m->q_head, m->qscratch, nr);
+        else
+            m->k->linear_backward(a->dxn + r0 * D, NULL, NULL, a->logits, a->xf + r0 * D,
+                                  m->lm_head, nr, D, V);
+    }
+    *loss_sum += s;
+    *count += n;
+    a->head_grad = grad_scale != 0;
     return ST_OK;
 }
 
 enum st_status st_model_loss(const struct st_model *m, struct st_acts *a, const int32_t *targets,
                              double *loss_sum, size_t *count, struct st_error *err) {
     size_t N = a->B * a->T, V = (size_t)m->cfg.vocab_size;
-    for (size_t i = 0; i < N; i++)
-        if (targets[i] >= (int32_t)V || (targets[i] < 0 && targets[i] != -100))
-            return st_errorf(err, ST_ERR_ARG, "target %d at index %zu is neither a token id nor "
-                             "-100", targets[i], i);
+    if (a->chunked)
+        return st_errorf(err, ST_ERR_ARG, "activations planned with a chunked head hold no whole "
+                         "logits: use st_model_forward_loss");
+    enum st_status rc = check_targets(m, targets, N, err);
+    if (rc) return rc;
     m->k->crossentropy_forward(a->losses, a->logits, targets, N, V);
     double s = 0;
     size_t n = 0;
@@ -822,13 +893,19 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
     if (a->keep_all == ST_ACTS_INFER)
         return st_errorf(err, ST_ERR_ARG, "backward needs activations planned for training");
     size_t N = a->B * a->T, D = (size_t)c->dim, V = (size_t)c->vocab_size;
-    // loss -> logits -> final norm
-    m->k->crossentropy_backward(a->logits, a->logits, targets, grad_scale, N, V);
-    memset(a->dxn, 0, N * D * sizeof(float));
-    if (m->q_head.kind)
-        st_qlinear_backward_input(a->dxn, a->logits, &m->q_head, m->qscratch, N);
-    else
-        m->k->linear_backward(a->dxn, NULL, NULL, a->logits, a->xf, m->lm_head, N, D, V);
+    // loss -> logits -> final norm (st_model_forward_loss may have done the head already)
+    if (!a->head_grad) {
+        if (a->chunked)
+            return st_errorf(err, ST_ERR_ARG, "with a chunked head, run st_model_forward_loss "
+                             "with a grad_scale before backward");
+        m->k->crossentropy_backward(a->logits, a->logits, targets, grad_scale, N, V);
+        memset(a->dxn, 0, N * D * sizeof(float));
+        if (m->q_head.kind)
+            st_qlinear_backward_input(a->dxn, a->logits, &m->q_head, m->qscratch, N);
+        else
+            m->k->linear_backward(a->dxn, NULL, NULL, a->logits, a->xf, m->lm_head, N, D, V);
+    }
+    a->head_grad = 0;
     memset(a->dres0, 0, N * D * sizeof(float));
     m->k->rmsnorm_backward(a->dres0, NULL, a->dxn, layer_in(a, c, c->n_layers), m->final_norm,
                            a->rstdf, c->norm_offset, N, D);

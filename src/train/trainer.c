@@ -603,8 +603,8 @@ static enum st_status evaluate(struct st_model *m, struct st_acts *a, const stru
         if (max_batches > 0 && (long)i >= max_batches) break;
         a->B = vb[i].B;
         a->T = vb[i].T;
-        rc = st_model_forward(m, a, vb[i].ids, vb[i].seg, err);
-        if (!rc) rc = st_model_loss(m, a, vb[i].targets, &sum, &count, err);
+        rc = st_model_forward_loss(m, a, vb[i].ids, vb[i].seg, vb[i].targets, 0, &sum, &count,
+                                   err);
     }
     a->B = saveB;
     a->T = saveT;
@@ -722,7 +722,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     m.lora = &lo;
 
     /* the memory plan */
-    int mode = o->grad_checkpoint ? ST_ACTS_CHECKPOINT : ST_ACTS_TRAIN;
+    int mode = (o->grad_checkpoint ? ST_ACTS_CHECKPOINT : ST_ACTS_TRAIN) | ST_ACTS_CHUNKED_HEAD;
     size_t b_weights = m.converted.size + m.qarena.size + m.mapped_bytes;
     size_t b_lora = lo.n_params * 4 * 4; /* params, grads, two moments */
     size_t b_acts = st_acts_bytes(&m.cfg, B, T, mode, lo.cfg.rank);
@@ -788,7 +788,8 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         fmt_bytes(b1, sizeof b1,
                   (double)(total - b_acts + st_acts_bytes(&m.cfg, 1, T, mode, lo.cfg.rank)));
         fmt_bytes(ck1, sizeof ck1,
-                  (double)(total - b_acts + st_acts_bytes(&m.cfg, B, T, ST_ACTS_CHECKPOINT,
+                  (double)(total - b_acts + st_acts_bytes(&m.cfg, B, T,
+                                                          ST_ACTS_CHECKPOINT | ST_ACTS_CHUNKED_HEAD,
                                                           lo.cfg.rank)));
         rc = st_errorf(err, ST_ERR_NOMEM,
                        "the run needs %s but the limit is %s: lower --batch-size (batch 1: "
@@ -879,8 +880,10 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
             a.T = b->T;
             m.dropout_seed = mix(mix(o->seed, (uint64_t)s.step), (uint64_t)k);
             if (step_count) {
-                rc = st_model_forward(&m, &a, b->ids, b->seg, err);
-                if (!rc) rc = st_model_loss(&m, &a, b->targets, &loss_sum, &count, err);
+                /* the head and the cross-entropy run a chunk of rows at a time, their backward
+                 * too: the logits are never held whole */
+                rc = st_model_forward_loss(&m, &a, b->ids, b->seg, b->targets,
+                                           (float)(1.0 / step_count), &loss_sum, &count, err);
                 if (!rc)
                     rc = st_model_backward(&m, &a, b->ids, b->targets, b->seg,
                                            (float)(1.0 / step_count), &lo, err);
