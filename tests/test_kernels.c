@@ -192,7 +192,7 @@ static int att_visible(const int32_t *seg, int window, size_t b, size_t Tq, size
     return 1;
 }
 
-static void ref_attention(double *out, double *att, const double *q, const double *k,
+static void ref_attention(double *out, double *lse, const double *q, const double *k,
                           const double *v, const int32_t *seg, double scale, int window, size_t B,
                           size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
     size_t group = nh / nkv;
@@ -217,10 +217,10 @@ static void ref_attention(double *out, double *att, const double *q, const doubl
                     sum += s[j];
                 }
                 double *o = out + ((b * Tq + i) * nh + h) * hd;
+                if (lse) lse[(b * nh + h) * Tq + i] = m + log(sum);
                 for (size_t e = 0; e < hd; e++) o[e] = 0;
                 for (size_t j = 0; j < Tk; j++) {
                     double pj = s[j] / sum;
-                    if (att) att[((b * nh + h) * Tq + i) * Tk + j] = pj;
                     const double *vj = v + ((b * Tk + j) * nkv + kh) * hd;
                     for (size_t e = 0; e < hd; e++) o[e] += pj * vj[e];
                 }
@@ -678,7 +678,7 @@ TEST(attention) {
         for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
             const struct att_case *a = &cases[ci];
             size_t nq = a->B * a->Tq * a->nh * a->hd, nk = a->B * a->Tk * a->nkv * a->hd;
-            size_t na = a->B * a->nh * a->Tq * a->Tk;
+            size_t na = a->B * a->nh * a->Tq;
             float scale = 1.0f / sqrtf((float)a->hd);
             int32_t *seg = NULL;
             if (a->use_seg) {
@@ -697,14 +697,13 @@ TEST(attention) {
             double *want = dnew(nq), *awant = dnew(na), *scratch = dnew(nq);
 
             fill_pattern(out, nq);
-            for (size_t i = 0; i < na; i++) att[i] = 7.0f; /* masked entries must become 0 */
+            for (size_t i = 0; i < na; i++) att[i] = 7.0f; /* lse: every row written */
             kp->attention_forward(out, att, q, k, v, seg, scale, a->window, a->B, a->Tq, a->Tk,
                                   a->nh, a->nkv, a->hd);
             ref_attention(want, awant, qd, kd, vd, seg, (double)scale, a->window, a->B, a->Tq,
                           a->Tk, a->nh, a->nkv, a->hd);
             CHECK_CLOSE(kp, LBL("attention fwd %s out", a->name), out, want, nq, FWD_TOL);
-            CHECK_CLOSE(kp, LBL("attention fwd %s att (masked = 0)", a->name), att, awant, na,
-                        FWD_TOL);
+            CHECK_CLOSE(kp, LBL("attention fwd %s log-sum-exp", a->name), att, awant, na, FWD_TOL);
 
             /* dq, dk, dv `=`: prefilled buffers must be overwritten. */
             struct att_ctx ctx = {qd, kd, vd, scratch, dd, seg, (double)scale, a->window,
@@ -716,8 +715,8 @@ TEST(attention) {
             fill_pattern(dq, nq);
             fill_pattern(dk, nk);
             fill_pattern(dv, nk);
-            kp->attention_backward(dq, dk, dv, dout, att, q, k, v, scale, a->B, a->Tq, a->Tk,
-                                   a->nh, a->nkv, a->hd);
+            kp->attention_backward(dq, dk, dv, dout, out, att, q, k, v, seg, scale, a->window,
+                                   a->B, a->Tq, a->Tk, a->nh, a->nkv, a->hd);
             CHECK_CLOSE(kp, LBL("attention %s dq (=)", a->name), dq, gq, nq, BWD_TOL);
             CHECK_CLOSE(kp, LBL("attention %s dk (=)", a->name), dk, gk, nk, BWD_TOL);
             CHECK_CLOSE(kp, LBL("attention %s dv (=)", a->name), dv, gv, nk, BWD_TOL);
@@ -1056,7 +1055,7 @@ TEST(crossentropy_stability) {
 static void xb_attention(const struct st_kernels *cpu, const struct st_kernels *ref,
                          const struct att_case *a) {
     size_t nq = a->B * a->Tq * a->nh * a->hd, nk = a->B * a->Tk * a->nkv * a->hd;
-    size_t na = a->B * a->nh * a->Tq * a->Tk;
+    size_t na = a->B * a->nh * a->Tq;
     float scale = 1.0f / sqrtf((float)a->hd);
     int32_t *seg = NULL;
     if (a->use_seg) {
@@ -1081,11 +1080,12 @@ static void xb_attention(const struct st_kernels *cpu, const struct st_kernels *
         kp->attention_forward(o[i], att[i], q, k, v, seg, scale, a->window, a->B, a->Tq, a->Tk,
                               a->nh, a->nkv, a->hd);
     }
-    for (int i = 0; i < 2; i++) /* both backwards on ref's att, so only the backward differs */
-        (i ? ref : cpu)->attention_backward(dq[i], dk[i], dv[i], dout, att[1], q, k, v, scale,
-                                            a->B, a->Tq, a->Tk, a->nh, a->nkv, a->hd);
+    for (int i = 0; i < 2; i++) /* both backwards on ref's out/lse, so only the backward differs */
+        (i ? ref : cpu)->attention_backward(dq[i], dk[i], dv[i], dout, o[1], att[1], q, k, v, seg,
+                                            scale, a->window, a->B, a->Tq, a->Tk, a->nh, a->nkv,
+                                            a->hd);
     CHECK_XB(LBL("cpu~ref attention %s out", a->name), o[0], o[1], nq);
-    CHECK_XB(LBL("cpu~ref attention %s att", a->name), att[0], att[1], na);
+    CHECK_XB(LBL("cpu~ref attention %s lse", a->name), att[0], att[1], na);
     CHECK_XB(LBL("cpu~ref attention %s dq", a->name), dq[0], dq[1], nq);
     CHECK_XB(LBL("cpu~ref attention %s dk", a->name), dk[0], dk[1], nk);
     CHECK_XB(LBL("cpu~ref attention %s dv", a->name), dv[0], dv[1], nk);

@@ -62,18 +62,20 @@ struct st_kernels {
 
     /* Causal multi-head attention with GQA (query head h reads kv head h / (nh / nkv)).
      * q (B, Tq, nh, hd); k, v (B, Tk, nkv, hd) with Tk >= Tq; out (B, Tq, nh, hd);
-     * att (B, nh, Tq, Tk) softmax probabilities saved for backward.
+     * lse (B, nh, Tq) = log sum_j exp(s_ij) per query row, saved for backward (flash-style: the
+     * T x T probabilities are never stored; -inf for a row that sees no key).
      * Query i sits at position p = Tk - Tq + i and sees key j iff j <= p, and p - j < window
      * when window > 0, and seg[b, j] == seg[b, p] when seg (B, Tk) is not NULL (packing).
      * scale multiplies q.k (1/sqrt(hd) for these families). */
-    void (*attention_forward)(float *out, float *att, const float *q, const float *k,
+    void (*attention_forward)(float *out, float *lse, const float *q, const float *k,
                               const float *v, const int32_t *seg, float scale, int window,
                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd);
-    /* dq (B, Tq, nh, hd) =, dk, dv (B, Tk, nkv, hd) =. */
+    /* dq (B, Tq, nh, hd) =, dk, dv (B, Tk, nkv, hd) =; recomputes the probabilities from q, k,
+     * lse (same seg/window as the forward); out is the forward's output. */
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout,
-                               const float *att, const float *q, const float *k, const float *v,
-                               float scale, size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv,
-                               size_t hd);
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const int32_t *seg, float scale, int window,
+                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd);
 
     /* Gated MLP nonlinearity: out (N, H) = act(gate) * up, act = SiLU (SwiGLU) or tanh-GELU
      * (GeGLU). */

@@ -93,7 +93,7 @@ struct st_layer_acts {
     float *rstd1, *rstd2;     // (N)
     float *xn1, *xn2;         // (N, D) normed inputs
     float *q, *k, *v;         // (N, nh*hd), (N, nkv*hd) x2, after RoPE
-    float *att;               // (B, nh, T, T) probabilities
+    float *lse;               // (B, nh, T) attention log-sum-exp (flash-style backward)
     float *ay;                // (N, nh*hd) attention output before o_proj
     float *gate, *up, *g;     // (N, H)
     float *xa[ST_LIN_COUNT];  // (N, r) LoRA low-rank activations (NULL without an adapter)

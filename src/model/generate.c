@@ -13,7 +13,7 @@
 struct st_kv_state {
     size_t max_T, chunk, len;
     float *kc, *vc;          // (L, max_T, nkv*hd)
-    struct st_layer_acts la; // sized for chunk tokens, att (nh, chunk, max_T)
+    struct st_layer_acts la; // sized for chunk tokens, lse (nh, chunk)
     float *x0, *x1, *tmp;    // (chunk, D), (chunk, D), (chunk, max(D, H))
     float *xf, *rstdf;       // (1, D), (1)
     float *logits;           // (V)
@@ -46,7 +46,7 @@ enum st_status st_kv_init(struct st_kv_state **out, const struct st_model *m, si
         {(void **)&s->la.res_mid, chunk * D}, {(void **)&s->la.rstd1, chunk},
         {(void **)&s->la.rstd2, chunk}, {(void **)&s->la.xn1, chunk * D},
         {(void **)&s->la.xn2, chunk * D}, {(void **)&s->la.q, chunk * QD},
-        {(void **)&s->la.att, nh * chunk * max_T}, {(void **)&s->la.ay, chunk * QD},
+        {(void **)&s->la.lse, nh * chunk}, {(void **)&s->la.ay, chunk * QD},
         {(void **)&s->la.gate, chunk * H}, {(void **)&s->la.up, chunk * H},
         {(void **)&s->la.g, chunk * H}, {(void **)&s->x0, chunk * D}, {(void **)&s->x1, chunk * D},
         {(void **)&s->tmp, chunk * (D > H ? D : H)}, {(void **)&s->xf, D},

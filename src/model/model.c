@@ -493,7 +493,7 @@ static size_t make_plan(struct plan_item *items, struct st_acts *a, const struct
         ITEM(&la->q, N * QD);
         ITEM(&la->k, N * KD);
         ITEM(&la->v, N * KD);
-        ITEM(&la->att, B * (size_t)c->n_heads * T * T);
+        ITEM(&la->lse, B * (size_t)c->n_heads * T);
         ITEM(&la->ay, N * QD);
         ITEM(&la->gate, N * H);
         ITEM(&la->up, N * H);
@@ -717,7 +717,7 @@ void st_block_forward(const struct st_model *m, int l, struct st_layer_acts *la,
     lin_forward(&lc, ST_LIN_V, vnew, la->xn1, w->wv, w->bv, N, D, KD);
     k->rope_forward(la->q, la->q, cos_t, sin_t, pos, N, nh, hd);
     k->rope_forward(knew, knew, cos_t, sin_t, pos, N, nkv, hd);
-    k->attention_forward(la->ay, la->att, la->q, kall, vall, seg, 1.0f / sqrtf((float)hd),
+    k->attention_forward(la->ay, la->lse, la->q, kall, vall, seg, 1.0f / sqrtf((float)hd),
                          st_config_layer_window(c, l), B, Tq, Tk, nh, nkv, hd);
     lin_forward(&lc, ST_LIN_O, tmp, la->ay, w->wo, w->bo, N, QD, D);
     for (size_t i = 0; i < N * D; i++) la->res_mid[i] = x_in[i] + tmp[i];
@@ -850,7 +850,7 @@ enum st_status st_model_loss(const struct st_model *m, struct st_acts *a, const 
  * through the residual). The forward list, reversed. */
 static void block_backward(const struct st_model *m, int l, struct st_layer_acts *la,
                            struct st_acts *a, const float *x_in, float *dres, float *dres_mid,
-                           struct st_lora *lo) {
+                           const int32_t *seg, struct st_lora *lo) {
     const struct st_model_config *c = &m->cfg;
     const struct st_kernels *k = m->k;
     const struct st_layer_weights *w = &m->layers[l];
@@ -873,8 +873,9 @@ static void block_backward(const struct st_model *m, int l, struct st_layer_acts
     // attention: res_mid = x_in + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))), xn1 = norm(x_in)
     memset(a->day, 0, N * QD * sizeof(float));
     lin_backward(&lc, ST_LIN_O, lo, a->day, dres_mid, la->ay, w->wo, N, QD, D);
-    k->attention_backward(a->dq, a->dk, a->dv, a->day, la->att, la->q, la->k, la->v,
-                          1.0f / sqrtf((float)hd), B, T, T, nh, nkv, hd);
+    k->attention_backward(a->dq, a->dk, a->dv, a->day, la->ay, la->lse, la->q, la->k, la->v, seg,
+                          1.0f / sqrtf((float)hd), st_config_layer_window(c, l), B, T, T, nh, nkv,
+                          hd);
     k->rope_backward(a->dq, a->dq, a->cos, a->sin, a->pos, N, nh, hd);
     k->rope_backward(a->dk, a->dk, a->cos, a->sin, a->pos, N, nkv, hd);
     memset(a->dxn, 0, N * D * sizeof(float));
@@ -915,7 +916,7 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
         if (a->keep_all == ST_ACTS_CHECKPOINT) /* recompute this layer's activations */
             st_block_forward(m, l, la, layer_in(a, c, l + 1), layer_in(a, c, l), la->k, la->v,
                              a->pos, seg, a->cos, a->sin, a->tmp, a->xd, a->B, a->T, a->T);
-        block_backward(m, l, la, a, layer_in(a, c, l), a->dres0, a->dres1, lo);
+        block_backward(m, l, la, a, layer_in(a, c, l), a->dres0, a->dres1, seg, lo);
     }
     return ST_OK;
 }

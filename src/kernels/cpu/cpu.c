@@ -2,6 +2,7 @@
  * OpenMP-parallel chunks of rows, so they stay identical to ref. Attention splits (batch, head)
  * pairs across threads. Faster fused kernels replace entries here as the profile asks. */
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
 
 #include "../ref/ref.h"
@@ -66,7 +67,63 @@ static void glu_backward(float *dgate, float *dup, const float *dout, const floa
                             act, 1, H);
 }
 
-static void attention_forward(float *out, float *att, const float *q, const float *k,
+/* Flash-style attention on the CPU: per query row, keys in blocks of ATT_BLK (scores of a block
+ * on the stack, one rescale of the running sum per block), only the causal/window range of keys
+ * visited; the backward recomputes the probabilities from the saved log-sum-exp. */
+#define ATT_BLK 128
+
+static void key_range(size_t p, int window, size_t *j0, size_t *j1) {
+    *j1 = p + 1;
+    *j0 = window > 0 && p + 1 > (size_t)window ? p + 1 - (size_t)window : 0;
+}
+
+static void attention_row(float *out, float *lse, const float *q, const float *k, const float *v,
+                          const int32_t *seg, float scale, int window, size_t Tq, size_t Tk,
+                          size_t i, size_t kvs, size_t hd) {
+    size_t p = Tk - Tq + i, j0, j1;
+    key_range(p, window, &j0, &j1);
+    float s[ATT_BLK], m = -INFINITY, l = 0;
+    for (size_t d = 0; d < hd; d++) out[d] = 0;
+    for (size_t jb = j0; jb < j1; jb += ATT_BLK) {
+        size_t n = j1 - jb < ATT_BLK ? j1 - jb : ATT_BLK;
+        float bm = -INFINITY;
+        for (size_t t = 0; t < n; t++) {
+            size_t j = jb + t;
+            if (seg && seg[j] != seg[p]) {
+                s[t] = -INFINITY;
+                continue;
+            }
+            const float *kj = k + j * kvs;
+            float dot = 0;
+            for (size_t d = 0; d < hd; d++) dot += q[d] * kj[d];
+            s[t] = dot * scale;
+            if (s[t] > bm) bm = s[t];
+        }
+        if (bm == -INFINITY) continue;
+        if (bm > m) {
+            float c = expf(m - bm);
+            l *= c;
+            for (size_t d = 0; d < hd; d++) out[d] *= c;
+            m = bm;
+        }
+        for (size_t t = 0; t < n; t++) {
+            float e = s[t] == -INFINITY ? 0.0f : expf(s[t] - m);
+            s[t] = e;
+            l += e;
+        }
+        for (size_t t = 0; t < n; t++) {
+            if (s[t] == 0) continue;
+            const float *vj = v + (jb + t) * kvs;
+            float e = s[t];
+            for (size_t d = 0; d < hd; d++) out[d] += e * vj[d];
+        }
+    }
+    float inv = l > 0 ? 1.0f / l : 0.0f;
+    for (size_t d = 0; d < hd; d++) out[d] *= inv;
+    *lse = l > 0 ? m + logf(l) : -INFINITY;
+}
+
+static void attention_forward(float *out, float *lse, const float *q, const float *k,
                               const float *v, const int32_t *seg, float scale, int window,
                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
     size_t group = nh / nkv, kvs = nkv * hd;
@@ -75,55 +132,49 @@ static void attention_forward(float *out, float *att, const float *q, const floa
         for (size_t h = 0; h < nh; h++) {
             size_t kh = h / group;
             for (size_t i = 0; i < Tq; i++)
-                st_ref_attention_row(out + ((b * Tq + i) * nh + h) * hd,
-                                     att + ((b * nh + h) * Tq + i) * Tk,
-                                     q + ((b * Tq + i) * nh + h) * hd, k + b * Tk * kvs + kh * hd,
-                                     v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale,
-                                     window, Tq, Tk, i, kvs, hd);
+                attention_row(out + ((b * Tq + i) * nh + h) * hd, lse + (b * nh + h) * Tq + i,
+                              q + ((b * Tq + i) * nh + h) * hd, k + b * Tk * kvs + kh * hd,
+                              v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale, window,
+                              Tq, Tk, i, kvs, hd);
         }
 }
 
 /* Backward split over (batch, kv head): each task owns the dk/dv rows of its kv head, so query
- * heads sharing a kv head (GQA) never race. Float accumulation, vectorisable inner loops. */
+ * heads sharing a kv head (GQA) never race. */
 static void attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                               const float *att, const float *q, const float *k, const float *v,
-                               float scale, size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv,
-                               size_t hd) {
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const int32_t *seg, float scale, int window,
+                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
     size_t group = nh / nkv, kvs = nkv * hd;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
         for (size_t kh = 0; kh < nkv; kh++) {
+            const float *kb = k + b * Tk * kvs + kh * hd, *vb = v + b * Tk * kvs + kh * hd;
+            float *dkb = dk + b * Tk * kvs + kh * hd, *dvb = dv + b * Tk * kvs + kh * hd;
+            const int32_t *sg = seg ? seg + b * Tk : NULL;
             for (size_t j = 0; j < Tk; j++) {
-                memset(dk + (b * Tk + j) * kvs + kh * hd, 0, hd * sizeof(float));
-                memset(dv + (b * Tk + j) * kvs + kh * hd, 0, hd * sizeof(float));
+                memset(dkb + j * kvs, 0, hd * sizeof(float));
+                memset(dvb + j * kvs, 0, hd * sizeof(float));
             }
             for (size_t h = kh * group; h < (kh + 1) * group; h++)
                 for (size_t i = 0; i < Tq; i++) {
-                    const float *P = att + ((b * nh + h) * Tq + i) * Tk;
-                    const float *dy = dout + ((b * Tq + i) * nh + h) * hd;
-                    const float *qi = q + ((b * Tq + i) * nh + h) * hd;
-                    float *dqi = dq + ((b * Tq + i) * nh + h) * hd;
+                    size_t r = ((b * Tq + i) * nh + h) * hd, p = Tk - Tq + i, j0, j1;
+                    const float *dy = dout + r, *qi = q + r, *oi = out + r;
+                    float *dqi = dq + r, L = lse[(b * nh + h) * Tq + i], D = 0;
                     memset(dqi, 0, hd * sizeof(float));
-                    size_t jmax = Tk - Tq + i + 1; /* causal: P[j] = 0 beyond */
-                    float rowdot = 0;
-                    for (size_t j = 0; j < jmax; j++) {
-                        if (P[j] == 0) continue;
-                        const float *vj = v + (b * Tk + j) * kvs + kh * hd;
-                        float dp = 0;
+                    if (L == -INFINITY) continue;
+                    for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
+                    key_range(p, window, &j0, &j1);
+                    for (size_t j = j0; j < j1; j++) {
+                        if (sg && sg[j] != sg[p]) continue;
+                        const float *kj = kb + j * kvs, *vj = vb + j * kvs;
+                        float *dkj = dkb + j * kvs, *dvj = dvb + j * kvs;
+                        float sc = 0, dp = 0;
+                        for (size_t d = 0; d < hd; d++) sc += qi[d] * kj[d];
                         for (size_t d = 0; d < hd; d++) dp += dy[d] * vj[d];
-                        rowdot += dp * P[j];
-                    }
-                    for (size_t j = 0; j < jmax; j++) {
-                        float pj = P[j];
-                        if (pj == 0) continue;
-                        const float *vj = v + (b * Tk + j) * kvs + kh * hd;
-                        const float *kj = k + (b * Tk + j) * kvs + kh * hd;
-                        float *dvj = dv + (b * Tk + j) * kvs + kh * hd;
-                        float *dkj = dk + (b * Tk + j) * kvs + kh * hd;
-                        float dp = 0;
-                        for (size_t d = 0; d < hd; d++) dp += dy[d] * vj[d];
+                        float pj = expf(sc * scale - L);
+                        float ds = pj * (dp - D) * scale;
                         for (size_t d = 0; d < hd; d++) dvj[d] += pj * dy[d];
-                        float ds = pj * (dp - rowdot) * scale;
                         for (size_t d = 0; d < hd; d++) dqi[d] += ds * kj[d];
                         for (size_t d = 0; d < hd; d++) dkj[d] += ds * qi[d];
                     }

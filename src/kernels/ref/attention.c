@@ -1,46 +1,45 @@
 /* attention.c: causal multi-head attention with GQA, optional sliding window and packing
- * segments. The T x T probabilities are stored for backward (the fast backend will not). */
+ * segments, flash-style: the forward keeps only each row's log-sum-exp of the scores (never the
+ * T x T probabilities), the backward recomputes the probabilities from it. Plain loops; the cpu
+ * backend runs the same row functions on blocks of keys in parallel. */
 #include <math.h>
 
 #include "ref.h"
 
-/* One query row i of one head. q (hd); k, v rows j at k + j * kv_stride; att (Tk) out. */
-void st_ref_attention_row(float *out, float *att, const float *q, const float *k, const float *v,
+static int visible(const int32_t *seg, int window, size_t p, size_t j) {
+    return j <= p && (window <= 0 || p - j < (size_t)window) && (!seg || seg[j] == seg[p]);
+}
+
+/* One query row i of one head, online softmax over the keys (one pass). q (hd); k, v rows j at
+ * k + j * kv_stride; out (hd); *lse = log sum_j exp(s_j) over the visible keys. */
+void st_ref_attention_row(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *seg, float scale, int window, size_t Tq, size_t Tk,
                           size_t i, size_t kv_stride, size_t hd) {
     size_t p = Tk - Tq + i; /* absolute position of this query */
-    float maxv = -INFINITY;
+    float m = -INFINITY, l = 0;
+    for (size_t d = 0; d < hd; d++) out[d] = 0;
     for (size_t j = 0; j < Tk; j++) {
-        int visible = j <= p && (window <= 0 || p - j < (size_t)window) &&
-                      (!seg || seg[j] == seg[p]);
-        if (!visible) {
-            att[j] = -INFINITY;
-            continue;
-        }
-        const float *kj = k + j * kv_stride;
+        if (!visible(seg, window, p, j)) continue;
+        const float *kj = k + j * kv_stride, *vj = v + j * kv_stride;
         float s = 0;
         for (size_t d = 0; d < hd; d++) s += q[d] * kj[d];
         s *= scale;
-        att[j] = s;
-        if (s > maxv) maxv = s;
+        if (s > m) { /* a new maximum: rescale what was summed so far */
+            float c = expf(m - s);
+            l *= c;
+            for (size_t d = 0; d < hd; d++) out[d] *= c;
+            m = s;
+        }
+        float e = expf(s - m);
+        l += e;
+        for (size_t d = 0; d < hd; d++) out[d] += e * vj[d];
     }
-    double sum = 0;
-    for (size_t j = 0; j < Tk; j++) {
-        float e = att[j] == -INFINITY ? 0.0f : expf(att[j] - maxv);
-        att[j] = e;
-        sum += e;
-    }
-    float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
-    for (size_t d = 0; d < hd; d++) out[d] = 0;
-    for (size_t j = 0; j < Tk; j++) {
-        att[j] *= inv;
-        if (att[j] == 0) continue;
-        const float *vj = v + j * kv_stride;
-        for (size_t d = 0; d < hd; d++) out[d] += att[j] * vj[d];
-    }
+    float inv = l > 0 ? 1.0f / l : 0.0f;
+    for (size_t d = 0; d < hd; d++) out[d] *= inv;
+    *lse = l > 0 ? m + logf(l) : -INFINITY;
 }
 
-void st_ref_attention_forward(float *out, float *att, const float *q, const float *k,
+void st_ref_attention_forward(float *out, float *lse, const float *q, const float *k,
                               const float *v, const int32_t *seg, float scale, int window,
                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
     size_t group = nh / nkv, kvs = nkv * hd;
@@ -49,19 +48,46 @@ void st_ref_attention_forward(float *out, float *att, const float *q, const floa
             for (size_t i = 0; i < Tq; i++) {
                 size_t kh = h / group;
                 st_ref_attention_row(out + ((b * Tq + i) * nh + h) * hd,
-                                     att + ((b * nh + h) * Tq + i) * Tk,
+                                     lse + (b * nh + h) * Tq + i,
                                      q + ((b * Tq + i) * nh + h) * hd, k + b * Tk * kvs + kh * hd,
                                      v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale,
                                      window, Tq, Tk, i, kvs, hd);
             }
 }
 
-/* out = P V, P = softmax(S), S = scale Q K^T:
- * dV += P^T dout; dP = dout V^T; dS = P * (dP - rowsum(dP * P)); dQ = scale dS K; dK += scale dS^T Q */
+/* Backward of one query row (accumulating into dq_i, dk, dv): P_j = exp(s_j - lse),
+ * dV_j += P_j dout; dP_j = dout . v_j; dS_j = P_j (dP_j - D), D = dout . out; dq_i += scale dS K,
+ * dK_j += scale dS_j q_i. */
+void st_ref_attention_row_backward(float *dqi, float *dk, float *dv, const float *dy,
+                                   const float *oi, float lse, const float *qi, const float *k,
+                                   const float *v, const int32_t *seg, float scale, int window,
+                                   size_t Tq, size_t Tk, size_t i, size_t kv_stride, size_t hd) {
+    size_t p = Tk - Tq + i;
+    float D = 0;
+    for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
+    for (size_t j = 0; j < Tk; j++) {
+        if (!visible(seg, window, p, j)) continue;
+        const float *kj = k + j * kv_stride, *vj = v + j * kv_stride;
+        float *dkj = dk + j * kv_stride, *dvj = dv + j * kv_stride;
+        float s = 0, dp = 0;
+        for (size_t d = 0; d < hd; d++) {
+            s += qi[d] * kj[d];
+            dp += dy[d] * vj[d];
+        }
+        float pj = expf(s * scale - lse);
+        float ds = pj * (dp - D) * scale;
+        for (size_t d = 0; d < hd; d++) {
+            dvj[d] += pj * dy[d];
+            dqi[d] += ds * kj[d];
+            dkj[d] += ds * qi[d];
+        }
+    }
+}
+
 void st_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                               const float *att, const float *q, const float *k, const float *v,
-                               float scale, size_t B, size_t Tq, size_t Tk, size_t nh,
-                               size_t nkv, size_t hd) {
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const int32_t *seg, float scale, int window,
+                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
     size_t group = nh / nkv, kvs = nkv * hd;
     for (size_t i = 0; i < B * Tq * nh * hd; i++) dq[i] = 0;
     for (size_t i = 0; i < B * Tk * kvs; i++) dk[i] = dv[i] = 0;
@@ -69,35 +95,13 @@ void st_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
         for (size_t h = 0; h < nh; h++) {
             size_t kh = h / group;
             for (size_t i = 0; i < Tq; i++) {
-                const float *P = att + ((b * nh + h) * Tq + i) * Tk;
-                const float *dy = dout + ((b * Tq + i) * nh + h) * hd;
-                const float *qi = q + ((b * Tq + i) * nh + h) * hd;
-                float *dqi = dq + ((b * Tq + i) * nh + h) * hd;
-                double rowdot = 0;
-                for (size_t j = 0; j < Tk; j++) {
-                    if (P[j] == 0) continue;
-                    const float *vj = v + (b * Tk + j) * kvs + kh * hd;
-                    float dp = 0;
-                    for (size_t d = 0; d < hd; d++) dp += dy[d] * vj[d];
-                    rowdot += (double)dp * P[j];
-                }
-                for (size_t j = 0; j < Tk; j++) {
-                    if (P[j] == 0) continue;
-                    const float *vj = v + (b * Tk + j) * kvs + kh * hd;
-                    const float *kj = k + (b * Tk + j) * kvs + kh * hd;
-                    float *dvj = dv + (b * Tk + j) * kvs + kh * hd;
-                    float *dkj = dk + (b * Tk + j) * kvs + kh * hd;
-                    float dp = 0;
-                    for (size_t d = 0; d < hd; d++) {
-                        dp += dy[d] * vj[d];
-                        dvj[d] += P[j] * dy[d];
-                    }
-                    float ds = P[j] * (dp - (float)rowdot) * scale;
-                    for (size_t d = 0; d < hd; d++) {
-                        dqi[d] += ds * kj[d];
-                        dkj[d] += ds * qi[d];
-                    }
-                }
+                size_t r = ((b * Tq + i) * nh + h) * hd;
+                st_ref_attention_row_backward(dq + r, dk + b * Tk * kvs + kh * hd,
+                                              dv + b * Tk * kvs + kh * hd, dout + r, out + r,
+                                              lse[(b * nh + h) * Tq + i], q + r,
+                                              k + b * Tk * kvs + kh * hd,
+                                              v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL,
+                                              scale, window, Tq, Tk, i, kvs, hd);
             }
         }
 }

@@ -16,13 +16,13 @@ void st_ref_rope_forward(float *out, const float *inp, const float *cos, const f
                          const int32_t *pos, size_t N, size_t nh, size_t hd);
 void st_ref_rope_backward(float *dinp, const float *dout, const float *cos, const float *sin,
                           const int32_t *pos, size_t N, size_t nh, size_t hd);
-void st_ref_attention_forward(float *out, float *att, const float *q, const float *k,
+void st_ref_attention_forward(float *out, float *lse, const float *q, const float *k,
                               const float *v, const int32_t *seg, float scale, int window,
                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd);
 void st_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                               const float *att, const float *q, const float *k, const float *v,
-                               float scale, size_t B, size_t Tq, size_t Tk, size_t nh,
-                               size_t nkv, size_t hd);
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const int32_t *seg, float scale, int window,
+                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd);
 void st_ref_glu_forward(float *out, const float *gate, const float *up, enum st_act act, size_t N,
                         size_t H);
 void st_ref_glu_backward(float *dgate, float *dup, const float *dout, const float *gate,
@@ -42,8 +42,12 @@ void st_ref_lora_backward(float *dinp, float *da, float *db, float *dxa, const f
                           const float *inp, const float *xa, const float *a, const float *b,
                           float scale, size_t N, size_t C, size_t OC, size_t r);
 
-/* One attention head for one query row (used by both backends). */
-void st_ref_attention_row(float *out, float *att, const float *q, const float *k, const float *v,
+/* One attention head for one query row, and its backward. */
+void st_ref_attention_row(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *seg, float scale, int window, size_t Tq, size_t Tk,
                           size_t i, size_t kv_stride, size_t hd);
+void st_ref_attention_row_backward(float *dqi, float *dk, float *dv, const float *dy,
+                                   const float *oi, float lse, const float *qi, const float *k,
+                                   const float *v, const int32_t *seg, float scale, int window,
+                                   size_t Tq, size_t Tk, size_t i, size_t kv_stride, size_t hd);
 #endif
