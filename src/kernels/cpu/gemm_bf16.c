@@ -1,0 +1,222 @@
+/* gemm_bf16.c: out (M, N) (+)= X (M, K) @ B where B is a frozen weight packed once into BF16
+ * panels, on AVX512_BF16 (vdpbf16ps) with a portable fallback.
+ *
+ * Layout: B (K, N) is packed in panels of NR = 32 columns; a panel holds, for each pair of rows
+ * (k, k+1), the 32 columns' two values interleaved ([n0:k, n0:k+1, n1:k, n1:k+1, ...], 64 BF16),
+ * zero-padded at the right edge and for odd K. X is converted to BF16 pairs per call (round to
+ * nearest even), one row of K/2 32-bit pairs per row. The micro-kernel keeps an MR x NR tile of
+ * float accumulators in 16 zmm registers and, per pair of k, broadcasts X's pair of each row and
+ * issues one vdpbf16ps per (row, 16 columns): acc += x_k * b_k + x_k+1 * b_k+1, with float
+ * accumulation. Threads split the panels (disjoint output columns: deterministic for any count).
+ *
+ * "wt" packs a weight W (OC, C) for out = X W^T (B[k][n] = W[n][k]); "w" packs it for
+ * dX = dY W (B[k][n] = W[k][n]). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "streamtune/bf16.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define X86 1
+#endif
+
+#define NR 32
+#define MR 8
+#define KC 256 /* pairs of k per block: a panel block of 32 KiB stays in L1 */
+
+int st_bf16_native(void);
+
+static inline uint16_t f2bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float bf2f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+size_t st_bf16_panels_bytes(size_t K, size_t N) {
+    size_t np = (N + NR - 1) / NR, kp = (K + 1) / 2;
+    return np * kp * NR * 2 * sizeof(uint16_t);
+}
+
+/* element (k, n) of B from the source: wt: W[n][k] (W is N x K); w: W[k][n] (W is K x N) */
+static void pack(uint16_t *dst, const float *w, size_t K, size_t N, int transposed) {
+    size_t np = (N + NR - 1) / NR, kp = (K + 1) / 2;
+#pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < np; p++) {
+        uint16_t *d = dst + p * kp * NR * 2;
+        for (size_t q = 0; q < kp; q++)
+            for (size_t c = 0; c < NR; c++) {
+                size_t n = p * NR + c;
+                for (size_t t = 0; t < 2; t++) {
+                    size_t k = 2 * q + t;
+                    float v = 0;
+                    if (n < N && k < K) v = transposed ? w[n * K + k] : w[k * N + n];
+                    d[(q * NR + c) * 2 + t] = f2bf(v);
+                }
+            }
+    }
+}
+
+void st_bf16_pack_wt(uint16_t *dst, const float *w, size_t OC, size_t C) {
+    pack(dst, w, C, OC, 1);
+}
+
+void st_bf16_pack_w(uint16_t *dst, const float *w, size_t OC, size_t C) {
+    pack(dst, w, OC, C, 0);
+}
+
+size_t st_bf16_x_bytes(size_t M, size_t K) { return M * ((K + 1) / 2) * sizeof(uint32_t); }
+
+#ifdef X86
+/* 32 floats -> 16 pairs with vcvtne2ps2bf16 (round to nearest even, as f2bf) */
+__attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) static size_t
+pack_row_avx512(uint32_t *d, const float *r, size_t K) {
+    size_t q = 0;
+    for (; 2 * q + 32 <= K; q += 16) {
+        __m512 lo = _mm512_loadu_ps(r + 2 * q), hi = _mm512_loadu_ps(r + 2 * q + 16);
+        /* cvtne2ps_pbh(a, b): b's 16 values in the low half, a's in the high half */
+        __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_storeu_si512(d + q, v);
+    }
+    return q;
+}
+#endif
+
+static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx) {
+    size_t kp = (K + 1) / 2;
+    int native = st_bf16_native();
+#pragma omp parallel for schedule(static) if (M * K > 16384)
+    for (size_t m = 0; m < M; m++) {
+        const float *r = x + m * ldx;
+        uint32_t *d = xp + m * kp;
+        size_t q0 = 0;
+#ifdef X86
+        if (native) q0 = pack_row_avx512(d, r, K);
+#endif
+        for (size_t q = q0; q < kp; q++) {
+            uint16_t lo = f2bf(r[2 * q]), hi = 2 * q + 1 < K ? f2bf(r[2 * q + 1]) : 0;
+            d[q] = (uint32_t)lo | (uint32_t)hi << 16;
+        }
+    }
+    (void)native;
+}
+
+/* Portable micro-kernel: c (mr, nr valid of NR) += xp rows @ panel block. */
+static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, size_t ldxp,
+                           const uint16_t *bp, size_t nq, size_t mr, size_t nr) {
+    for (size_t r = 0; r < mr; r++)
+        for (size_t q = 0; q < nq; q++) {
+            uint32_t pr = xp[r * ldxp + q];
+            float x0 = bf2f((uint16_t)pr), x1 = bf2f((uint16_t)(pr >> 16));
+            const uint16_t *b = bp + q * NR * 2;
+            for (size_t n = 0; n < nr; n++) c[r * ldc + n] += x0 * bf2f(b[2 * n]) + x1 * bf2f(b[2 * n + 1]);
+        }
+}
+
+#ifdef X86
+__attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) static void
+kernel_avx512(float *c, size_t ldc, const uint32_t *xp, size_t ldxp, const uint16_t *bp,
+              size_t nq, size_t mr, size_t nr) {
+    __m512 acc[MR][2];
+    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? 0xffff : (__mmask16)((1u << (nr - 16)) - 1);
+    for (size_t r = 0; r < MR; r++) {
+        acc[r][0] = r < mr ? _mm512_maskz_loadu_ps(m0, c + r * ldc) : _mm512_setzero_ps();
+        acc[r][1] = r < mr ? _mm512_maskz_loadu_ps(m1, c + r * ldc + 16) : _mm512_setzero_ps();
+    }
+    if (mr == MR) {
+        for (size_t q = 0; q < nq; q++) {
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2);
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2 + 32);
+#define ROW(r)                                                                                     \
+    do {                                                                                           \
+        __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[(r) * ldxp + q]);                        \
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);                                            \
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);                                            \
+    } while (0)
+            ROW(0); ROW(1); ROW(2); ROW(3); ROW(4); ROW(5); ROW(6); ROW(7);
+#undef ROW
+        }
+    } else {
+        for (size_t q = 0; q < nq; q++) {
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2);
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2 + 32);
+            for (size_t r = 0; r < mr; r++) {
+                __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[r * ldxp + q]);
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+            }
+        }
+    }
+    for (size_t r = 0; r < mr; r++) {
+        _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
+    }
+}
+#endif
+
+int st_bf16_native(void) {
+#ifdef X86
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        const char *off = getenv("ST_NO_AVX512BF16"); /* tests and users can force the fallback */
+        v = !(off && *off && strcmp(off, "0") != 0) && __builtin_cpu_supports("avx512bf16") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+void st_bf16_gemm(float *out, size_t ldo, const float *x, size_t ldx, const uint16_t *panels,
+                  const float *bias, size_t M, size_t K, size_t N, int accumulate,
+                  uint32_t *xscratch) {
+    size_t kp = (K + 1) / 2, np = (N + NR - 1) / NR;
+    pack_x(xscratch, x, M, K, ldx);
+    int native = st_bf16_native();
+#pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < np; p++) {
+        size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
+        const uint16_t *panel = panels + p * kp * NR * 2;
+        /* initialise this panel's columns of out */
+        for (size_t m = 0; m < M; m++) {
+            float *o = out + m * ldo + n0;
+            if (!accumulate) {
+                if (bias)
+                    memcpy(o, bias + n0, nr * sizeof(float));
+                else
+                    memset(o, 0, nr * sizeof(float));
+            } else if (bias) {
+                for (size_t n = 0; n < nr; n++) o[n] += bias[n0 + n];
+            }
+        }
+        for (size_t q0 = 0; q0 < kp; q0 += KC) {
+            size_t nq = kp - q0 < KC ? kp - q0 : KC;
+            for (size_t m0 = 0; m0 < M; m0 += MR) {
+                size_t mr = M - m0 < MR ? M - m0 : MR;
+#ifdef X86
+                if (native) {
+                    kernel_avx512(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
+                                  panel + q0 * NR * 2, nq, mr, nr);
+                    continue;
+                }
+#endif
+                kernel_generic(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
+                               panel + q0 * NR * 2, nq, mr, nr);
+            }
+        }
+    }
+    (void)native;
+}

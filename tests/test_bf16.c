@@ -1,0 +1,79 @@
+/* test_bf16.c: the BF16 GEMM (include/streamtune/bf16.h) against float64 loops over the same
+ * BF16-rounded operands, on odd shapes (edges of the 8 x 32 tile, odd K, K across blocks), with
+ * bias, accumulate, both packings (X W^T and dY W), row strides; the AVX512_BF16 kernel and the
+ * portable fallback (ST_NO_AVX512BF16=1, rerun by ctest) alike. Products of two BF16 values are
+ * exact in float, so the only error is float summation: the tolerance is 1e-5 of sum |x w|. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "streamtune/bf16.h"
+#include "streamtune/formats.h"
+
+static uint64_t rs = 0x243F6A8885A308D3ull;
+static float urand(void) {
+    rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+    return (float)((rs >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+static float bf(float f) { return st_bf16_to_f32(st_f32_to_bf16(f)); }
+
+static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bias, int acc,
+                      size_t pad) {
+    size_t ldx = K + pad, ldo = N + pad;
+    float *x = malloc(M * ldx * 4), *w = malloc(K * N * 4), *out = malloc(M * ldo * 4);
+    float *bias = malloc(N * 4);
+    double *want = malloc(M * N * 8), *mag = malloc(M * N * 8);
+    uint16_t *panels = malloc(st_bf16_panels_bytes(K, N));
+    uint32_t *xs = malloc(st_bf16_x_bytes(M, K));
+    if (!x || !w || !out || !bias || !want || !mag || !panels || !xs) abort();
+    for (size_t i = 0; i < M * ldx; i++) x[i] = urand();
+    for (size_t i = 0; i < K * N; i++) w[i] = urand();
+    for (size_t i = 0; i < N; i++) bias[i] = urand();
+    for (size_t i = 0; i < M * ldo; i++) out[i] = urand();
+    /* w holds W (OC=N, C=K) for X W^T, or W (OC=K, C=N) for dY W */
+    if (transposed)
+        st_bf16_pack_wt(panels, w, N, K);
+    else
+        st_bf16_pack_w(panels, w, K, N);
+    for (size_t m = 0; m < M; m++)
+        for (size_t n = 0; n < N; n++) {
+            double s = acc ? out[m * ldo + n] : 0, a = 0;
+            if (with_bias) s += bias[n];
+            for (size_t k = 0; k < K; k++) {
+                double wv = bf(transposed ? w[n * K + k] : w[k * N + n]);
+                double p = (double)bf(x[m * ldx + k]) * wv;
+                s += p;
+                a += fabs(p);
+            }
+            want[m * N + n] = s;
+            mag[m * N + n] = a + fabs(s) + 1e-30;
+        }
+    float pad_canary = out[ldo - 1];
+    st_bf16_gemm(out, ldo, x, ldx, panels, with_bias ? bias : NULL, M, K, N, acc, xs);
+    double worst = 0;
+    for (size_t m = 0; m < M; m++)
+        for (size_t n = 0; n < N; n++) {
+            double e = fabs(out[m * ldo + n] - want[m * N + n]) / mag[m * N + n];
+            if (e > worst) worst = e;
+        }
+    CHECKF(worst < 1e-5, "M=%zu K=%zu N=%zu %s bias=%d acc=%d pad=%zu: rel error %.3g (native %d)",
+           M, K, N, transposed ? "XW^T" : "dYW", with_bias, acc, pad, worst, st_bf16_native());
+    if (pad) CHECK(out[ldo - 1] == pad_canary); /* the stride's padding is not written */
+    free(x), free(w), free(out), free(bias), free(want), free(mag), free(panels), free(xs);
+}
+
+TEST(gemm) {
+    gemm_case(1, 1, 1, 1, 0, 0, 0);
+    gemm_case(8, 64, 32, 1, 0, 0, 0);      /* exactly one tile */
+    gemm_case(13, 37, 45, 1, 1, 0, 3);     /* ragged everything, bias, strides */
+    gemm_case(9, 577, 70, 1, 0, 1, 0);     /* K over two blocks of 512, accumulate */
+    gemm_case(17, 100, 33, 0, 0, 1, 5);    /* the dY W packing */
+    gemm_case(64, 576, 192, 1, 1, 0, 0);   /* a transformer-ish shape */
+    gemm_case(3, 1031, 7, 0, 1, 1, 1);
+}
+
+int main(void) {
+    RUN(gemm);
+    return test_finish();
+}
