@@ -147,6 +147,29 @@ def fast():
         check(ok, "QLoRA fuse: BF16 model scoring as the NF4 base + adapter")
         rc = run("train", *common, "--out", os.path.join(t, "q8"), "--quantize", "int8", "--steps", "3")
         check(rc.returncode == 0 and len(losses(os.path.join(t, "q8"))) == 3, "--quantize int8 trains")
+        # BF16 compute: the same run within BF16 rounding of the F32 one; the portable kernel
+        # (ST_NO_AVX512BF16) gives the same losses to float summation order
+        bd = os.path.join(t, "bf16")
+        rc = run("train", *common, "--out", bd, "--compute", "bf16")
+        lbf = losses(bd)
+        ok = rc.returncode == 0 and len(lbf) == 30
+        if ok:
+            rel = max(abs(float(lbf[s_][0]) - float(la[s_][0])) / float(la[s_][0]) for s_ in la)
+            ok = rel < 0.02 and lbf[1] != la[1]
+            print(f"     --compute bf16: largest relative loss difference to F32 over 30 steps {rel:.2e}")
+        check(ok, "--compute bf16 trains within 2% of the F32 losses")
+        for name in ("llama2_f32", "qwen2_bias", "gemma_geglu"):
+            g = os.path.join(SRC, "tests", "golden", name)
+            e32 = run("eval", "--model", g, "--data", val, "--json")
+            e16 = run("eval", "--model", g, "--data", val, "--json", "--compute", "bf16")
+            env = dict(os.environ, ST_NO_AVX512BF16="1")
+            e16p = subprocess.run([EXE, "eval", "--model", g, "--data", val, "--json", "--compute", "bf16"],
+                                  capture_output=True, text=True, env=env)
+            ok = e32.returncode == 0 and e16.returncode == 0 and e16p.returncode == 0
+            if ok:
+                a32, a16, a16p = (json.loads(e.stdout)["loss"] for e in (e32, e16, e16p))
+                ok = abs(a16 - a32) < 5e-3 * a32 and abs(a16p - a16) < 1e-4 * a32
+            check(ok, f"{name}: --compute bf16 eval loss near F32 (native and portable kernels)")
         # memory refusal and usage errors
         rc = run("train", *common, "--out", os.path.join(t, "d"), "--max-memory", "1K")
         check(rc.returncode == 1 and "--batch-size" in rc.stderr and "--grad-checkpoint" in rc.stderr,

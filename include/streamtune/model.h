@@ -25,6 +25,8 @@ struct st_layer_weights {
     const float *wg, *wu, *wd;            // (H, D), (H, D), (D, H)
     const float *bg, *bu, *bd;            // biases or NULL
     struct st_qweight q[ST_LIN_COUNT];     // quantised projections (kind NONE: use the floats)
+    const uint16_t *bf[ST_LIN_COUNT];      // --compute bf16: packed for X W^T (else NULL)
+    const uint16_t *bb[ST_LIN_COUNT];      // ... and for dY W
 };
 
 /* Load options. quantize: store the frozen projections (and, unless keep_embeddings, the
@@ -36,6 +38,10 @@ struct st_model_load_options {
     enum st_quant quantize;
     int double_quant;
     int keep_embeddings;
+    /* compute_bf16: the frozen unquantised projections and head are packed once into BF16 and
+     * multiplied with BF16-rounded activations, accumulating in float (AVX512_BF16 when the CPU
+     * has it, a portable loop otherwise); the F32 copies are not kept. Adapters stay F32. */
+    int compute_bf16;
 };
 void st_model_load_options_init(struct st_model_load_options *o);
 
@@ -57,6 +63,12 @@ struct st_model {
     float *qscratch;             // tile scratch of the quantised matmuls (not thread-safe)
     size_t qbytes;               // bytes of quantised storage
     size_t mapped_bytes;         // bytes used straight from the safetensors map (F32 tensors)
+    /* BF16 compute (bf16.h) */
+    int bf16;
+    const uint16_t *head_bf, *head_bb; // the head packed (NULL: F32 or quantised head)
+    struct st_arena parena;            // packed panels and the activation scratch
+    uint32_t *bscratch;                // BF16 copy of a chunk of activation rows (not thread-safe)
+    size_t bscratch_bytes;
     size_t n_params;
     size_t bytes_on_disk;      // sum of the tensors' stored bytes
     enum st_dtype dtype;       // dtype of the embedding (the model's storage dtype)

@@ -53,5 +53,6 @@ void cli_json_string(FILE *f, const char *s);
 int cli_load_flag(int argc, char **argv, int *i, struct st_model_load_options *o);
 #define CLI_LOAD_HELP                                                                              \
     "  --quantize nf4|int8  store the base quantised (as train --quantize; QLoRA adapters)\n"      \
-    "  --no-double-quant, --keep-embeddings   see train --help\n"
+    "  --no-double-quant, --keep-embeddings   see train --help\n"                               \
+    "  --compute bf16|f32   BF16 matmuls for the frozen weights (AVX512_BF16; default f32)\n"
 #endif

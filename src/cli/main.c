@@ -76,6 +76,16 @@ int cli_load_flag(int argc, char **argv, int *i, struct st_model_load_options *o
         o->keep_embeddings = 1;
         return 1;
     }
+    if (!strcmp(a, "--compute")) {
+        const char *v = *i + 1 < argc ? argv[*i + 1] : "";
+        if (strcmp(v, "bf16") != 0 && strcmp(v, "f32") != 0) {
+            fprintf(stderr, "streamtune: --compute: expected bf16 or f32\n");
+            return -1;
+        }
+        o->compute_bf16 = v[0] == 'b';
+        (*i)++;
+        return 1;
+    }
     if (strcmp(a, "--quantize") != 0) return 0;
     if (*i + 1 >= argc || st_quant_parse(argv[*i + 1], &o->quantize)) {
         fprintf(stderr, "streamtune: --quantize: expected nf4, int8 or none\n");

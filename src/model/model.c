@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "streamtune/bf16.h"
 #include "streamtune/nf4.h"
 
 #define LAYER_FMT "model.layers.%d.%s"
@@ -26,6 +27,8 @@ struct request {
     int optional; /* absent is fine (e.g. a bias the config does not ask for) */
     struct st_qweight *qslot; /* a projection, embedding or head: its quantised form goes here */
     int quantize;             /* quantise it while loading (the load options ask for it) */
+    const uint16_t **pf, **pb; /* BF16 panel destinations (projections and an untied head) */
+    int pack;                 /* pack it into BF16 panels (compute_bf16) instead of F32 */
     int bnb;                  /* stored quantised by bitsandbytes (NF4): used as stored */
 };
 
@@ -39,7 +42,8 @@ static void add_req(struct request *r, int *n, const char *name, int64_t d0, int
     q->dst = dst;
     q->optional = 0;
     q->qslot = NULL;
-    q->quantize = q->bnb = 0;
+    q->quantize = q->bnb = q->pack = 0;
+    q->pf = q->pb = NULL;
 }
 
 static void add_layer_req(struct request *r, int *n, int l, const char *what, int64_t d0,
@@ -218,6 +222,54 @@ static enum st_status bnb_load(struct st_model *m, struct request *req, int n,
     return ST_OK;
 }
 
+/* --compute bf16: pack the requested F32/BF16/F16 tensors into BF16 panels (both orientations)
+ * one by one, through one F32 buffer of the largest; tied_head: room for the embedding's too. */
+#define BSCRATCH_BYTES ((size_t)8 << 20)
+static enum st_status pack_all(struct st_model *m, struct request *req, int n, size_t p_bytes,
+                               size_t pack_max, int tied_head, struct st_error *err) {
+    const struct st_model_config *c = &m->cfg;
+    size_t V = (size_t)c->vocab_size, D = (size_t)c->dim;
+    if (tied_head)
+        p_bytes += st_arena_round(st_bf16_panels_bytes(D, V)) +
+                   st_arena_round(st_bf16_panels_bytes(V, D));
+    enum st_status rc = st_arena_init(&m->parena, p_bytes + BSCRATCH_BYTES, err);
+    if (rc) return rc;
+    m->bf16 = 1;
+    m->bscratch = st_arena_take(&m->parena, BSCRATCH_BYTES);
+    m->bscratch_bytes = BSCRATCH_BYTES;
+    float *tmp = pack_max ? st_malloc(pack_max * 4) : NULL;
+    if (pack_max && !tmp) return st_errorf(err, ST_ERR_NOMEM, "out of memory packing weights");
+    for (int i = 0; i < n && !rc; i++) {
+        if (!req[i].pack) continue;
+        const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
+        size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1];
+        if ((rc = st_convert_to_f32(tmp, t->data, t->dtype, rows * cols, err))) break;
+        uint16_t *f = st_arena_take(&m->parena, st_bf16_panels_bytes(cols, rows));
+        uint16_t *b = st_arena_take(&m->parena, st_bf16_panels_bytes(rows, cols));
+        ST_ASSERT(f && b);
+        st_bf16_pack_wt(f, tmp, rows, cols);
+        st_bf16_pack_w(b, tmp, rows, cols);
+        *req[i].pf = f;
+        *req[i].pb = b;
+        *req[i].dst = NULL;
+        st_tensor_drop_pages(t);
+    }
+    st_free(tmp);
+    return rc;
+}
+
+/* out (M, N) (+)= x (M, K) @ panels, in row chunks that fit the model's BF16 scratch. */
+static void bf16_mm(const struct st_model *m, float *out, const float *x, const uint16_t *pan,
+                    const float *bias, size_t M, size_t K, size_t N, int acc) {
+    size_t rows = m->bscratch_bytes / (((K + 1) / 2) * 4);
+    if (rows > 8) rows -= rows % 8;
+    if (rows < 1) rows = 1;
+    for (size_t r0 = 0; r0 < M; r0 += rows) {
+        size_t mr = M - r0 < rows ? M - r0 : rows;
+        st_bf16_gemm(out + r0 * N, N, x + r0 * K, K, pan, bias, mr, K, N, acc, m->bscratch);
+    }
+}
+
 /* Quantise the requested tensors one by one into m->qarena, releasing each one's mapped pages. */
 static enum st_status quantize_all(struct st_model *m, struct request *req, int n, enum st_quant qk,
                                    int dq, float *chunk, float *amt, struct st_error *err) {
@@ -292,18 +344,23 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     if (!c->tie_embeddings) {
         add_req(req, &n, "lm_head.weight", V, D, &m->lm_head);
         req[n - 1].qslot = &m->q_head, req[n - 1].quantize = qe;
+        req[n - 1].pf = &m->head_bf, req[n - 1].pb = &m->head_bb;
     }
     for (int l = 0; l < c->n_layers; l++) {
         struct st_layer_weights *w = &m->layers[l];
         add_layer_req(req, &n, l, "input_layernorm.weight", D, 0, &w->in_norm);
         add_layer_req(req, &n, l, "self_attn.q_proj.weight", QD, D, &w->wq);
         req[n - 1].qslot = &w->q[ST_LIN_Q], req[n - 1].quantize = qk != 0;
+        req[n - 1].pf = &w->bf[ST_LIN_Q], req[n - 1].pb = &w->bb[ST_LIN_Q];
         add_layer_req(req, &n, l, "self_attn.k_proj.weight", KD, D, &w->wk);
         req[n - 1].qslot = &w->q[ST_LIN_K], req[n - 1].quantize = qk != 0;
+        req[n - 1].pf = &w->bf[ST_LIN_K], req[n - 1].pb = &w->bb[ST_LIN_K];
         add_layer_req(req, &n, l, "self_attn.v_proj.weight", KD, D, &w->wv);
         req[n - 1].qslot = &w->q[ST_LIN_V], req[n - 1].quantize = qk != 0;
+        req[n - 1].pf = &w->bf[ST_LIN_V], req[n - 1].pb = &w->bb[ST_LIN_V];
         add_layer_req(req, &n, l, "self_attn.o_proj.weight", D, QD, &w->wo);
         req[n - 1].qslot = &w->q[ST_LIN_O], req[n - 1].quantize = qk != 0;
+        req[n - 1].pf = &w->bf[ST_LIN_O], req[n - 1].pb = &w->bb[ST_LIN_O];
         if (c->qkv_bias) {
             add_layer_req(req, &n, l, "self_attn.q_proj.bias", QD, 0, &w->bq);
             add_layer_req(req, &n, l, "self_attn.k_proj.bias", KD, 0, &w->bk);
@@ -313,10 +370,13 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
         add_layer_req(req, &n, l, "post_attention_layernorm.weight", D, 0, &w->post_norm);
         add_layer_req(req, &n, l, "mlp.gate_proj.weight", H, D, &w->wg);
         req[n - 1].qslot = &w->q[ST_LIN_GATE], req[n - 1].quantize = qk != 0;
+        req[n - 1].pf = &w->bf[ST_LIN_GATE], req[n - 1].pb = &w->bb[ST_LIN_GATE];
         add_layer_req(req, &n, l, "mlp.up_proj.weight", H, D, &w->wu);
         req[n - 1].qslot = &w->q[ST_LIN_UP], req[n - 1].quantize = qk != 0;
+        req[n - 1].pf = &w->bf[ST_LIN_UP], req[n - 1].pb = &w->bb[ST_LIN_UP];
         add_layer_req(req, &n, l, "mlp.down_proj.weight", D, H, &w->wd);
         req[n - 1].qslot = &w->q[ST_LIN_DOWN], req[n - 1].quantize = qk != 0;
+        req[n - 1].pf = &w->bf[ST_LIN_DOWN], req[n - 1].pb = &w->bb[ST_LIN_DOWN];
         if (c->mlp_bias) {
             add_layer_req(req, &n, l, "mlp.gate_proj.bias", H, 0, &w->bg);
             add_layer_req(req, &n, l, "mlp.up_proj.bias", H, 0, &w->bu);
@@ -326,7 +386,7 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     /* pass 1: validate and size the conversions and the quantised storage */
     size_t convert_bytes = 0, q_bytes = 0, scratch = 0, nb_max = 0;
     int dq = o ? o->double_quant : 0;
-    size_t bnb_bytes = 0;
+    size_t bnb_bytes = 0, p_bytes = 0, pack_max = 0;
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t;
         if (req[i].qslot) {
@@ -344,6 +404,14 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
         if (rc) goto fail;
         m->n_params += (size_t)st_tensor_numel(t);
         m->bytes_on_disk += t->nbytes;
+        if (o && o->compute_bf16 && req[i].pf && !req[i].quantize) {
+            size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1];
+            req[i].pack = 1;
+            p_bytes += st_arena_round(st_bf16_panels_bytes(cols, rows)) +
+                       st_arena_round(st_bf16_panels_bytes(rows, cols));
+            if (rows * cols > pack_max) pack_max = rows * cols;
+            continue;
+        }
         if (req[i].quantize) {
             size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1];
             q_bytes += qstore_bytes(qk, rows, cols, dq);
@@ -387,9 +455,12 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
         }
         m->qbytes = q_bytes;
     }
+    if (o && o->compute_bf16 &&
+        (rc = pack_all(m, req, n, p_bytes, pack_max, c->tie_embeddings && !qe, err)))
+        goto fail;
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
-        if (req[i].quantize || req[i].bnb) continue;
+        if (req[i].quantize || req[i].bnb || req[i].pack) continue;
         if (!needs_convert(t)) {
             *req[i].dst = t->data;
             continue;
@@ -405,6 +476,16 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     if (c->tie_embeddings) {
         m->lm_head = m->embed;
         m->q_head = m->q_embed;
+        if (m->bf16 && !m->q_embed.kind) { /* the head is the embedding: pack it too */
+            size_t Vs = (size_t)V, Ds = (size_t)D;
+            uint16_t *f = st_arena_take(&m->parena, st_bf16_panels_bytes(Ds, Vs));
+            uint16_t *b = st_arena_take(&m->parena, st_bf16_panels_bytes(Vs, Ds));
+            ST_ASSERT(f && b);
+            st_bf16_pack_wt(f, m->embed, Vs, Ds);
+            st_bf16_pack_w(b, m->embed, Vs, Ds);
+            m->head_bf = f;
+            m->head_bb = b;
+        }
     }
     /* converted tensors no longer need their mapped pages: keep RSS what the plan says */
     if (convert_bytes) st_safetensors_drop_cache(m->st);
@@ -424,6 +505,7 @@ void st_model_free(struct st_model *m) {
     st_safetensors_close(m->st);
     st_arena_free(&m->converted);
     st_arena_free(&m->qarena);
+    st_arena_free(&m->parena);
     st_free(m->layers);
     st_free(m->inv_freq);
     memset(m, 0, sizeof *m);
@@ -616,8 +698,11 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
                         const float *bias, size_t N, size_t C, size_t OC) {
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
+    const uint16_t *bf = m->layers[c->layer].bf[mod];
     if (qw->kind)
         st_qlinear_forward(out, inp, qw, bias, m->qscratch, N);
+    else if (bf)
+        bf16_mm(m, out, inp, bf, bias, N, C, OC, 0);
     else
         m->k->linear_forward(out, inp, w, bias, N, C, OC);
     const struct st_lora_module *lm = m->lora ? st_lora_get(m->lora, c->layer, mod) : NULL;
@@ -638,8 +723,11 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
                          size_t OC) {
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
+    const uint16_t *bb = m->layers[c->layer].bb[mod];
     if (qw->kind)
         st_qlinear_backward_input(dinp, dout, qw, m->qscratch, N);
+    else if (bb)
+        bf16_mm(m, dinp, dout, bb, NULL, N, OC, C, 1);
     else
         m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, N, C, OC);
     const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
@@ -677,7 +765,9 @@ void st_model_embed(const struct st_model *m, float *out, const int32_t *ids, si
 }
 
 void st_model_head(const struct st_model *m, float *logits, const float *x, size_t N) {
-    if (m->q_head.kind)
+    if (m->head_bf)
+        bf16_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim, (size_t)m->cfg.vocab_size, 0);
+    else if (m->q_head.kind)
         st_qlinear_forward(logits, x, &m->q_head, NULL, m->qscratch, N);
     else
         m->k->linear_forward(logits, x, m->lm_head, NULL, N, (size_t)m->cfg.dim,
@@ -811,7 +901,9 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
         if (grad_scale == 0) continue;
         /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
         m->k->crossentropy_backward(a->logits, a->logits, tg, grad_scale, nr, V);
-        if (m->q_head.kind)
+        if (m->head_bb)
+            bf16_mm(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1);
+        else if (m->q_head.kind)
             st_qlinear_backward_input(a->dxn + r0 * D, a->logits, &m->q_head, m->qscratch, nr);
         else
             m->k->linear_backward(a->dxn + r0 * D, NULL, NULL, a->logits, a->xf + r0 * D,
@@ -901,7 +993,9 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
                              "with a grad_scale before backward");
         m->k->crossentropy_backward(a->logits, a->logits, targets, grad_scale, N, V);
         memset(a->dxn, 0, N * D * sizeof(float));
-        if (m->q_head.kind)
+        if (m->head_bb)
+            bf16_mm(m, a->dxn, a->logits, m->head_bb, NULL, N, V, D, 1);
+        else if (m->q_head.kind)
             st_qlinear_backward_input(a->dxn, a->logits, &m->q_head, m->qscratch, N);
         else
             m->k->linear_backward(a->dxn, NULL, NULL, a->logits, a->xf, m->lm_head, N, D, V);

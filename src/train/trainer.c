@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include "streamtune/bf16.h"
 #include "streamtune/chat.h"
 #include "streamtune/model.h"
 #include "streamtune/tokenizer.h"
@@ -723,7 +724,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
 
     /* the memory plan */
     int mode = (o->grad_checkpoint ? ST_ACTS_CHECKPOINT : ST_ACTS_TRAIN) | ST_ACTS_CHUNKED_HEAD;
-    size_t b_weights = m.converted.size + m.qarena.size + m.mapped_bytes;
+    size_t b_weights = m.converted.size + m.qarena.size + m.parena.size + m.mapped_bytes;
     size_t b_lora = lo.n_params * 4 * 4; /* params, grads, two moments */
     size_t b_acts = st_acts_bytes(&m.cfg, B, T, mode, lo.cfg.rank);
     size_t b_valb = 0;
@@ -739,6 +740,9 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         snprintf(wdesc, sizeof wdesc, "%s%s base, %s, F32 compute", st_quant_name(m.quant),
                  m.quant == ST_QUANT_NF4 && o->load.double_quant ? " double-quantised" : "",
                  m.q_embed.kind ? "embeddings too" : "embeddings unquantised");
+    else if (m.bf16)
+        snprintf(wdesc, sizeof wdesc, "projections packed in BF16 for %s, F32 norms/embeddings",
+                 st_bf16_native() ? "AVX512_BF16" : "the portable BF16 kernel");
     else
         snprintf(wdesc, sizeof wdesc, "%s",
                  m.dtype == ST_F32 ? "F32, memory-mapped" : "converted to F32");
