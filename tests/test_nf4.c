@@ -19,6 +19,9 @@
 #include "streamtune/formats.h"
 #include "streamtune/nf4.h"
 #include "streamtune/quant.h"
+#include "streamtune/bf16.h"
+
+static double bf16r(float f) { return st_bf16_to_f32(st_f32_to_bf16(f)); }
 
 #define GOLDEN ST_SOURCE_DIR "/tests/golden/nf4/nf4_golden.safetensors"
 #define MM_TOL 1e-5
@@ -443,6 +446,36 @@ static void qweight_case(enum st_quant kind, int dq, size_t R, size_t C, enum st
     CHECKF(emax / ref_max < MM_TOL && bmax / bref < MM_TOL,
            "%s dq=%d %zux%zu: forward %.3g, backward %.3g relative", st_quant_name(kind), dq, R, C,
            emax / ref_max, bmax / bref);
+    /* the BF16 variants: float64 over the BF16-rounded dequantised weights and inputs; products
+     * of BF16 values are exact in float, so 1e-5 of sum |x w| bounds the summation error */
+    uint32_t *xs = xmalloc(st_bf16_x_bytes(N, R > C ? R : C));
+    for (size_t i = 0; i < N * C; i++) dinp[i] = 1.0f;
+    st_qlinear_forward_bf16(out, x, &qw, bias, scr, xs, N);
+    st_qlinear_backward_input_bf16(dinp, dout, &qw, scr, xs, N);
+    double fe = 0, be = 0;
+    for (size_t i = 0; i < N; i++)
+        for (size_t o = 0; o < R; o++) {
+            double s = bias[o], a = fabs(bias[o]);
+            for (size_t c = 0; c < C; c++) {
+                double p = (double)bf16r(x[i * C + c]) * bf16r(deq[o * C + c]);
+                s += p;
+                a += fabs(p);
+            }
+            fe = fmax(fe, fabs(s - out[i * R + o]) / (a + 1e-30));
+        }
+    for (size_t i = 0; i < N; i++)
+        for (size_t c = 0; c < C; c++) {
+            double s = 1.0, a = 1.0;
+            for (size_t o = 0; o < R; o++) {
+                double p = (double)bf16r(dout[i * R + o]) * bf16r(deq[o * C + c]);
+                s += p;
+                a += fabs(p);
+            }
+            be = fmax(be, fabs(s - dinp[i * C + c]) / a);
+        }
+    CHECKF(fe < 1e-5 && be < 1e-5, "%s dq=%d %zux%zu BF16: forward %.3g, backward %.3g of sum|xw|",
+           st_quant_name(kind), dq, R, C, fe, be);
+    free(xs);
     void *all[] = {w, h, q, aq, absmax, nested, scale, tmp, chunk, deq, rows, x, out, bias, dout,
                    dinp, scr};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);

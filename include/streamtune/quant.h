@@ -49,9 +49,18 @@ size_t st_qweight_bytes(enum st_quant kind, size_t rows, size_t cols, int double
 /* Rows [r0, r0 + n) dequantised into dst (n, cols). */
 void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, size_t n);
 
-/* Rows of the scratch tile the matmuls use for this matrix, and the scratch floats it needs. */
+/* Rows of the scratch tile the matmuls use for this matrix, and the scratch floats it needs
+ * (enough for the BF16 variants below too). */
 size_t st_qweight_tile_rows(const struct st_qweight *w);
 size_t st_qweight_scratch_floats(const struct st_qweight *w);
+
+/* The same matmuls through the BF16 GEMM (bf16.h): each dequantised tile is packed into BF16
+ * panels in the scratch and multiplied there (dequantisation fused into the GEMM's packing).
+ * xscratch: st_bf16_x_bytes(N, max(rows, cols)) bytes. */
+void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweight *w,
+                             const float *bias, float *scratch, uint32_t *xscratch, size_t N);
+void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct st_qweight *w,
+                                    float *scratch, uint32_t *xscratch, size_t N);
 
 /* out (N, rows) = inp (N, cols) @ W^T + bias (may be NULL). scratch: st_qweight_scratch_floats. */
 void st_qlinear_forward(float *out, const float *inp, const struct st_qweight *w,

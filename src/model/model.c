@@ -270,6 +270,36 @@ static void bf16_mm(const struct st_model *m, float *out, const float *x, const 
     }
 }
 
+/* Quantised matmuls through the BF16 GEMM, in row chunks that fit the BF16 scratch. */
+static void q_forward(const struct st_model *m, float *out, const float *x,
+                      const struct st_qweight *w, const float *bias, size_t M) {
+    if (!m->bf16) {
+        st_qlinear_forward(out, x, w, bias, m->qscratch, M);
+        return;
+    }
+    size_t rows = m->bscratch_bytes / (((w->cols + 1) / 2) * 4);
+    if (rows > 8) rows -= rows % 8;
+    if (rows < 1) rows = 1;
+    for (size_t r0 = 0; r0 < M; r0 += rows)
+        st_qlinear_forward_bf16(out + r0 * w->rows, x + r0 * w->cols, w, bias, m->qscratch,
+                                m->bscratch, M - r0 < rows ? M - r0 : rows);
+}
+
+static void q_backward(const struct st_model *m, float *dx, const float *dy,
+                       const struct st_qweight *w, size_t M) {
+    if (!m->bf16) {
+        st_qlinear_backward_input(dx, dy, w, m->qscratch, M);
+        return;
+    }
+    size_t k = st_qweight_tile_rows(w);
+    size_t rows = m->bscratch_bytes / (((k + 1) / 2) * 4);
+    if (rows > 8) rows -= rows % 8;
+    if (rows < 1) rows = 1;
+    for (size_t r0 = 0; r0 < M; r0 += rows)
+        st_qlinear_backward_input_bf16(dx + r0 * w->cols, dy + r0 * w->rows, w, m->qscratch,
+                                       m->bscratch, M - r0 < rows ? M - r0 : rows);
+}
+
 /* Quantise the requested tensors one by one into m->qarena, releasing each one's mapped pages. */
 static enum st_status quantize_all(struct st_model *m, struct request *req, int n, enum st_quant qk,
                                    int dq, float *chunk, float *amt, struct st_error *err) {
@@ -700,7 +730,7 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const uint16_t *bf = m->layers[c->layer].bf[mod];
     if (qw->kind)
-        st_qlinear_forward(out, inp, qw, bias, m->qscratch, N);
+        q_forward(m, out, inp, qw, bias, N);
     else if (bf)
         bf16_mm(m, out, inp, bf, bias, N, C, OC, 0);
     else
@@ -725,7 +755,7 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const uint16_t *bb = m->layers[c->layer].bb[mod];
     if (qw->kind)
-        st_qlinear_backward_input(dinp, dout, qw, m->qscratch, N);
+        q_backward(m, dinp, dout, qw, N);
     else if (bb)
         bf16_mm(m, dinp, dout, bb, NULL, N, OC, C, 1);
     else
@@ -768,7 +798,7 @@ void st_model_head(const struct st_model *m, float *logits, const float *x, size
     if (m->head_bf)
         bf16_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim, (size_t)m->cfg.vocab_size, 0);
     else if (m->q_head.kind)
-        st_qlinear_forward(logits, x, &m->q_head, NULL, m->qscratch, N);
+        q_forward(m, logits, x, &m->q_head, NULL, N);
     else
         m->k->linear_forward(logits, x, m->lm_head, NULL, N, (size_t)m->cfg.dim,
                              (size_t)m->cfg.vocab_size);
@@ -904,7 +934,7 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
         if (m->head_bb)
             bf16_mm(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1);
         else if (m->q_head.kind)
-            st_qlinear_backward_input(a->dxn + r0 * D, a->logits, &m->q_head, m->qscratch, nr);
+            q_backward(m, a->dxn + r0 * D, a->logits, &m->q_head, nr);
         else
             m->k->linear_backward(a->dxn + r0 * D, NULL, NULL, a->logits, a->xf + r0 * D,
                                   m->lm_head, nr, D, V);
@@ -996,7 +1026,7 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
         if (m->head_bb)
             bf16_mm(m, a->dxn, a->logits, m->head_bb, NULL, N, V, D, 1);
         else if (m->q_head.kind)
-            st_qlinear_backward_input(a->dxn, a->logits, &m->q_head, m->qscratch, N);
+            q_backward(m, a->dxn, a->logits, &m->q_head, N);
         else
             m->k->linear_backward(a->dxn, NULL, NULL, a->logits, a->xf, m->lm_head, N, D, V);
     }

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "streamtune/bf16.h"
 #include "streamtune/nf4.h"
 #include "streamtune/quant.h"
 
@@ -88,7 +89,37 @@ size_t st_qweight_tile_rows(const struct st_qweight *w) {
 }
 
 size_t st_qweight_scratch_floats(const struct st_qweight *w) {
-    return st_qweight_tile_rows(w) * w->cols;
+    /* the float tile, then its BF16 panels (at most the same bytes again, with padding) */
+    size_t tr = st_qweight_tile_rows(w);
+    size_t pan = st_bf16_panels_bytes(w->cols, tr) > st_bf16_panels_bytes(tr, w->cols)
+                     ? st_bf16_panels_bytes(w->cols, tr)
+                     : st_bf16_panels_bytes(tr, w->cols);
+    return tr * w->cols + (pan + 3) / 4;
+}
+
+void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweight *w,
+                             const float *bias, float *scratch, uint32_t *xscratch, size_t N) {
+    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
+    uint16_t *pan = (uint16_t *)(scratch + tr * C);
+    for (size_t r0 = 0; r0 < OC; r0 += tr) {
+        size_t nr = OC - r0 < tr ? OC - r0 : tr;
+        st_qweight_dequant_rows(scratch, w, r0, nr);
+        st_bf16_pack_wt(pan, scratch, nr, C);
+        st_bf16_gemm(out + r0, OC, inp, C, pan, bias ? bias + r0 : NULL, N, C, nr, 0, xscratch);
+    }
+}
+
+void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct st_qweight *w,
+                                    float *scratch, uint32_t *xscratch, size_t N) {
+    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
+    uint16_t *pan = (uint16_t *)(scratch + tr * C);
+    for (size_t r0 = 0; r0 < OC; r0 += tr) {
+        size_t nr = OC - r0 < tr ? OC - r0 : tr;
+        st_qweight_dequant_rows(scratch, w, r0, nr);
+        st_bf16_pack_w(pan, scratch, nr, C);
+        /* dinp (N, C) += dout[:, r0:r0+nr] @ tile (nr, C) */
+        st_bf16_gemm(dinp, C, dout + r0, OC, pan, NULL, N, nr, C, 1, xscratch);
+    }
 }
 
 void st_qlinear_forward(float *out, const float *inp, const struct st_qweight *w,
