@@ -64,8 +64,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             t.flip_p = 0.5f;
             if (mode >= 6) t.brightness = t.contrast = t.saturation = 0.4f, t.hue = 0.1f;
         }
-        enum st_status rc = st_image_load(data, size, &lim, &t, (uint64_t)param * 7919u, &im,
-                                          &err);
+        /* mode 7 also runs through a workspace, twice: reused buffers give the same image */
+        struct st_image_work *work = NULL;
+        if (mode == 7 && st_image_work_init(&work, &err)) return 0;
+        enum st_status rc = st_image_load(data, size, &lim, &t, (uint64_t)param * 7919u, work,
+                                          &im, &err);
+        if (work) {
+            struct st_image again;
+            enum st_status rc2 = st_image_load(data, size, &lim, &t, (uint64_t)param * 7919u,
+                                               work, &again, &err);
+            FI_REQUIRE(rc2 == rc, "second load through the workspace: %d then %d", (int)rc,
+                       (int)rc2);
+            if (rc == ST_OK)
+                FI_REQUIRE(memcmp(im.px, again.px, (size_t)t.size * t.size * 3) == 0,
+                           "a reused workspace changed the pixels");
+            st_image_free(&again);
+            st_image_work_free(work);
+        }
         if (rc == ST_OK) {
             FI_REQUIRE(prc == ST_OK && im.w == t.size && im.h == t.size && im.c == 3 && im.px,
                        "loaded %dx%dx%d for size %d", im.w, im.h, im.c, t.size);

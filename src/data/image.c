@@ -277,6 +277,7 @@ struct jpeg_job {
     struct jpeg_ctx ctx;
     const struct st_image_info *info;
     int num, rx0, ry0, rx1, ry1;
+    struct st_image_work *work;
     struct img_part *part;
 };
 
@@ -303,30 +304,32 @@ static enum st_status jpeg_body(struct jpeg_job *j, struct st_error *err) {
     int ry1 = j->ry1 <= ry0 ? ry0 + 1 : j->ry1 > sh ? sh : j->ry1;
     /* jpeg_crop_scanline starts at an iMCU column and upsamples chroma with the crop's edges
      * replicated, so the outermost columns of a crop differ from a full decode (up to 13 levels
-     * on 4:2:0): decode IMG_JPEG_CROP_SLACK more columns each side and keep [rx0, rx1) only. */
+     * on 4:2:0): decode IMG_JPEG_CROP_SLACK more columns each side; the inexact ones lie outside
+     * [rx0, rx1), which is all the caller reads. */
     int cx0 = rx0 - IMG_JPEG_CROP_SLACK < 0 ? 0 : rx0 - IMG_JPEG_CROP_SLACK;
     int cx1 = rx1 + IMG_JPEG_CROP_SLACK > sw ? sw : rx1 + IMG_JPEG_CROP_SLACK;
     JDIMENSION xoff = (JDIMENSION)cx0, width = (JDIMENSION)(cx1 - cx0);
-    int cropped = cx0 > 0 || cx1 < sw;
-    if (cropped) jpeg_crop_scanline(ci, &xoff, &width);
-    if (!cropped) rx0 = 0, rx1 = sw; /* the slack reached both sides: whole rows */
+    if (cx0 > 0 || cx1 < sw) jpeg_crop_scanline(ci, &xoff, &width);
+    else xoff = 0, width = (JDIMENSION)sw;
     if ((int)xoff > rx0 || (int)(xoff + width) < rx1)
         return st_errorf(err, ST_ERR_FORMAT, "JPEG: crop %u+%u does not cover %d..%d", xoff,
                          width, rx0, rx1);
-    int w = rx1 - rx0, h = ry1 - ry0, direct = !cropped && !cmyk;
-    if (!(j->ctx.px = alloc_rgb(w, h, "JPEG", err))) return err ? err->code : ST_ERR_NOMEM;
-    if (!direct && !(j->ctx.row = st_malloc((size_t)width * (cmyk ? 4 : 3))))
+    int w = (int)width, h = ry1 - ry0;
+    size_t n;
+    if (st_mul_size((size_t)w * 3, (size_t)h, &n))
+        return st_errorf(err, ST_ERR_NOMEM, "JPEG: %dx%d region overflows", w, h);
+    if (!(j->ctx.px = img_work_take(j->work, IMG_WORK_DECODE, n)))
+        return st_errorf(err, ST_ERR_NOMEM, "JPEG: out of memory for a %dx%d region", w, h);
+    if (cmyk && !(j->ctx.row = st_malloc((size_t)w * 4)))
         return st_errorf(err, ST_ERR_NOMEM, "JPEG: out of memory for a row");
     if (ry0 > 0) jpeg_skip_scanlines(ci, (JDIMENSION)ry0);
-    size_t comps = cmyk ? 4 : 3, skip = (size_t)(rx0 - (int)xoff) * comps;
     for (int y = 0; y < h; y++) {
         uint8_t *dst = j->ctx.px + (size_t)y * (size_t)w * 3;
-        JSAMPROW r = direct ? dst : j->ctx.row;
+        JSAMPROW r = cmyk ? j->ctx.row : dst;
         /* only a suspending source returns 0 rows; ours errors out instead */
         if (jpeg_read_scanlines(ci, &r, 1) != 1)
             return st_errorf(err, ST_ERR_FORMAT, "JPEG: decoder returned no row %d", ry0 + y);
-        if (cmyk) cmyk_to_rgb(dst, j->ctx.row + skip, w, ci->saw_Adobe_marker);
-        else if (!direct) memcpy(dst, j->ctx.row + skip, (size_t)w * 3);
+        if (cmyk) cmyk_to_rgb(dst, j->ctx.row, w, ci->saw_Adobe_marker);
     }
     if (ry1 == sh) jpeg_finish_decompress(ci); /* reads to EOI: a truncated tail is an error */
     struct img_part *part = j->part;
@@ -335,18 +338,19 @@ static enum st_status jpeg_body(struct jpeg_job *j, struct st_error *err) {
     part->im.c = 3;
     part->im.px = j->ctx.px;
     j->ctx.px = NULL;
-    part->x0 = rx0;
+    part->x0 = (int)xoff;
     part->y0 = ry0;
     part->sw = sw;
     part->sh = sh;
     part->num = j->num;
+    part->borrowed = j->work != NULL;
     return ST_OK;
 }
 
 enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
                                     const struct st_image_limits *lim, int num, int rx0, int ry0,
-                                    int rx1, int ry1, struct img_part *part,
-                                    struct st_error *err) {
+                                    int rx1, int ry1, struct st_image_work *work,
+                                    struct img_part *part, struct st_error *err) {
     memset(part, 0, sizeof *part);
     struct st_image_info info;
     enum st_status rc = st_image_probe(data, len, &info, err);
@@ -360,6 +364,7 @@ enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
     j->info = &info;
     j->num = num, j->rx0 = rx0, j->ry0 = ry0, j->rx1 = rx1, j->ry1 = ry1;
     j->part = part;
+    j->work = work;
     j->ctx.len = len;
     j->cinfo.err = jpeg_std_error(&j->ctx.pub);
     j->ctx.pub.error_exit = jpeg_on_error;
@@ -382,7 +387,7 @@ enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
     }
     jpeg_destroy_decompress(&j->cinfo); /* also aborts an unfinished decode */
     st_free(j->ctx.row);
-    st_free(j->ctx.px);
+    if (j->ctx.px) img_work_give(work, j->ctx.px);
     st_free(j);
     if (rc) memset(part, 0, sizeof *part);
     return rc;
@@ -515,7 +520,7 @@ enum st_status st_image_decode(const uint8_t *data, size_t len, const struct st_
     switch (info.format) {
     case ST_IMAGE_JPEG: {
         struct img_part part;
-        rc = img_jpeg_decode_part(data, len, lim, 8, 0, 0, info.w, info.h, &part, err);
+        rc = img_jpeg_decode_part(data, len, lim, 8, 0, 0, info.w, info.h, NULL, &part, err);
         if (rc) return rc;
         *out = part.im;
         return ST_OK;

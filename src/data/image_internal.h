@@ -15,15 +15,29 @@ struct img_part {
     int borrowed; /* im.px belongs to someone else (a view of a decoded image) */
 };
 
+/* st_image_work: one reusable buffer per use. img_work_take returns n bytes (grown as needed
+ * and kept when w is non-NULL, else a fresh allocation); img_work_give releases a fresh one and
+ * leaves a kept one. */
+enum { IMG_WORK_DECODE, IMG_WORK_T1, IMG_WORK_H, IMG_WORK_TMP, IMG_WORK_ACC, IMG_WORK_SLOTS };
+struct st_image_work {
+    void *buf[IMG_WORK_SLOTS];
+    size_t cap[IMG_WORK_SLOTS];
+};
+void *img_work_take(struct st_image_work *w, int slot, size_t n);
+void img_work_give(struct st_image_work *w, void *p);
+
 /* The JPEG DCT scale (num of num/8, 1..8) and the scaled size for an image of w x h. */
 void img_jpeg_scaled_size(int w, int h, int num, int *sw, int *sh);
 
-/* Decode a JPEG at scale num/8 (1..8), only the scaled-image region [rx0, rx1) x [ry0, ry1)
- * (the whole width when the region nearly is: part->x0 and im.w say what came). Limits are checked on
- * the full image first. */
+/* Decode a JPEG at scale num/8 (1..8), at least the scaled-image region [rx0, rx1) x
+ * [ry0, ry1): part->x0 and im.w say which columns came (widened to libjpeg's iMCU columns, or
+ * the whole width). Pixels inside the region equal a full decode at that scale; columns outside
+ * it may not (crop edges). With work, part->im.px is the work's buffer (part->borrowed). Limits
+ * are checked on the full image first. */
 enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
                                     const struct st_image_limits *lim, int num, int rx0, int ry0,
-                                    int rx1, int ry1, struct img_part *part, struct st_error *err);
+                                    int rx1, int ry1, struct st_image_work *work,
+                                    struct img_part *part, struct st_error *err);
 
 /* Probe + limit check (the message names the dimensions and the limit). */
 enum st_status img_check_limits(const struct st_image_info *info,
@@ -51,7 +65,7 @@ void img_coeffs_shift(struct img_coeffs *c, int d);
  * Pillow. An identity axis (same size, whole box) has one weight of 1.0 per output: Pillow
  * skips that pass, and a copy is what it computes. */
 enum st_status img_resample(const uint8_t *src, size_t stride, const struct img_coeffs *cx,
-                            const struct img_coeffs *cy, struct st_image *out,
-                            struct st_error *err);
+                            const struct img_coeffs *cy, struct st_image_work *work,
+                            struct st_image *out, struct st_error *err);
 
 #endif

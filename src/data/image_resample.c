@@ -131,65 +131,111 @@ static inline uint8_t clip_acc(int32_t v) {
     return v > 255 ? 255 : (uint8_t)v;
 }
 
+/* One pass along rows: out row j (width bytes) = clip(sum over taps t of in row
+ * (c->bounds[2j] - row0 + t) * c->k[j][t]), for every byte of the row at once, so the inner loop
+ * is contiguous and vectorises. Integer sums are exact in any order, so this computes exactly
+ * Pillow's per-pixel loops. acc holds width int32. */
+static void pass_rows(const uint8_t *in, size_t in_stride, int row0, size_t width,
+                      const struct img_coeffs *c, uint8_t *out, size_t out_stride, int32_t *acc) {
+    const int32_t half = 1 << (IMG_PREC - 1);
+    for (int j = 0; j < c->n; j++) {
+        const int32_t *k = c->k + (size_t)j * (size_t)c->ksize;
+        int first = c->bounds[2 * j] - row0, cnt = c->bounds[2 * j + 1];
+        for (size_t i = 0; i < width; i++) acc[i] = half;
+        for (int t = 0; t < cnt; t++) {
+            const uint8_t *row = in + (size_t)(first + t) * in_stride;
+            int32_t kt = k[t];
+            for (size_t i = 0; i < width; i++) acc[i] += row[i] * kt;
+        }
+        uint8_t *o = out + (size_t)j * out_stride;
+        for (size_t i = 0; i < width; i++) o[i] = clip_acc(acc[i]);
+    }
+}
+
+/* Transpose RGB pixels: in (rows, cols) with stride in_stride -> out (cols, rows), rows * 3
+ * bytes per out row. Blocked so both sides stay in cache. */
+static void transpose_rgb(const uint8_t *in, size_t in_stride, int rows, int cols, uint8_t *out) {
+    const int B = 16;
+    size_t out_stride = (size_t)rows * 3;
+    for (int y0 = 0; y0 < rows; y0 += B)
+        for (int x0 = 0; x0 < cols; x0 += B) {
+            int y1 = y0 + B < rows ? y0 + B : rows, x1 = x0 + B < cols ? x0 + B : cols;
+            for (int y = y0; y < y1; y++) {
+                const uint8_t *s = in + (size_t)y * in_stride;
+                for (int x = x0; x < x1; x++) {
+                    uint8_t *d = out + (size_t)x * out_stride + (size_t)y * 3;
+                    d[0] = s[3 * x], d[1] = s[3 * x + 1], d[2] = s[3 * x + 2];
+                }
+            }
+        }
+}
+
+void *img_work_take(struct st_image_work *w, int slot, size_t n) {
+    if (!w) return st_malloc(n ? n : 1);
+    if (w->cap[slot] < n) {
+        st_free(w->buf[slot]);
+        w->buf[slot] = st_malloc(n);
+        w->cap[slot] = w->buf[slot] ? n : 0;
+    }
+    return w->buf[slot];
+}
+
+void img_work_give(struct st_image_work *w, void *p) {
+    if (!w) st_free(p);
+}
+
+enum st_status st_image_work_init(struct st_image_work **w, struct st_error *err) {
+    *w = st_calloc(1, sizeof **w);
+    return *w ? ST_OK : st_errorf(err, ST_ERR_NOMEM, "image: out of memory for a workspace");
+}
+
+void st_image_work_free(struct st_image_work *w) {
+    if (!w) return;
+    for (int i = 0; i < IMG_WORK_SLOTS; i++) st_free(w->buf[i]);
+    st_free(w);
+}
+
 enum st_status img_resample(const uint8_t *src, size_t stride, const struct img_coeffs *cx,
-                            const struct img_coeffs *cy, struct st_image *out,
-                            struct st_error *err) {
+                            const struct img_coeffs *cy, struct st_image_work *work,
+                            struct st_image *out, struct st_error *err) {
     memset(out, 0, sizeof *out);
-    int ylo, yhi;
+    int ylo, yhi, xlo, xhi;
     img_coeffs_span(cy, &ylo, &yhi);
-    int rows = yhi - ylo;
-    size_t row_bytes = (size_t)cx->n * 3, tmp_bytes, out_bytes;
-    if (st_mul_size(row_bytes, (size_t)(rows > 0 ? rows : 1), &tmp_bytes) ||
-        st_mul_size(row_bytes, (size_t)cy->n, &out_bytes))
+    img_coeffs_span(cx, &xlo, &xhi);
+    int rows = yhi - ylo, cols = xhi - xlo;
+    if (rows < 1) rows = 1, yhi = ylo + 1;
+    if (cols < 1) cols = 1, xhi = xlo + 1;
+    /* The horizontal pass is a pass along rows of the transposed region: transpose the
+     * [xlo, xhi) x [ylo, yhi) source (cols rows of rows * 3 bytes), filter, transpose back into
+     * the 8-bit intermediate (rows, cx->n), then the vertical pass. */
+    size_t tcol = (size_t)rows * 3, tmp_row = (size_t)cx->n * 3, nt, nh, nacc, nout;
+    if (st_mul_size(tcol, (size_t)cols, &nt) || st_mul_size(tcol, (size_t)cx->n, &nh) ||
+        st_mul_size(tmp_row, (size_t)cy->n, &nout))
         return st_errorf(err, ST_ERR_NOMEM, "resample: %d x %d output overflows", cx->n, cy->n);
-    uint8_t *tmp = st_malloc(tmp_bytes);
-    int32_t *acc = st_malloc(row_bytes * sizeof(int32_t));
-    out->px = st_malloc(out_bytes);
-    if (!tmp || !acc || !out->px) {
-        st_free(tmp);
-        st_free(acc);
+    nacc = (tcol > tmp_row ? tcol : tmp_row) * sizeof(int32_t);
+    uint8_t *t1 = img_work_take(work, IMG_WORK_T1, nt);
+    uint8_t *h = img_work_take(work, IMG_WORK_H, nh);
+    uint8_t *tmp = img_work_take(work, IMG_WORK_TMP, nh);
+    int32_t *acc = img_work_take(work, IMG_WORK_ACC, nacc);
+    out->px = st_malloc(nout);
+    enum st_status rc = ST_OK;
+    if (!t1 || !h || !tmp || !acc || !out->px) {
         st_free(out->px);
         out->px = NULL;
-        return st_errorf(err, ST_ERR_NOMEM, "resample: out of memory for a %d x %d image", cx->n,
-                         cy->n);
+        rc = st_errorf(err, ST_ERR_NOMEM, "resample: out of memory for a %d x %d image", cx->n,
+                       cy->n);
+    } else {
+        transpose_rgb(src + (size_t)ylo * stride + (size_t)xlo * 3, stride, rows, cols, t1);
+        pass_rows(t1, tcol, xlo, tcol, cx, h, tcol, acc);          /* (cx->n, rows * 3) */
+        transpose_rgb(h, tcol, cx->n, rows, tmp);                  /* (rows, cx->n * 3) */
+        pass_rows(tmp, tmp_row, ylo, tmp_row, cy, out->px, tmp_row, acc);
+        out->w = cx->n;
+        out->h = cy->n;
+        out->c = 3;
     }
-    /* horizontal pass over the rows [ylo, yhi) the vertical pass reads */
-    const int32_t half = 1 << (IMG_PREC - 1);
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *in = src + (size_t)(ylo + r) * stride;
-        uint8_t *o = tmp + (size_t)r * row_bytes;
-        for (int i = 0; i < cx->n; i++) {
-            const int32_t *k = cx->k + (size_t)i * (size_t)cx->ksize;
-            const uint8_t *p = in + (size_t)cx->bounds[2 * i] * 3;
-            int cnt = cx->bounds[2 * i + 1];
-            int32_t s0 = half, s1 = half, s2 = half;
-            for (int t = 0; t < cnt; t++) {
-                s0 += p[3 * t + 0] * k[t];
-                s1 += p[3 * t + 1] * k[t];
-                s2 += p[3 * t + 2] * k[t];
-            }
-            o[3 * i + 0] = clip_acc(s0);
-            o[3 * i + 1] = clip_acc(s1);
-            o[3 * i + 2] = clip_acc(s2);
-        }
-    }
-    /* vertical pass: whole rows at a time, so the inner loop is contiguous */
-    for (int j = 0; j < cy->n; j++) {
-        const int32_t *k = cy->k + (size_t)j * (size_t)cy->ksize;
-        int y0 = cy->bounds[2 * j] - ylo, cnt = cy->bounds[2 * j + 1];
-        for (size_t i = 0; i < row_bytes; i++) acc[i] = half;
-        for (int t = 0; t < cnt; t++) {
-            const uint8_t *row = tmp + (size_t)(y0 + t) * row_bytes;
-            int32_t kt = k[t];
-            for (size_t i = 0; i < row_bytes; i++) acc[i] += row[i] * kt;
-        }
-        uint8_t *o = out->px + (size_t)j * row_bytes;
-        for (size_t i = 0; i < row_bytes; i++) o[i] = clip_acc(acc[i]);
-    }
-    st_free(tmp);
-    st_free(acc);
-    out->w = cx->n;
-    out->h = cy->n;
-    out->c = 3;
-    return ST_OK;
+    img_work_give(work, t1);
+    img_work_give(work, h);
+    img_work_give(work, tmp);
+    img_work_give(work, acc);
+    return rc;
 }

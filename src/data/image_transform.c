@@ -9,7 +9,8 @@
  *   image onto size x size. CROP_RANDOM: box = clamp = the random crop onto size x size (PIL
  *   resizes the cropped image, so the filter never reads outside it).
  * - Because the plan needs only the size, st_image_load plans from the header, picks the JPEG
- *   DCT scale num/8 = the smallest with box_w * num / 8 >= ow and box_h * num / 8 >= oh, maps the
+ *   DCT scale num/8 = the smallest of 1/8, 1/4, 1/2, 1 with box_w * num / 8 >= ow and
+ *   box_h * num / 8 >= oh (the scales with SIMD in libjpeg-turbo), maps the
  *   plan into the scaled image (box edges on the image border go to the scaled border, as
  *   Pillow's draft() + resize does; inner edges scale by num/8), computes the resize
  *   coefficients, and asks the decoder for just the rows and columns they read.
@@ -325,14 +326,16 @@ void st_image_flip(struct st_image *im) {
 /* Run plan p on an image that comes at scale num/8 (scaled size sw x sh). decode() is given the
  * scaled-image region the filter reads and returns the part it decoded. */
 typedef enum st_status (*img_decode_fn)(void *ctx, int num, int rx0, int ry0, int rx1, int ry1,
-                                        struct img_part *part, struct st_error *err);
+                                        struct st_image_work *work, struct img_part *part,
+                                        struct st_error *err);
 
 static int scale_lo(int v, int num) { return (int)(((int64_t)v * num) / 8); }
 static int scale_hi(int v, int num) { return (int)(((int64_t)v * num + 7) / 8); }
 
 static enum st_status plan_run(const struct img_plan *p, const struct st_image_transform *t,
                                int w, int h, int num, img_decode_fn decode, void *ctx,
-                               struct st_image *out, struct st_error *err) {
+                               struct st_image_work *work, struct st_image *out,
+                               struct st_error *err) {
     int sw, sh;
     img_jpeg_scaled_size(w, h, num, &sw, &sh);
     /* clamp region and box in scaled pixels; edges on the border map to the scaled border */
@@ -359,7 +362,7 @@ static enum st_status plan_run(const struct img_plan *p, const struct st_image_t
     img_coeffs_span(&kx, &xlo, &xhi);
     img_coeffs_span(&ky, &ylo, &yhi);
     struct img_part part;
-    rc = decode(ctx, num, cx0 + xlo, cy0 + ylo, cx0 + xhi, cy0 + yhi, &part, err);
+    rc = decode(ctx, num, cx0 + xlo, cy0 + ylo, cx0 + xhi, cy0 + yhi, work, &part, err);
     if (!rc && (part.x0 > cx0 + xlo || part.y0 > cy0 + ylo ||
                 part.x0 + part.im.w < cx0 + xhi || part.y0 + part.im.h < cy0 + yhi)) {
         if (!part.borrowed) st_image_free(&part.im);
@@ -374,7 +377,7 @@ static enum st_status plan_run(const struct img_plan *p, const struct st_image_t
     }
     img_coeffs_shift(&kx, cx0 - part.x0);
     img_coeffs_shift(&ky, cy0 - part.y0);
-    rc = img_resample(part.im.px, (size_t)part.im.w * 3, &kx, &ky, out, err);
+    rc = img_resample(part.im.px, (size_t)part.im.w * 3, &kx, &ky, work, out, err);
     img_coeffs_free(&kx);
     img_coeffs_free(&ky);
     if (!part.borrowed) st_image_free(&part.im);
@@ -386,9 +389,10 @@ static enum st_status plan_run(const struct img_plan *p, const struct st_image_t
 
 /* "decoder" for an already-decoded image: a borrowed view of the whole of it */
 static enum st_status view_decode(void *ctx, int num, int rx0, int ry0, int rx1, int ry1,
-                                  struct img_part *part, struct st_error *err) {
+                                  struct st_image_work *work, struct img_part *part,
+                                  struct st_error *err) {
     const struct st_image *in = ctx;
-    (void)num, (void)rx0, (void)ry0, (void)rx1, (void)ry1, (void)err;
+    (void)num, (void)rx0, (void)ry0, (void)rx1, (void)ry1, (void)work, (void)err;
     memset(part, 0, sizeof *part);
     part->im = *in;
     part->sw = in->w, part->sh = in->h, part->num = 8;
@@ -397,7 +401,8 @@ static enum st_status view_decode(void *ctx, int num, int rx0, int ry0, int rx1,
 }
 
 enum st_status st_image_apply(const struct st_image *in, const struct st_image_transform *t,
-                              uint64_t seed, struct st_image *out, struct st_error *err) {
+                              uint64_t seed, struct st_image_work *work, struct st_image *out,
+                              struct st_error *err) {
     memset(out, 0, sizeof *out);
     enum st_status rc = check_transform(t, err);
     if (rc) return rc;
@@ -405,7 +410,7 @@ enum st_status st_image_apply(const struct st_image *in, const struct st_image_t
         return st_errorf(err, ST_ERR_ARG, "image apply: need an RGB image");
     struct img_plan p;
     if ((rc = plan_make(in->w, in->h, t, seed, &p, err))) return rc;
-    return plan_run(&p, t, in->w, in->h, 8, view_decode, (void *)in, out, err);
+    return plan_run(&p, t, in->w, in->h, 8, view_decode, (void *)in, work, out, err);
 }
 
 enum st_status st_image_resize(const struct st_image *in, int w, int h, enum st_image_filter f,
@@ -422,7 +427,7 @@ enum st_status st_image_resize(const struct st_image *in, int w, int h, enum st_
         img_coeffs_free(&kx);
         return rc;
     }
-    rc = img_resample(in->px, (size_t)in->w * 3, &kx, &ky, out, err);
+    rc = img_resample(in->px, (size_t)in->w * 3, &kx, &ky, NULL, out, err);
     img_coeffs_free(&kx);
     img_coeffs_free(&ky);
     return rc;
@@ -435,14 +440,17 @@ struct jpeg_src {
 };
 
 static enum st_status jpeg_decode(void *ctx, int num, int rx0, int ry0, int rx1, int ry1,
-                                  struct img_part *part, struct st_error *err) {
+                                  struct st_image_work *work, struct img_part *part,
+                                  struct st_error *err) {
     const struct jpeg_src *s = ctx;
-    return img_jpeg_decode_part(s->data, s->len, s->lim, num, rx0, ry0, rx1, ry1, part, err);
+    return img_jpeg_decode_part(s->data, s->len, s->lim, num, rx0, ry0, rx1, ry1, work, part,
+                                err);
 }
 
 enum st_status st_image_load(const uint8_t *data, size_t len, const struct st_image_limits *lim,
                              const struct st_image_transform *t, uint64_t seed,
-                             struct st_image *out, struct st_error *err) {
+                             struct st_image_work *work, struct st_image *out,
+                             struct st_error *err) {
     memset(out, 0, sizeof *out);
     enum st_status rc = check_transform(t, err);
     if (rc) return rc;
@@ -452,7 +460,7 @@ enum st_status st_image_load(const uint8_t *data, size_t len, const struct st_im
     if (info.format != ST_IMAGE_JPEG) {
         struct st_image full;
         if ((rc = st_image_decode(data, len, lim, &full, err))) return rc;
-        rc = st_image_apply(&full, t, seed, out, err);
+        rc = st_image_apply(&full, t, seed, work, out, err);
         st_image_free(&full);
         return rc;
     }
@@ -460,15 +468,16 @@ enum st_status st_image_load(const uint8_t *data, size_t len, const struct st_im
     if ((rc = plan_make(info.w, info.h, t, seed, &p, err))) return rc;
     int num = 8;
     if (t->jpeg_scale) {
-        /* smallest num with box * num / 8 >= output on both axes */
+        /* the smallest of 1/8, 1/4, 1/2 with box * num / 8 >= output on both axes: libjpeg-turbo
+         * has SIMD IDCTs for those and 8/8 only; 3/8 and 5/8..7/8 decode slower than full size
+         * (bench/NOTES.md). They are also the scales Pillow's draft() uses. */
         int64_t bw = p.bx1 - p.bx0, bh = p.by1 - p.by0;
         int64_t nx = (8 * (int64_t)p.ow + bw - 1) / bw, ny = (8 * (int64_t)p.oh + bh - 1) / bh;
-        num = (int)(nx > ny ? nx : ny);
-        if (num < 1) num = 1;
-        if (num > 8) num = 8;
+        int64_t need = nx > ny ? nx : ny;
+        num = need <= 1 ? 1 : need <= 2 ? 2 : need <= 4 ? 4 : 8;
     }
     struct jpeg_src src = {data, len, lim};
-    return plan_run(&p, t, info.w, info.h, num, jpeg_decode, &src, out, err);
+    return plan_run(&p, t, info.w, info.h, num, jpeg_decode, &src, work, out, err);
 }
 
 /* ---- normalisation ---- */
@@ -487,10 +496,12 @@ void st_image_to_f32(const struct st_image *im, const float mean[3], const float
     float lut[3][256];
     norm_table(mean, std, lut);
     size_t n = (size_t)im->w * (size_t)im->h;
-    for (int c = 0; c < 3; c++) {
-        float *o = out + (size_t)c * n;
-        const uint8_t *p = im->px + c;
-        for (size_t i = 0; i < n; i++) o[i] = lut[c][p[3 * i]];
+    float *o0 = out, *o1 = out + n, *o2 = out + 2 * n;
+    const uint8_t *p = im->px;
+    for (size_t i = 0; i < n; i++, p += 3) {
+        o0[i] = lut[0][p[0]];
+        o1[i] = lut[1][p[1]];
+        o2[i] = lut[2][p[2]];
     }
 }
 
@@ -509,9 +520,11 @@ void st_image_to_bf16(const struct st_image *im, const float mean[3], const floa
     for (int c = 0; c < 3; c++)
         for (int v = 0; v < 256; v++) lut16[c][v] = f32_to_bf16(lut[c][v]);
     size_t n = (size_t)im->w * (size_t)im->h;
-    for (int c = 0; c < 3; c++) {
-        uint16_t *o = out + (size_t)c * n;
-        const uint8_t *p = im->px + c;
-        for (size_t i = 0; i < n; i++) o[i] = lut16[c][p[3 * i]];
+    uint16_t *o0 = out, *o1 = out + n, *o2 = out + 2 * n;
+    const uint8_t *p = im->px;
+    for (size_t i = 0; i < n; i++, p += 3) {
+        o0[i] = lut16[0][p[0]];
+        o1[i] = lut16[1][p[1]];
+        o2[i] = lut16[2][p[2]];
     }
 }
