@@ -67,12 +67,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* mode 7 also runs through a workspace, twice: reused buffers give the same image */
         struct st_image_work *work = NULL;
         if (mode == 7 && st_image_work_init(&work, &err)) return 0;
-        enum st_status rc = st_image_load(data, size, &lim, &t, (uint64_t)param * 7919u, work,
-                                          &im, &err);
+        enum st_status rc =
+            st_image_load(data, size, &lim, &t, (uint64_t)param * 7919u, work, &im, &err);
         if (work) {
             struct st_image again;
-            enum st_status rc2 = st_image_load(data, size, &lim, &t, (uint64_t)param * 7919u,
-                                               work, &again, &err);
+            enum st_status rc2 =
+                st_image_load(data, size, &lim, &t, (uint64_t)param * 7919u, work, &again, &err);
             FI_REQUIRE(rc2 == rc, "second load through the workspace: %d then %d", (int)rc,
                        (int)rc2);
             if (rc == ST_OK)

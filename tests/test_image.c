@@ -191,8 +191,8 @@ static void run_case(char *line) {
             if (!rc && !load_png(f[14], &exp)) {
                 double mean = 0;
                 int d = max_diff(&out2, &exp, &mean);
-                printf("     DCT-scaled random crop vs full decode: max %d, mean %.3f (8-bit)\n",
-                       d, mean);
+                printf("     DCT-scaled random crop vs full decode: max %d, mean %.3f (8-bit)\n", d,
+                       mean);
                 CHECKF(d >= 0 && mean < 2.0, "%s: DCT-scaled mean diff %.3f", orig, mean);
                 st_image_free(&exp);
             }
@@ -205,7 +205,8 @@ static void run_case(char *line) {
         if (!rc) check_image("adjust", orig, &in, f[6], atoi(f[7]));
     } else if (strcmp(f[0], "norm") == 0 && nf == 10) {
         float mean[3], std[3];
-        for (int c = 0; c < 3; c++) mean[c] = strtof(f[2 + c], NULL), std[c] = strtof(f[5 + c], NULL);
+        for (int c = 0; c < 3; c++)
+            mean[c] = strtof(f[2 + c], NULL), std[c] = strtof(f[5 + c], NULL);
         size_t n = (size_t)3 * in.w * in.h, l32, l16;
         float *got = st_malloc(n * sizeof(float));
         uint16_t *got16 = st_malloc(n * sizeof(uint16_t));
@@ -226,14 +227,15 @@ static void run_case(char *line) {
                 memcpy(&r, e16 + 2 * i, 2);
                 bad16 += r != got16[i];
             }
-            printf("     normalise (%s): max |f32 - torchvision| = %g, bf16 mismatches %d\n",
-                   f[8], m, bad16);
+            printf("     normalise (%s): max |f32 - torchvision| = %g, bf16 mismatches %d\n", f[8],
+                   m, bad16);
             CHECKF(m == 0 && bad16 == 0, "%s: f32 diff %g, %d bf16 mismatches", orig, m, bad16);
             /* keep torchvision's table for the clip cases: the ramp holds every byte value */
             int which = strstr(f[8], "clip") ? 0 : 1;
             size_t hw = (size_t)in.w * in.h;
             for (int c = 0; c < 3; c++)
-                for (size_t i = 0; i < hw; i++) tv_lut[which][c][in.px[3 * i + c]] = ref[c * hw + i];
+                for (size_t i = 0; i < hw; i++)
+                    tv_lut[which][c][in.px[3 * i + c]] = ref[c * hw + i];
             tv_lut_ok |= 1 << which;
             st_free(ref);
         }
@@ -250,16 +252,18 @@ static void run_case(char *line) {
         struct st_image exp;
         if (!rc && (tv_lut_ok & 1) && !load_png(f[3], &exp)) {
             size_t hw = 224 * 224;
-            float *got = st_malloc(3 * hw * sizeof(float)), *ref = st_malloc(3 * hw * sizeof(float));
+            float *got = st_malloc(3 * hw * sizeof(float)),
+                  *ref = st_malloc(3 * hw * sizeof(float));
             st_image_to_f32(&out, t.mean, t.std, got);
             for (int c = 0; c < 3; c++)
-                for (size_t i = 0; i < hw; i++) ref[c * hw + i] = tv_lut[0][c][exp.px[3 * i + c]];
+                for (size_t i = 0; i < hw; i++)
+                    ref[c * hw + i] = tv_lut[0][c][exp.px[3 * i + c]];
             double m = test_max_abs_diff(got, ref, 3 * hw, NULL);
             int d8 = max_diff(&out, &exp, NULL);
             note("clip", d8);
-            printf("     CLIP preset (jpeg_scale %d) vs torchvision: max |f32 diff| = %g "
-                   "(%.3f/255 in pixel units)\n", t.jpeg_scale, m,
-                   m * 255.0 * 0.27577711);
+            printf("     CLIP preset (jpeg_scale %d) vs torchvision: max |f32 diff| = %g (%.3f/255 "
+                   "in pixel units)\n",
+                   t.jpeg_scale, m, m * 255.0 * 0.27577711);
             CHECKF(m <= atoi(f[4]) / 255.0 / 0.26130258, "%s: f32 diff %g", orig, m);
             st_free(got);
             st_free(ref);
@@ -300,14 +304,16 @@ TEST(golden) {
 /* A baseline JPEG header claiming w x h, with no tables or scan after it. */
 static size_t craft_jpeg_header(uint8_t *b, int w, int h) {
     size_t n = 0;
-    b[n++] = 0xFF, b[n++] = 0xD8;                               /* SOI */
-    b[n++] = 0xFF, b[n++] = 0xE0, b[n++] = 0, b[n++] = 16;     /* APP0 JFIF */
+    b[n++] = 0xFF, b[n++] = 0xD8;                          /* SOI */
+    b[n++] = 0xFF, b[n++] = 0xE0, b[n++] = 0, b[n++] = 16; /* APP0 JFIF */
     memcpy(b + n, "JFIF\0\1\1\0\0\1\0\1\0\0", 14);
     n += 14;
     b[n++] = 0xFF, b[n++] = 0xC0, b[n++] = 0, b[n++] = 17, b[n++] = 8; /* SOF0, 8-bit */
-    b[n++] = (uint8_t)(h >> 8), b[n++] = (uint8_t)h, b[n++] = (uint8_t)(w >> 8), b[n++] = (uint8_t)w;
+    b[n++] = (uint8_t)(h >> 8), b[n++] = (uint8_t)h, b[n++] = (uint8_t)(w >> 8),
+    b[n++] = (uint8_t)w;
     b[n++] = 3;
-    for (int c = 1; c <= 3; c++) b[n++] = (uint8_t)c, b[n++] = c == 1 ? 0x22 : 0x11, b[n++] = 0;
+    for (int c = 1; c <= 3; c++)
+        b[n++] = (uint8_t)c, b[n++] = c == 1 ? 0x22 : 0x11, b[n++] = 0;
     b[n++] = 0xFF, b[n++] = 0xD9; /* EOI */
     return n;
 }
@@ -318,8 +324,8 @@ static void expect_error(const char *what, enum st_status rc, const struct st_er
     CHECKF(strstr(err->msg, needle1) != NULL, "%s: message \"%s\" lacks \"%s\"", what, err->msg,
            needle1);
     if (needle2)
-        CHECKF(strstr(err->msg, needle2) != NULL, "%s: message \"%s\" lacks \"%s\"", what,
-               err->msg, needle2);
+        CHECKF(strstr(err->msg, needle2) != NULL, "%s: message \"%s\" lacks \"%s\"", what, err->msg,
+               needle2);
     printf("     %-26s -> %s\n", what, err->msg);
 }
 
@@ -441,9 +447,12 @@ TEST(determinism) {
     struct st_image a, b, c, d;
     uint64_t s = st_image_seed(42, 0, "000001");
     CHECK(st_image_load(jpg, len, NULL, &t, s, NULL, &a, &err) == ST_OK);
-    CHECK(st_image_load(jpg, len, NULL, &t, st_image_seed(42, 0, "000001"), NULL, &b, &err) == ST_OK);
-    CHECK(st_image_load(jpg, len, NULL, &t, st_image_seed(42, 0, "000002"), NULL, &c, &err) == ST_OK);
-    CHECK(st_image_load(jpg, len, NULL, &t, st_image_seed(42, 1, "000001"), NULL, &d, &err) == ST_OK);
+    CHECK(st_image_load(jpg, len, NULL, &t, st_image_seed(42, 0, "000001"), NULL, &b, &err) ==
+          ST_OK);
+    CHECK(st_image_load(jpg, len, NULL, &t, st_image_seed(42, 0, "000002"), NULL, &c, &err) ==
+          ST_OK);
+    CHECK(st_image_load(jpg, len, NULL, &t, st_image_seed(42, 1, "000001"), NULL, &d, &err) ==
+          ST_OK);
     CHECK(max_diff(&a, &b, NULL) == 0);
     struct st_image_work *work = NULL;
     CHECK(st_image_work_init(&work, &err) == ST_OK);
@@ -472,15 +481,15 @@ TEST(determinism) {
         st_image_random_crop(500, 375, scale, ratio, &r1, box);
         st_image_random_crop(500, 375, scale, ratio, &r2, box2);
         CHECK(memcmp(box, box2, sizeof box) == 0);
-        CHECK(box[0] >= 0 && box[1] >= 0 && box[2] >= 1 && box[3] >= 1 &&
-              box[0] + box[2] <= 500 && box[1] + box[3] <= 375);
+        CHECK(box[0] >= 0 && box[1] >= 0 && box[2] >= 1 && box[3] >= 1 && box[0] + box[2] <= 500 &&
+              box[1] + box[3] <= 375);
     }
     float wide[2] = {50.0f, 90.0f};
     struct st_rng r;
     st_rng_seed(&r, 1);
     st_image_random_crop(100, 100, scale, wide, &r, box); /* every try is wider than the image */
-    CHECKF(box[0] == 0 && box[1] == 49 && box[2] == 100 && box[3] == 2,
-           "fallback box %d,%d %dx%d", box[0], box[1], box[2], box[3]);
+    CHECKF(box[0] == 0 && box[1] == 49 && box[2] == 100 && box[3] == 2, "fallback box %d,%d %dx%d",
+           box[0], box[1], box[2], box[3]);
     st_free(jpg);
 }
 
@@ -530,8 +539,9 @@ TEST(jpeg_regions) {
                         if (abs(a - b) > m) m = abs(a - b);
                     }
                 if (m > worst) worst = m;
-                if (m) printf("     %s %d/8 region %d,%d..%d,%d (got x0 %d w %d): max %d\n",
-                              files[fi], num, x0, y0, x1, y1, part.x0, part.im.w, m);
+                if (m)
+                    printf("     %s %d/8 region %d,%d..%d,%d (got x0 %d w %d): max %d\n", files[fi],
+                           num, x0, y0, x1, y1, part.x0, part.im.w, m);
                 checked++;
                 if (!part.borrowed) st_image_free(&part.im);
             }
@@ -573,12 +583,12 @@ TEST(alloc_failures) {
                 ok_at = nth;
                 st_image_free(&im);
             } else {
-                CHECKF(rc == ST_ERR_NOMEM || rc == ST_ERR_FORMAT, "%s, failing allocation %d: "
-                       "%d %s", files[fi], nth, (int)rc, err.msg);
+                CHECKF(rc == ST_ERR_NOMEM || rc == ST_ERR_FORMAT,
+                       "%s, failing allocation %d: %d %s", files[fi], nth, (int)rc, err.msg);
                 CHECKF(err.msg[0] != 0, "no message");
             }
-            CHECKF(st_alloc_live_count() == live, "%s: leak after failing allocation %d",
-                   files[fi], nth);
+            CHECKF(st_alloc_live_count() == live, "%s: leak after failing allocation %d", files[fi],
+                   nth);
         }
         CHECKF(ok_at > 1, "%s: never succeeded", files[fi]);
         printf("     %-18s every one of %d allocations failed in turn: clean errors, no leaks\n",
@@ -705,7 +715,8 @@ static int bench(const char *dir, double seconds) {
     }
     st_free(out);
     st_image_work_free(work);
-    for (int i = 0; i < n; i++) st_free(data[i]);
+    for (int i = 0; i < n; i++)
+        st_free(data[i]);
     return 0;
 }
 

@@ -30,10 +30,10 @@
  * - JPEG decode at the size the transform needs: st_image_load plans the crop and resize from
  *   the header, decodes with libjpeg-turbo's DCT scaling at the smallest of 1/8, 1/4, 1/2 whose
  *   output is not smaller than the resize target (never below it; the other M/8 scales have no
- *   SIMD and are slower than a full decode), and only the rows and columns the resize filter
- *   reads (jpeg_skip_scanlines / jpeg_crop_scanline). With jpeg_scale = 0, or when no scaling
- *   applies, the pixels equal a full decode's; with scaling, those of Pillow's Image.draft()
- *   at the same scale.
+ *   SIMD: 5/8-7/8 decode slower than 8/8, 3/8 than 1/2), and only the rows and columns the
+ *   resize filter reads (jpeg_skip_scanlines / jpeg_crop_scanline). With jpeg_scale = 0, or
+ *   when no scaling applies, the pixels equal a full decode's; with scaling, those of Pillow's
+ *   Image.draft() at the same scale.
  * - Normalisation is torchvision's ToTensor + Normalize in float32: (v / 255 - mean) / std,
  *   each step rounded to float32 (the same bits); bf16 rounds that float to nearest even.
  */
@@ -114,17 +114,17 @@ enum st_image_crop {
 /* One sample's transform. Random parts (crop RANDOM, flip_p > 0, jitter ranges > 0) draw from
  * the seed passed to st_image_apply / st_image_load, in this order: crop, flip, jitter. */
 struct st_image_transform {
-    int size;                  /* output is size x size */
-    int resize_size;           /* CROP_CENTER: shortest side before the crop (0 = size) */
+    int size;        /* output is size x size */
+    int resize_size; /* CROP_CENTER: shortest side before the crop (0 = size) */
     enum st_image_crop crop;
     enum st_image_filter filter;
-    float scale[2];            /* CROP_RANDOM: fraction of the area, e.g. (0.08, 1) */
-    float ratio[2];            /* CROP_RANDOM: aspect w/h range, e.g. (3/4, 4/3) */
-    float flip_p;              /* probability of a horizontal flip */
+    float scale[2];                         /* CROP_RANDOM: fraction of the area, e.g. (0.08, 1) */
+    float ratio[2];                         /* CROP_RANDOM: aspect w/h range, e.g. (3/4, 4/3) */
+    float flip_p;                           /* probability of a horizontal flip */
     float brightness, contrast, saturation; /* ColorJitter: factor in [max(0, 1-b), 1+b]; 0 off */
-    float hue;                 /* ColorJitter: shift in [-hue, hue], hue <= 0.5; 0 off */
-    float mean[3], std[3];     /* normalisation, per RGB channel */
-    int jpeg_scale;            /* 1: JPEG may decode with DCT scaling (st_image_load) */
+    float hue;             /* ColorJitter: shift in [-hue, hue], hue <= 0.5; 0 off */
+    float mean[3], std[3]; /* normalisation, per RGB channel */
+    int jpeg_scale;        /* 1: JPEG may decode with DCT scaling (st_image_load) */
 };
 
 enum st_image_preset {

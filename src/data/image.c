@@ -19,8 +19,8 @@
 #include <stdio.h>
 #include <string.h>
 /* jpeglib.h needs stdio.h and size_t first */
-#include <jpeglib.h>
 #include <jerror.h>
+#include <jpeglib.h>
 #include <png.h>
 #include <webp/decode.h>
 #include <zlib.h>
@@ -54,19 +54,24 @@ static enum st_status probe_jpeg(const uint8_t *d, size_t n, struct st_image_inf
     for (;;) {
         /* a marker is 0xFF (fill bytes allowed) then a code; anything else between segments is
          * garbage libjpeg skips with a warning, and so do we */
-        while (p < n && d[p] != 0xFF) p++;
-        while (p < n && d[p] == 0xFF) p++;
-        if (p >= n) return st_errorf(err, ST_ERR_FORMAT, "JPEG: truncated header (%zu bytes, "
-                                     "no frame header found)", n);
+        while (p < n && d[p] != 0xFF)
+            p++;
+        while (p < n && d[p] == 0xFF)
+            p++;
+        if (p >= n)
+            return st_errorf(err, ST_ERR_FORMAT,
+                             "JPEG: truncated header (%zu bytes, no frame header found)", n);
         uint8_t m = d[p++];
         if (m == 0xD8 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue; /* no length */
         if (m == 0xD9 || m == 0xDA)
             return st_errorf(err, ST_ERR_FORMAT, "JPEG: %s before the frame header (byte %zu)",
                              m == 0xDA ? "scan" : "end of image", p - 2);
-        if (p + 2 > n) return st_errorf(err, ST_ERR_FORMAT, "JPEG: truncated header at byte %zu", p);
+        if (p + 2 > n)
+            return st_errorf(err, ST_ERR_FORMAT, "JPEG: truncated header at byte %zu", p);
         size_t seg = (size_t)d[p] << 8 | d[p + 1];
-        if (seg < 2) return st_errorf(err, ST_ERR_FORMAT, "JPEG: bad segment length %zu at byte "
-                                      "%zu", seg, p);
+        if (seg < 2)
+            return st_errorf(err, ST_ERR_FORMAT, "JPEG: bad segment length %zu at byte %zu", seg,
+                             p);
         int sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
         if (sof) {
             if (seg < 8 || p + 8 > n)
@@ -79,8 +84,9 @@ static enum st_status probe_jpeg(const uint8_t *d, size_t n, struct st_image_inf
             if (info->w == 0)
                 return st_errorf(err, ST_ERR_FORMAT, "JPEG: frame header with width 0");
             if (info->h == 0)
-                return st_errorf(err, ST_ERR_UNSUPPORTED, "JPEG: height defined by a DNL marker "
-                                 "(frame header height 0) is not supported");
+                return st_errorf(err, ST_ERR_UNSUPPORTED,
+                                 "JPEG: height defined by a DNL marker (frame header height 0) is "
+                                 "not supported");
             if (info->channels != 1 && info->channels != 3 && info->channels != 4)
                 return st_errorf(err, ST_ERR_FORMAT, "JPEG: %d components (1, 3 or 4 expected)",
                                  info->channels);
@@ -99,19 +105,35 @@ static enum st_status probe_png(const uint8_t *d, size_t n, struct st_image_info
         return st_errorf(err, ST_ERR_FORMAT, "PNG: first chunk is not a 13-byte IHDR");
     uint32_t crc = (uint32_t)crc32(0L, d + 12, 17);
     if (crc != be32(d + 29))
-        return st_errorf(err, ST_ERR_FORMAT, "PNG: bad CRC in IHDR chunk (stored %08x, "
-                         "computed %08x)", be32(d + 29), crc);
+        return st_errorf(err, ST_ERR_FORMAT,
+                         "PNG: bad CRC in IHDR chunk (stored %08x, computed %08x)", be32(d + 29),
+                         crc);
     uint32_t w = be32(d + 16), h = be32(d + 20);
     int depth = d[24], ct = d[25];
     if (w == 0 || h == 0 || w > 0x7fffffffu || h > 0x7fffffffu)
         return st_errorf(err, ST_ERR_FORMAT, "PNG: bad dimensions %ux%u in IHDR", w, h);
     int ok = 0, ch = 0;
     switch (ct) {
-    case 0: ok = depth == 1 || depth == 2 || depth == 4 || depth == 8 || depth == 16; ch = 1; break;
-    case 2: ok = depth == 8 || depth == 16; ch = 3; break;
-    case 3: ok = depth == 1 || depth == 2 || depth == 4 || depth == 8; ch = 3; break;
-    case 4: ok = depth == 8 || depth == 16; ch = 2; break;
-    case 6: ok = depth == 8 || depth == 16; ch = 4; break;
+    case 0:
+        ok = depth == 1 || depth == 2 || depth == 4 || depth == 8 || depth == 16;
+        ch = 1;
+        break;
+    case 2:
+        ok = depth == 8 || depth == 16;
+        ch = 3;
+        break;
+    case 3:
+        ok = depth == 1 || depth == 2 || depth == 4 || depth == 8;
+        ch = 3;
+        break;
+    case 4:
+        ok = depth == 8 || depth == 16;
+        ch = 2;
+        break;
+    case 6:
+        ok = depth == 8 || depth == 16;
+        ch = 4;
+        break;
     }
     if (!ok)
         return st_errorf(err, ST_ERR_FORMAT, "PNG: bad colour type %d with bit depth %d", ct,
@@ -140,8 +162,8 @@ static enum st_status probe_webp(const uint8_t *d, size_t n, struct st_image_inf
     info->channels = f.has_alpha ? 4 : 3;
     info->bit_depth = 8;
     if (f.has_animation)
-        return st_errorf(err, ST_ERR_UNSUPPORTED, "WebP: animated images are not supported "
-                         "(%dx%d)", f.width, f.height);
+        return st_errorf(err, ST_ERR_UNSUPPORTED, "WebP: animated images are not supported (%dx%d)",
+                         f.width, f.height);
     return ST_OK;
 }
 
@@ -157,17 +179,20 @@ enum st_status st_image_probe(const uint8_t *data, size_t len, struct st_image_i
     char hex[3 * 8 + 1] = "";
     for (size_t i = 0, o = 0; i < len && i < 8; i++)
         o += (size_t)snprintf(hex + o, sizeof hex - o, "%s%02x", i ? " " : "", data[i]);
-    return st_errorf(err, ST_ERR_FORMAT, "unrecognised image format (%zu bytes starting %s; "
-                     "JPEG, PNG and WebP are supported)", len, hex);
+    return st_errorf(
+        err, ST_ERR_FORMAT,
+        "unrecognised image format (%zu bytes starting %s; JPEG, PNG and WebP are supported)", len,
+        hex);
 }
 
-enum st_status img_check_limits(const struct st_image_info *info,
-                                const struct st_image_limits *lim, struct st_error *err) {
+enum st_status img_check_limits(const struct st_image_info *info, const struct st_image_limits *lim,
+                                struct st_error *err) {
     uint64_t max = lim && lim->max_pixels ? lim->max_pixels : ST_IMAGE_MAX_PIXELS_DEFAULT;
     uint64_t px = (uint64_t)info->w * (uint64_t)info->h;
     if (px > max)
-        return st_errorf(err, ST_ERR_NOMEM, "%s: %dx%d image (%llu pixels) exceeds the limit of "
-                         "%llu pixels (max_pixels); refused before decoding",
+        return st_errorf(err, ST_ERR_NOMEM,
+                         "%s: %dx%d image (%llu pixels) exceeds the limit of %llu pixels "
+                         "(max_pixels); refused before decoding",
                          st_image_format_name(info->format), info->w, info->h,
                          (unsigned long long)px, (unsigned long long)max);
     return ST_OK;
@@ -181,8 +206,9 @@ static uint8_t *alloc_rgb(int w, int h, const char *fmt, struct st_error *err) {
         return NULL;
     }
     uint8_t *p = st_malloc(n ? n : 1);
-    if (!p) st_errorf(err, ST_ERR_NOMEM, "%s: out of memory for a %dx%d image (%zu bytes)", fmt,
-                      w, h, n);
+    if (!p)
+        st_errorf(err, ST_ERR_NOMEM, "%s: out of memory for a %dx%d image (%zu bytes)", fmt, w, h,
+                  n);
     return p;
 }
 
@@ -216,7 +242,9 @@ static void jpeg_on_error(j_common_ptr cinfo) {
     longjmp(c->jmp, 1);
 }
 
-static void jpeg_on_message(j_common_ptr cinfo, int level) { (void)cinfo, (void)level; }
+static void jpeg_on_message(j_common_ptr cinfo, int level) {
+    (void)cinfo, (void)level;
+}
 
 static void jpeg_on_progress(j_common_ptr cinfo) {
     j_decompress_ptr d = (j_decompress_ptr)cinfo;
@@ -226,8 +254,12 @@ static void jpeg_on_progress(j_common_ptr cinfo) {
     }
 }
 
-static void src_init(j_decompress_ptr cinfo) { (void)cinfo; }
-static void src_term(j_decompress_ptr cinfo) { (void)cinfo; }
+static void src_init(j_decompress_ptr cinfo) {
+    (void)cinfo;
+}
+static void src_term(j_decompress_ptr cinfo) {
+    (void)cinfo;
+}
 
 static boolean src_fill(j_decompress_ptr cinfo) {
     /* all data was given at once: asking for more means the file ended early */
@@ -296,8 +328,8 @@ static enum st_status jpeg_body(struct jpeg_job *j, struct st_error *err) {
     int sw = (int)ci->output_width, sh = (int)ci->output_height, ow, oh;
     img_jpeg_scaled_size(info->w, info->h, j->num, &ow, &oh);
     if (sw != ow || sh != oh || ci->output_components != (cmyk ? 4 : 3))
-        return st_errorf(err, ST_ERR_FORMAT, "JPEG: scaled output %dx%dx%d, expected %dx%d", sw,
-                         sh, ci->output_components, ow, oh);
+        return st_errorf(err, ST_ERR_FORMAT, "JPEG: scaled output %dx%dx%d, expected %dx%d", sw, sh,
+                         ci->output_components, ow, oh);
     int rx0 = j->rx0 < 0 ? 0 : j->rx0 > sw - 1 ? sw - 1 : j->rx0;
     int ry0 = j->ry0 < 0 ? 0 : j->ry0 > sh - 1 ? sh - 1 : j->ry0;
     int rx1 = j->rx1 <= rx0 ? rx0 + 1 : j->rx1 > sw ? sw : j->rx1;
@@ -309,11 +341,13 @@ static enum st_status jpeg_body(struct jpeg_job *j, struct st_error *err) {
     int cx0 = rx0 - IMG_JPEG_CROP_SLACK < 0 ? 0 : rx0 - IMG_JPEG_CROP_SLACK;
     int cx1 = rx1 + IMG_JPEG_CROP_SLACK > sw ? sw : rx1 + IMG_JPEG_CROP_SLACK;
     JDIMENSION xoff = (JDIMENSION)cx0, width = (JDIMENSION)(cx1 - cx0);
-    if (cx0 > 0 || cx1 < sw) jpeg_crop_scanline(ci, &xoff, &width);
-    else xoff = 0, width = (JDIMENSION)sw;
+    if (cx0 > 0 || cx1 < sw)
+        jpeg_crop_scanline(ci, &xoff, &width);
+    else
+        xoff = 0, width = (JDIMENSION)sw;
     if ((int)xoff > rx0 || (int)(xoff + width) < rx1)
-        return st_errorf(err, ST_ERR_FORMAT, "JPEG: crop %u+%u does not cover %d..%d", xoff,
-                         width, rx0, rx1);
+        return st_errorf(err, ST_ERR_FORMAT, "JPEG: crop %u+%u does not cover %d..%d", xoff, width,
+                         rx0, rx1);
     int w = (int)width, h = ry1 - ry0;
     size_t n;
     if (st_mul_size((size_t)w * 3, (size_t)h, &n))
@@ -408,7 +442,9 @@ static void png_on_error(png_structp png, png_const_charp msg) {
     longjmp(c->jmp, 1);
 }
 
-static void png_on_warning(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
+static void png_on_warning(png_structp png, png_const_charp msg) {
+    (void)png, (void)msg;
+}
 
 static png_voidp png_alloc(png_structp png, png_alloc_size_t n) {
     (void)png;
@@ -478,7 +514,8 @@ static enum st_status decode_png(const uint8_t *data, size_t len, const struct s
     }
     ctx.rows = st_calloc(h, sizeof(png_bytep));
     if (!ctx.rows) png_error(png, "out of memory for row pointers");
-    for (png_uint_32 y = 0; y < h; y++) ctx.rows[y] = ctx.px + (size_t)y * w * 3;
+    for (png_uint_32 y = 0; y < h; y++)
+        ctx.rows[y] = ctx.px + (size_t)y * w * 3;
     png_read_image(png, ctx.rows);
     png_read_end(png, NULL);
     png_destroy_read_struct(&png, &pi, NULL);
@@ -492,16 +529,15 @@ static enum st_status decode_png(const uint8_t *data, size_t len, const struct s
 
 /* ---- WebP ---- */
 
-static enum st_status decode_webp(const uint8_t *data, size_t len,
-                                  const struct st_image_info *info, struct st_image *out,
-                                  struct st_error *err) {
+static enum st_status decode_webp(const uint8_t *data, size_t len, const struct st_image_info *info,
+                                  struct st_image *out, struct st_error *err) {
     uint8_t *px = alloc_rgb(info->w, info->h, "WebP", err);
     if (!px) return err ? err->code : ST_ERR_NOMEM;
     size_t stride = (size_t)info->w * 3, size = stride * (size_t)info->h;
     if (!WebPDecodeRGBInto(data, len, px, size, (int)stride)) {
         st_free(px);
-        return st_errorf(err, ST_ERR_FORMAT, "WebP: corrupt or truncated data (%zu bytes, "
-                         "%dx%d)", len, info->w, info->h);
+        return st_errorf(err, ST_ERR_FORMAT, "WebP: corrupt or truncated data (%zu bytes, %dx%d)",
+                         len, info->w, info->h);
     }
     out->w = info->w;
     out->h = info->h;

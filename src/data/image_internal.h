@@ -40,8 +40,8 @@ enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
                                     struct img_part *part, struct st_error *err);
 
 /* Probe + limit check (the message names the dimensions and the limit). */
-enum st_status img_check_limits(const struct st_image_info *info,
-                                const struct st_image_limits *lim, struct st_error *err);
+enum st_status img_check_limits(const struct st_image_info *info, const struct st_image_limits *lim,
+                                struct st_error *err);
 
 /* Pillow resampling coefficients for one axis: output pixels [o0, o0 + n) of a resize of the
  * input range [b0, b1) (floats, in input pixels; Pillow's box) onto out_size pixels, reading only
@@ -49,8 +49,8 @@ enum st_status img_check_limits(const struct st_image_info *info,
  * holds ksize fixed-point (22-bit) weights per output pixel. */
 struct img_coeffs {
     int n, ksize;
-    int *bounds;  /* (n, 2) */
-    int32_t *k;   /* (n, ksize) */
+    int *bounds; /* (n, 2) */
+    int32_t *k;  /* (n, ksize) */
 };
 enum st_status img_coeffs_init(struct img_coeffs *c, int in_size, float b0, float b1, int out_size,
                                int o0, int n, enum st_image_filter f, struct st_error *err);

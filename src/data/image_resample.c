@@ -50,8 +50,9 @@ enum st_status img_coeffs_init(struct img_coeffs *c, int in_size, float b0, floa
                                int o0, int n, enum st_image_filter f, struct st_error *err) {
     memset(c, 0, sizeof *c);
     if (in_size < 1 || out_size < 1 || n < 1 || o0 < 0 || o0 > out_size - n || !(b1 > b0))
-        return st_errorf(err, ST_ERR_ARG, "resample: bad geometry (input %d, box %g..%g, output "
-                         "%d, window %d+%d)", in_size, (double)b0, (double)b1, out_size, o0, n);
+        return st_errorf(err, ST_ERR_ARG,
+                         "resample: bad geometry (input %d, box %g..%g, output %d, window %d+%d)",
+                         in_size, (double)b0, (double)b1, out_size, o0, n);
     int identity = out_size == in_size && b0 == 0.0f && b1 == (float)in_size;
     double (*fn)(double) = f == ST_IMAGE_BICUBIC ? filter_bicubic : filter_bilinear;
     double support0 = f == ST_IMAGE_BICUBIC ? 2.0 : 1.0;
@@ -122,7 +123,8 @@ void img_coeffs_span(const struct img_coeffs *c, int *lo, int *hi) {
 }
 
 void img_coeffs_shift(struct img_coeffs *c, int d) {
-    for (int i = 0; i < c->n; i++) c->bounds[2 * i] += d;
+    for (int i = 0; i < c->n; i++)
+        c->bounds[2 * i] += d;
 }
 
 static inline uint8_t clip_acc(int32_t v) {
@@ -141,14 +143,17 @@ static void pass_rows(const uint8_t *in, size_t in_stride, int row0, size_t widt
     for (int j = 0; j < c->n; j++) {
         const int32_t *k = c->k + (size_t)j * (size_t)c->ksize;
         int first = c->bounds[2 * j] - row0, cnt = c->bounds[2 * j + 1];
-        for (size_t i = 0; i < width; i++) acc[i] = half;
+        for (size_t i = 0; i < width; i++)
+            acc[i] = half;
         for (int t = 0; t < cnt; t++) {
             const uint8_t *row = in + (size_t)(first + t) * in_stride;
             int32_t kt = k[t];
-            for (size_t i = 0; i < width; i++) acc[i] += row[i] * kt;
+            for (size_t i = 0; i < width; i++)
+                acc[i] += row[i] * kt;
         }
         uint8_t *o = out + (size_t)j * out_stride;
-        for (size_t i = 0; i < width; i++) o[i] = clip_acc(acc[i]);
+        for (size_t i = 0; i < width; i++)
+            o[i] = clip_acc(acc[i]);
     }
 }
 
@@ -191,7 +196,8 @@ enum st_status st_image_work_init(struct st_image_work **w, struct st_error *err
 
 void st_image_work_free(struct st_image_work *w) {
     if (!w) return;
-    for (int i = 0; i < IMG_WORK_SLOTS; i++) st_free(w->buf[i]);
+    for (int i = 0; i < IMG_WORK_SLOTS; i++)
+        st_free(w->buf[i]);
     st_free(w);
 }
 
@@ -226,8 +232,8 @@ enum st_status img_resample(const uint8_t *src, size_t stride, const struct img_
                        cy->n);
     } else {
         transpose_rgb(src + (size_t)ylo * stride + (size_t)xlo * 3, stride, rows, cols, t1);
-        pass_rows(t1, tcol, xlo, tcol, cx, h, tcol, acc);          /* (cx->n, rows * 3) */
-        transpose_rgb(h, tcol, cx->n, rows, tmp);                  /* (rows, cx->n * 3) */
+        pass_rows(t1, tcol, xlo, tcol, cx, h, tcol, acc); /* (cx->n, rows * 3) */
+        transpose_rgb(h, tcol, cx->n, rows, tmp);         /* (rows, cx->n * 3) */
         pass_rows(tmp, tmp_row, ylo, tmp_row, cy, out->px, tmp_row, acc);
         out->w = cx->n;
         out->h = cy->n;

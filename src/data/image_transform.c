@@ -56,7 +56,8 @@ enum st_status st_image_transform_preset(struct st_image_transform *t, enum st_i
         t->size = t->resize_size = p == ST_IMAGE_PRESET_SIGLIP_224 ? 224 : 384;
         t->crop = ST_IMAGE_CROP_NONE;
         t->filter = ST_IMAGE_BILINEAR;
-        for (int c = 0; c < 3; c++) t->mean[c] = t->std[c] = 0.5f;
+        for (int c = 0; c < 3; c++)
+            t->mean[c] = t->std[c] = 0.5f;
         return ST_OK;
     }
     return ST_ERR_ARG;
@@ -101,8 +102,10 @@ void st_image_random_crop(int w, int h, const float scale[2], const float ratio[
     double in_ratio = (double)w / (double)h;
     double rmin = r0 < r1 ? r0 : r1, rmax = r0 < r1 ? r1 : r0;
     int cw = w, ch = h;
-    if (in_ratio < rmin) ch = (int)nearbyint(cw / rmin);
-    else if (in_ratio > rmax) cw = (int)nearbyint(ch * rmax);
+    if (in_ratio < rmin)
+        ch = (int)nearbyint(cw / rmin);
+    else if (in_ratio > rmax)
+        cw = (int)nearbyint(ch * rmax);
     if (cw < 1) cw = 1;
     if (ch < 1) ch = 1;
     if (cw > w) cw = w;
@@ -118,7 +121,7 @@ struct img_plan {
     int wx, wy, n;          /* window [wx, wx + n) x [wy, wy + n) of it */
     int clamp_is_box;       /* CROP_RANDOM: the filter reads only the box, else the image */
     int flip;
-    int n_ops, ops[4];      /* jitter operations in order: 0 brightness 1 contrast 2 sat 3 hue */
+    int n_ops, ops[4]; /* jitter operations in order: 0 brightness 1 contrast 2 sat 3 hue */
     float factor[4];
 };
 
@@ -127,8 +130,10 @@ static enum st_status check_transform(const struct st_image_transform *t, struct
     if (t->size < 1 || t->size > 16384)
         return st_errorf(err, ST_ERR_ARG, "image transform: size %d (1..16384)", t->size);
     if (t->crop == ST_IMAGE_CROP_CENTER && t->resize_size && t->resize_size < t->size)
-        return st_errorf(err, ST_ERR_ARG, "image transform: resize_size %d < size %d (the "
-                         "centre crop would need padding)", t->resize_size, t->size);
+        return st_errorf(
+            err, ST_ERR_ARG,
+            "image transform: resize_size %d < size %d (the centre crop would need padding)",
+            t->resize_size, t->size);
     if (t->crop == ST_IMAGE_CROP_CENTER && t->resize_size > 65535)
         return st_errorf(err, ST_ERR_ARG, "image transform: resize_size %d", t->resize_size);
     if (t->crop != ST_IMAGE_CROP_CENTER && t->crop != ST_IMAGE_CROP_NONE &&
@@ -137,19 +142,21 @@ static enum st_status check_transform(const struct st_image_transform *t, struct
     if (t->filter != ST_IMAGE_BILINEAR && t->filter != ST_IMAGE_BICUBIC)
         return st_errorf(err, ST_ERR_ARG, "image transform: unknown filter %d", (int)t->filter);
     if (t->crop == ST_IMAGE_CROP_RANDOM &&
-        !(t->scale[0] > 0 && t->scale[0] <= t->scale[1] && t->scale[1] <= 1 &&
-          t->ratio[0] > 0 && t->ratio[0] <= t->ratio[1] && t->ratio[1] < 1e6))
-        return st_errorf(err, ST_ERR_ARG, "image transform: random crop scale (%g, %g) / ratio "
-                         "(%g, %g): need 0 < s0 <= s1 <= 1 and 0 < r0 <= r1",
+        !(t->scale[0] > 0 && t->scale[0] <= t->scale[1] && t->scale[1] <= 1 && t->ratio[0] > 0 &&
+          t->ratio[0] <= t->ratio[1] && t->ratio[1] < 1e6))
+        return st_errorf(err, ST_ERR_ARG,
+                         "image transform: random crop scale (%g, %g) / ratio (%g, %g): need 0 < "
+                         "s0 <= s1 <= 1 and 0 < r0 <= r1",
                          (double)t->scale[0], (double)t->scale[1], (double)t->ratio[0],
                          (double)t->ratio[1]);
     if (!(t->flip_p >= 0 && t->flip_p <= 1))
         return st_errorf(err, ST_ERR_ARG, "image transform: flip_p %g", (double)t->flip_p);
     if (!(t->brightness >= 0 && t->contrast >= 0 && t->saturation >= 0 && t->brightness < 1e3 &&
           t->contrast < 1e3 && t->saturation < 1e3 && t->hue >= 0 && t->hue <= 0.5f))
-        return st_errorf(err, ST_ERR_ARG, "image transform: jitter (%g, %g, %g, hue %g): need "
-                         ">= 0 and hue <= 0.5", (double)t->brightness, (double)t->contrast,
-                         (double)t->saturation, (double)t->hue);
+        return st_errorf(err, ST_ERR_ARG,
+                         "image transform: jitter (%g, %g, %g, hue %g): need >= 0 and hue <= 0.5",
+                         (double)t->brightness, (double)t->contrast, (double)t->saturation,
+                         (double)t->hue);
     for (int c = 0; c < 3; c++)
         if (!(t->std[c] != 0) || t->mean[c] != t->mean[c])
             return st_errorf(err, ST_ERR_ARG, "image transform: std[%d] = %g", c,
@@ -157,8 +164,8 @@ static enum st_status check_transform(const struct st_image_transform *t, struct
     return ST_OK;
 }
 
-static enum st_status plan_make(int w, int h, const struct st_image_transform *t,
-                                uint64_t seed, struct img_plan *p, struct st_error *err) {
+static enum st_status plan_make(int w, int h, const struct st_image_transform *t, uint64_t seed,
+                                struct img_plan *p, struct st_error *err) {
     memset(p, 0, sizeof *p);
     struct st_rng rng;
     st_rng_seed(&rng, seed);
@@ -170,8 +177,10 @@ static enum st_status plan_make(int w, int h, const struct st_image_transform *t
         int64_t shrt = w <= h ? w : h, lng = w <= h ? h : w;
         double nld = (double)((int64_t)s * lng) / (double)shrt;
         if (nld > 1 << 24)
-            return st_errorf(err, ST_ERR_ARG, "image transform: a %dx%d image resized to short "
-                             "side %d would be %.0f pixels long", w, h, s, nld);
+            return st_errorf(
+                err, ST_ERR_ARG,
+                "image transform: a %dx%d image resized to short side %d would be %.0f pixels long",
+                w, h, s, nld);
         int nl = (int)nld;
         p->ow = w <= h ? s : nl;
         p->oh = w <= h ? nl : s;
@@ -234,9 +243,12 @@ static void rgb_to_hsv(const uint8_t *in, uint8_t *out) { /* PIL's rgb2hsv_row *
     if (minc != maxc) {
         float h, cr = (float)(maxc - minc), s = cr / (float)maxc;
         float rc = (float)(maxc - r) / cr, gc = (float)(maxc - g) / cr, bc = (float)(maxc - b) / cr;
-        if (r == maxc) h = bc - gc;
-        else if (g == maxc) h = (float)(2.0 + rc - bc);
-        else h = (float)(4.0 + gc - rc);
+        if (r == maxc)
+            h = bc - gc;
+        else if (g == maxc)
+            h = (float)(2.0 + rc - bc);
+        else
+            h = (float)(4.0 + gc - rc);
         h = (float)fmod(h / 6.0 + 1.0, 1.0);
         int ih = (int)(h * 255.0), is = (int)(s * 255.0);
         uh = (uint8_t)(ih < 0 ? 0 : ih > 255 ? 255 : ih);
@@ -274,16 +286,20 @@ static void adjust_one(struct st_image *im, int op, float f) {
     size_t n = (size_t)im->w * (size_t)im->h;
     uint8_t *px = im->px;
     if (op == 0) { /* Brightness: blend with black */
-        for (size_t i = 0; i < 3 * n; i++) px[i] = blend(0, px[i], f);
+        for (size_t i = 0; i < 3 * n; i++)
+            px[i] = blend(0, px[i], f);
     } else if (op == 1) { /* Contrast: blend with the mean luma, int(mean + 0.5) */
         uint64_t sum = 0;
-        for (size_t i = 0; i < n; i++) sum += (uint64_t)luma(px + 3 * i);
+        for (size_t i = 0; i < n; i++)
+            sum += (uint64_t)luma(px + 3 * i);
         int mean = (int)((double)sum / (double)(n ? n : 1) + 0.5);
-        for (size_t i = 0; i < 3 * n; i++) px[i] = blend(mean, px[i], f);
+        for (size_t i = 0; i < 3 * n; i++)
+            px[i] = blend(mean, px[i], f);
     } else if (op == 2) { /* Color: blend with the grayscale image */
         for (size_t i = 0; i < n; i++) {
             int l = luma(px + 3 * i);
-            for (int c = 0; c < 3; c++) px[3 * i + c] = blend(l, px[3 * i + c], f);
+            for (int c = 0; c < 3; c++)
+                px[3 * i + c] = blend(l, px[3 * i + c], f);
         }
     } else { /* hue: rotate PIL's 8-bit HSV hue by int(f * 255) */
         int shift = (int)((double)f * 255.0);
@@ -299,9 +315,9 @@ static void adjust_one(struct st_image *im, int op, float f) {
 enum st_status st_image_adjust(struct st_image *im, float brightness, float contrast,
                                float saturation, float hue, struct st_error *err) {
     if (!(brightness >= 0 && contrast >= 0 && saturation >= 0 && hue >= -0.5f && hue <= 0.5f))
-        return st_errorf(err, ST_ERR_ARG, "image adjust: factors (%g, %g, %g, hue %g): need >= 0 "
-                         "and |hue| <= 0.5", (double)brightness, (double)contrast,
-                         (double)saturation, (double)hue);
+        return st_errorf(err, ST_ERR_ARG,
+                         "image adjust: factors (%g, %g, %g, hue %g): need >= 0 and |hue| <= 0.5",
+                         (double)brightness, (double)contrast, (double)saturation, (double)hue);
     if (brightness != 1.0f) adjust_one(im, 0, brightness);
     if (contrast != 1.0f) adjust_one(im, 1, contrast);
     if (saturation != 1.0f) adjust_one(im, 2, saturation);
@@ -329,11 +345,15 @@ typedef enum st_status (*img_decode_fn)(void *ctx, int num, int rx0, int ry0, in
                                         struct st_image_work *work, struct img_part *part,
                                         struct st_error *err);
 
-static int scale_lo(int v, int num) { return (int)(((int64_t)v * num) / 8); }
-static int scale_hi(int v, int num) { return (int)(((int64_t)v * num + 7) / 8); }
+static int scale_lo(int v, int num) {
+    return (int)(((int64_t)v * num) / 8);
+}
+static int scale_hi(int v, int num) {
+    return (int)(((int64_t)v * num + 7) / 8);
+}
 
-static enum st_status plan_run(const struct img_plan *p, const struct st_image_transform *t,
-                               int w, int h, int num, img_decode_fn decode, void *ctx,
+static enum st_status plan_run(const struct img_plan *p, const struct st_image_transform *t, int w,
+                               int h, int num, img_decode_fn decode, void *ctx,
                                struct st_image_work *work, struct st_image *out,
                                struct st_error *err) {
     int sw, sh;
@@ -351,8 +371,8 @@ static enum st_status plan_run(const struct img_plan *p, const struct st_image_t
     float b0y = (p->by0 == 0 ? 0.0f : (float)p->by0 * f) - (float)cy0;
     float b1y = (p->by1 == h ? (float)sh : (float)p->by1 * f) - (float)cy0;
     struct img_coeffs kx, ky;
-    enum st_status rc = img_coeffs_init(&kx, cx1 - cx0, b0x, b1x, p->ow, p->wx, p->n, t->filter,
-                                        err);
+    enum st_status rc =
+        img_coeffs_init(&kx, cx1 - cx0, b0x, b1x, p->ow, p->wx, p->n, t->filter, err);
     if (rc) return rc;
     if ((rc = img_coeffs_init(&ky, cy1 - cy0, b0y, b1y, p->oh, p->wy, p->n, t->filter, err))) {
         img_coeffs_free(&kx);
@@ -363,12 +383,13 @@ static enum st_status plan_run(const struct img_plan *p, const struct st_image_t
     img_coeffs_span(&ky, &ylo, &yhi);
     struct img_part part;
     rc = decode(ctx, num, cx0 + xlo, cy0 + ylo, cx0 + xhi, cy0 + yhi, work, &part, err);
-    if (!rc && (part.x0 > cx0 + xlo || part.y0 > cy0 + ylo ||
-                part.x0 + part.im.w < cx0 + xhi || part.y0 + part.im.h < cy0 + yhi)) {
+    if (!rc && (part.x0 > cx0 + xlo || part.y0 > cy0 + ylo || part.x0 + part.im.w < cx0 + xhi ||
+                part.y0 + part.im.h < cy0 + yhi)) {
         if (!part.borrowed) st_image_free(&part.im);
-        rc = st_errorf(err, ST_ERR_FORMAT, "image: decoder returned region %d,%d+%dx%d, not "
-                       "the %d,%d..%d,%d asked for", part.x0, part.y0, part.im.w, part.im.h,
-                       cx0 + xlo, cy0 + ylo, cx0 + xhi, cy0 + yhi);
+        rc = st_errorf(err, ST_ERR_FORMAT,
+                       "image: decoder returned region %d,%d+%dx%d, not the %d,%d..%d,%d asked for",
+                       part.x0, part.y0, part.im.w, part.im.h, cx0 + xlo, cy0 + ylo, cx0 + xhi,
+                       cy0 + yhi);
     }
     if (rc) {
         img_coeffs_free(&kx);
@@ -383,7 +404,8 @@ static enum st_status plan_run(const struct img_plan *p, const struct st_image_t
     if (!part.borrowed) st_image_free(&part.im);
     if (rc) return rc;
     if (p->flip) st_image_flip(out);
-    for (int i = 0; i < p->n_ops; i++) adjust_one(out, p->ops[i], p->factor[i]);
+    for (int i = 0; i < p->n_ops; i++)
+        adjust_one(out, p->ops[i], p->factor[i]);
     return ST_OK;
 }
 
@@ -443,8 +465,7 @@ static enum st_status jpeg_decode(void *ctx, int num, int rx0, int ry0, int rx1,
                                   struct st_image_work *work, struct img_part *part,
                                   struct st_error *err) {
     const struct jpeg_src *s = ctx;
-    return img_jpeg_decode_part(s->data, s->len, s->lim, num, rx0, ry0, rx1, ry1, work, part,
-                                err);
+    return img_jpeg_decode_part(s->data, s->len, s->lim, num, rx0, ry0, rx1, ry1, work, part, err);
 }
 
 enum st_status st_image_load(const uint8_t *data, size_t len, const struct st_image_limits *lim,
@@ -469,8 +490,8 @@ enum st_status st_image_load(const uint8_t *data, size_t len, const struct st_im
     int num = 8;
     if (t->jpeg_scale) {
         /* the smallest of 1/8, 1/4, 1/2 with box * num / 8 >= output on both axes: libjpeg-turbo
-         * has SIMD IDCTs for those and 8/8 only; 3/8 and 5/8..7/8 decode slower than full size
-         * (bench/NOTES.md). They are also the scales Pillow's draft() uses. */
+         * has SIMD IDCTs for those and 8/8 only; 5/8..7/8 decode slower than 8/8 and 3/8
+         * slower than 1/2 (bench/NOTES.md). They are also the scales Pillow's draft() uses. */
         int64_t bw = p.bx1 - p.bx0, bh = p.by1 - p.by0;
         int64_t nx = (8 * (int64_t)p.ow + bw - 1) / bw, ny = (8 * (int64_t)p.oh + bh - 1) / bh;
         int64_t need = nx > ny ? nx : ny;
@@ -518,7 +539,8 @@ void st_image_to_bf16(const struct st_image *im, const float mean[3], const floa
     uint16_t lut16[3][256];
     norm_table(mean, std, lut);
     for (int c = 0; c < 3; c++)
-        for (int v = 0; v < 256; v++) lut16[c][v] = f32_to_bf16(lut[c][v]);
+        for (int v = 0; v < 256; v++)
+            lut16[c][v] = f32_to_bf16(lut[c][v]);
     size_t n = (size_t)im->w * (size_t)im->h;
     uint16_t *o0 = out, *o1 = out + n, *o2 = out + 2 * n;
     const uint8_t *p = im->px;
