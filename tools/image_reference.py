@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""image_reference.py: test images and Pillow + torchvision reference outputs for tests/test_image.c.
+"""image_reference.py: test images and Pillow + torchvision reference outputs (test_image.c).
 
 Writes tests/golden/image/ (inputs, expected outputs, cases.txt). Run with Debian's python3
 (Pillow 9.4, torch 1.13, torchvision 0.14):
@@ -10,7 +10,8 @@ Writes tests/golden/image/ (inputs, expected outputs, cases.txt). Run with Debia
 
 Inputs are generated (gradients + noise, odd sizes) and saved by Pillow as JPEG (4:2:0, 4:4:4
 progressive, grayscale, CMYK), PNG (RGB, gray, palette with transparency, RGBA, LA, 1-bit,
-16-bit gray written by Pillow, 16-bit RGB written by hand) and WebP (lossy, lossless + alpha).
+16-bit gray written by Pillow, 16-bit RGB and Adam7-interlaced RGB written by hand) and WebP
+(lossy, lossless + alpha; an animated one for the refusal).
 
 Each line of cases.txt is one check (fields separated by spaces):
   decode  IN EXPECTED.png TOL                  Image.open(IN).convert("RGB")
@@ -24,8 +25,8 @@ Each line of cases.txt is one check (fields separated by spaces):
   adjust  IN B C S H EXPECTED.png TOL          brightness, contrast, saturation, hue (PIL)
   norm    IN MEAN0 MEAN1 MEAN2 STD0 STD1 STD2 EXPECTED.f32 EXPECTED.bf16
           ToTensor + Normalize (float32 CHW), and that tensor .to(torch.bfloat16)
-  clip    IN JPEG_SCALE EXPECTED.png TOL                  the CLIP preset (224) end to end, as float32 compared
-          with torchvision's ToTensor + Normalize of EXPECTED (the norm_clip.f32 table)
+  clip    IN JPEG_SCALE EXPECTED.png TOL       the CLIP preset (224) end to end, as float32
+          compared with torchvision's ToTensor + Normalize of EXPECTED (the norm_clip.f32 table)
   seed    SEED EPOCH KEY VALUE                 st_image_seed (hash port below)
 TOL is the largest per-pixel difference allowed in 8-bit units (float cases: absolute).
 """
@@ -194,6 +195,22 @@ def write_png16_rgb(path, arr16):
     open(path, "wb").write(data)
 
 
+def write_png_interlaced(path, arr):
+    """An Adam7-interlaced 8-bit RGB PNG (Pillow cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b""
+    for x0, y0, dx, dy in [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                           (1, 0, 2, 2), (0, 1, 1, 2)]:
+        sub = arr[y0::dy, x0::dx]
+        if sub.shape[0] and sub.shape[1]:
+            raw += b"".join(b"\0" + sub[y].tobytes() for y in range(sub.shape[0]))
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9))
+    open(path, "wb").write(data + chunk(b"IEND", b""))
+
+
 def make_inputs(d):
     ins = {}
     def save(name, img, **kw):
@@ -208,7 +225,8 @@ def make_inputs(d):
          subsampling=0)
     save("gray_73x55.jpg", Image.fromarray(pattern(73, 55, 5)[..., 1]), quality=90)
     save("cmyk_40x30.jpg", Image.fromarray(pattern(40, 30, 6)).convert("CMYK"), quality=90)
-    save("big_900x500.jpg", Image.fromarray(pattern(900, 500, 7, noise=0.0, period=10.0)), quality=75)
+    save("big_900x500.jpg", Image.fromarray(pattern(900, 500, 7, noise=0.0, period=10.0)),
+         quality=75)
     save("gray_59x41.png", Image.fromarray(pattern(59, 41, 8)[..., 0]))
     pal = Image.fromarray(pattern(63, 47, 9)).convert("P", palette=Image.ADAPTIVE, colors=37)
     save("palette_63x47.png", pal, transparency=5)
@@ -223,6 +241,8 @@ def make_inputs(d):
         0, 200, (29, 37, 3)).astype(np.uint16)
     write_png16_rgb(os.path.join(d, "rgb16_37x29.png"), rgb16)
     ins["rgb16_37x29.png"] = os.path.join(d, "rgb16_37x29.png")
+    write_png_interlaced(os.path.join(d, "adam7_29x23.png"), pattern(29, 23, 22))
+    ins["adam7_29x23.png"] = os.path.join(d, "adam7_29x23.png")
     save("lossy_81x53.webp", Image.fromarray(pattern(81, 53, 18)), quality=80)
     save("alpha_47x39.webp", rgba.resize((47, 39)), lossless=True)
     frames = [Image.fromarray(pattern(8, 8, 19 + i)) for i in range(2)]
@@ -293,18 +313,21 @@ def main():
         os.remove(os.path.join(d, f))
     ins = make_inputs(d)
     lines = []
-    n = [0]
+    count = {}
 
-    def out_png(img):
-        n[0] += 1
-        name = "exp%03d.png" % n[0]
+    def out_png(img, kind, src):
+        """Expected output, named after the check and its input (stable when cases are added)."""
+        key = "%s-%s" % (kind, os.path.splitext(src)[0])
+        count[key] = count.get(key, 0) + 1
+        name = "exp-%s-%d.png" % (key, count[key])
         img.save(os.path.join(d, name), compress_level=9)
         return name
 
     for name in sorted(ins):
         if name.startswith("big_"):
             continue  # its full decode would be most of the golden size; the crops cover it
-        lines.append("decode %s %s 0" % (name, out_png(expected_decode(ins[name]))))
+        e = out_png(expected_decode(ins[name]), "decode", name)
+        lines.append("decode %s %s 0" % (name, e))
 
     def rgb(name):
         return expected_decode(ins[name])
@@ -316,7 +339,7 @@ def main():
                        ("gray16_31x23.png", 11, 9), ("lossy_81x53.webp", 40, 40)]:
         for filt in ("bilinear", "bicubic"):
             e = rgb(name).resize((w, h), FILTERS[filt])
-            lines.append("resize %s %d %d %s %s 0" % (name, w, h, filt, out_png(e)))
+            lines.append("resize %s %d %d %s %s 0" % (name, w, h, filt, out_png(e, "resize", name)))
 
     # resize shortest side + center crop (CLIP style), and square (SigLIP style)
     for name, size, rs, filt in [("photo_131x97.jpg", 48, 48, "bicubic"),
@@ -326,7 +349,8 @@ def main():
                                  ("prog444_120x90.jpg", 57, 57, "bicubic"),
                                  ("cmyk_40x30.jpg", 17, 17, "bicubic")]:
         tf = T.Compose([T.Resize(rs, TV_FILTERS[filt]), T.CenterCrop(size)])
-        lines.append("center %s %d %d %s 0 %s 0" % (name, size, rs, filt, out_png(tf(rgb(name)))))
+        e = out_png(tf(rgb(name)), "center", name)
+        lines.append("center %s %d %d %s 0 %s 0" % (name, size, rs, filt, e))
     # JPEG decoded with DCT scaling: Pillow's draft() picks the same 1/2 scale here
     for name, size, rs, filt in [("big_900x500.jpg", 96, 100, "bilinear")]:
         img = Image.open(ins[name])
@@ -335,11 +359,13 @@ def main():
         img.draft("RGB", (ow, oh))
         img = img.convert("RGB")
         tf = T.Compose([T.Resize(rs, TV_FILTERS[filt]), T.CenterCrop(size)])
-        lines.append("center %s %d %d %s 1 %s 0" % (name, size, rs, filt, out_png(tf(img))))
-    for name, size, filt in [("photo_131x97.jpg", 64, "bilinear"), ("grad_97x61.png", 40, "bilinear"),
+        e = out_png(tf(img), "center", name)
+        lines.append("center %s %d %d %s 1 %s 0" % (name, size, rs, filt, e))
+    for name, size, filt in [("photo_131x97.jpg", 64, "bilinear"),
+                             ("grad_97x61.png", 40, "bilinear"),
                              ("lossy_81x53.webp", 100, "bicubic")]:
         e = T.Resize((size, size), TV_FILTERS[filt])(rgb(name))
-        lines.append("none %s %d %s %s 0" % (name, size, filt, out_png(e)))
+        lines.append("none %s %d %s %s 0" % (name, size, filt, out_png(e, "none", name)))
 
     # the random pipeline (crop, flip, jitter) with our RNG on torchvision's functionals
     s_def, r_def = (f32(0.08), 1.0), (f32(3 / 4), f32(4 / 3))
@@ -361,7 +387,7 @@ def main():
         e = random_pipeline(rgb(name), size, filt, seed64, sc, ra, flip, jit)
         lines.append("random %s %d %s %d %r %r %r %r %r %r %r %r %r %s 0" % (
             name, size, filt, seed64, sc[0], sc[1], ra[0], ra[1], flip, jit[0], jit[1], jit[2],
-            jit[3], out_png(e)))
+            jit[3], out_png(e, "random", name)))
 
     # colour adjustments with fixed factors (PIL ImageEnhance order: B, C, S, then hue)
     for name, b, c, s, h in [("prog444_120x90.jpg", 1.3, 1.0, 1.0, 0.0),
@@ -383,7 +409,8 @@ def main():
             img = ImageEnhance.Color(img).enhance(s)
         if h != 0:
             img = apply_op(img, 3, h)
-        lines.append("adjust %s %r %r %r %r %s 0" % (name, b, c, s, h, out_png(img)))
+        e = out_png(img, "adjust", name)
+        lines.append("adjust %s %r %r %r %r %s 0" % (name, b, c, s, h, e))
 
     # normalisation: every byte value in every channel, CLIP and SigLIP mean/std
     ramp = np.zeros((16, 16, 3), np.uint8)
@@ -402,10 +429,12 @@ def main():
     # picks the same 1/2). The expected floats are torchvision's ToTensor + Normalize of the
     # expected bytes, looked up in norm_clip.f32 (elementwise, so that is exact).
     clip = T.Compose([T.Resize(224, T.InterpolationMode.BICUBIC), T.CenterCrop(224)])
-    lines.append("clip big_900x500.jpg 0 %s 0" % out_png(clip(rgb("big_900x500.jpg"))))
+    e = out_png(clip(rgb("big_900x500.jpg")), "clip", "big_900x500.jpg")
+    lines.append("clip big_900x500.jpg 0 %s 0" % e)
     img = Image.open(ins["big_900x500.jpg"])
     img.draft("RGB", (403, 224))
-    lines.append("clip big_900x500.jpg 1 %s 0" % out_png(clip(img.convert("RGB"))))
+    e = out_png(clip(img.convert("RGB")), "clip", "big_900x500.jpg")
+    lines.append("clip big_900x500.jpg 1 %s 0" % e)
     for seed, epoch, key in [(0, 0, ""), (1234, 3, "000123"), (2**63 + 5, 2**40, "shard-7/x.jpg")]:
         lines.append("seed %d %d %s %d" % (seed, epoch, key or "-", image_seed(seed, epoch, key)))
 
