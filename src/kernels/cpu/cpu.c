@@ -3,9 +3,30 @@
  * pairs across threads. Faster fused kernels replace entries here as the profile asks. */
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "../ref/ref.h"
+
+/* exp for float arguments without libm calls, so `omp simd` loops vectorise it (Cephes' expf:
+ * x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, scaled by 2^n; about 1 ulp). Arguments below
+ * -87.3 return ~1e-38 instead of denormals/0: callers map masked (-inf) entries to 0 themselves. */
+static inline float fexp(float x) {
+    x = x < -87.3f ? -87.3f : x > 88.7f ? 88.7f : x;
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &e, 4);
+    return y * sc;
+}
 
 static void linear_forward(float *out, const float *inp, const float *w, const float *bias,
                            size_t N, size_t C, size_t OC) {
@@ -95,6 +116,7 @@ static void attention_row(float *out, float *lse, const float *q, const float *k
             }
             const float *kj = k + j * kvs;
             float dot = 0;
+#pragma omp simd reduction(+ : dot)
             for (size_t d = 0; d < hd; d++) dot += q[d] * kj[d];
             s[t] = dot * scale;
             if (s[t] > bm) bm = s[t];
@@ -106,8 +128,9 @@ static void attention_row(float *out, float *lse, const float *q, const float *k
             for (size_t d = 0; d < hd; d++) out[d] *= c;
             m = bm;
         }
+#pragma omp simd reduction(+ : l)
         for (size_t t = 0; t < n; t++) {
-            float e = s[t] == -INFINITY ? 0.0f : expf(s[t] - m);
+            float e = s[t] == -INFINITY ? 0.0f : fexp(s[t] - m);
             s[t] = e;
             l += e;
         }
@@ -163,6 +186,7 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
                     float *dqi = dq + r, L = lse[(b * nh + h) * Tq + i], D = 0;
                     memset(dqi, 0, hd * sizeof(float));
                     if (L == -INFINITY) continue;
+#pragma omp simd reduction(+ : D)
                     for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
                     key_range(p, window, &j0, &j1);
                     for (size_t j = j0; j < j1; j++) {
@@ -170,9 +194,12 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
                         const float *kj = kb + j * kvs, *vj = vb + j * kvs;
                         float *dkj = dkb + j * kvs, *dvj = dvb + j * kvs;
                         float sc = 0, dp = 0;
-                        for (size_t d = 0; d < hd; d++) sc += qi[d] * kj[d];
-                        for (size_t d = 0; d < hd; d++) dp += dy[d] * vj[d];
-                        float pj = expf(sc * scale - L);
+#pragma omp simd reduction(+ : sc, dp)
+                        for (size_t d = 0; d < hd; d++) {
+                            sc += qi[d] * kj[d];
+                            dp += dy[d] * vj[d];
+                        }
+                        float pj = fexp(sc * scale - L);
                         float ds = pj * (dp - D) * scale;
                         for (size_t d = 0; d < hd; d++) dvj[d] += pj * dy[d];
                         for (size_t d = 0; d < hd; d++) dqi[d] += ds * kj[d];
@@ -182,18 +209,107 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
         }
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* fexp on 16 lanes (same polynomial) */
+__attribute__((target("avx512f"))) static inline __m512 fexp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+    __m512 n = _mm512_roundscale_ps(
+        _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+
+__attribute__((target("avx512f"))) static float row_lse_avx512(const float *x, size_t V) {
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    size_t v = 0;
+    for (; v + 16 <= V; v += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + v));
+    float m = _mm512_reduce_max_ps(vm);
+    for (; v < V; v++) m = x[v] > m ? x[v] : m;
+    __m512 vs = _mm512_setzero_ps(), mm = _mm512_set1_ps(m);
+    for (v = 0; v + 16 <= V; v += 16) vs = _mm512_add_ps(vs, fexp16(_mm512_sub_ps(_mm512_loadu_ps(x + v), mm)));
+    float s = _mm512_reduce_add_ps(vs);
+    for (; v < V; v++) s += fexp(x[v] - m);
+    return m + logf(s);
+}
+
+/* d = scale * exp(x - lse) */
+__attribute__((target("avx512f"))) static void softmax_scaled_avx512(float *d, const float *x,
+                                                                     float lse, float scale,
+                                                                     size_t V) {
+    __m512 l = _mm512_set1_ps(lse), sc = _mm512_set1_ps(scale);
+    size_t v = 0;
+    for (; v + 16 <= V; v += 16)
+        _mm512_storeu_ps(d + v, _mm512_mul_ps(sc, fexp16(_mm512_sub_ps(_mm512_loadu_ps(x + v), l))));
+    for (; v < V; v++) d[v] = scale * fexp(x[v] - lse);
+}
+#endif
+
+static int have_avx512(void) {
+#if defined(__x86_64__)
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512f");
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+/* log sum_v exp(x_v): max, then the sum of fexp */
+static float row_lse(const float *x, size_t V) {
+#if defined(__x86_64__)
+    if (have_avx512()) return row_lse_avx512(x, V);
+#endif
+    float m = -INFINITY;
+    for (size_t v = 0; v < V; v++) m = x[v] > m ? x[v] : m;
+    double s = 0;
+    for (size_t v = 0; v < V; v++) s += fexp(x[v] - m);
+    return m + (float)log(s);
+}
+
+static void softmax_scaled(float *d, const float *x, float lse, float scale, size_t V) {
+#if defined(__x86_64__)
+    if (have_avx512()) {
+        softmax_scaled_avx512(d, x, lse, scale, V);
+        return;
+    }
+#endif
+    for (size_t v = 0; v < V; v++) d[v] = scale * fexp(x[v] - lse);
+}
+
 static void crossentropy_forward(float *losses, const float *logits, const int32_t *targets,
                                  size_t N, size_t V) {
 #pragma omp parallel for schedule(static) if (N * V > 65536)
     for (size_t n = 0; n < N; n++)
-        st_ref_crossentropy_forward(losses + n, logits + n * V, targets + n, 1, V);
+        losses[n] = targets[n] < 0 ? 0.0f : row_lse(logits + n * V, V) - logits[n * V + targets[n]];
 }
 
 static void crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets,
                                   float dloss, size_t N, size_t V) {
 #pragma omp parallel for schedule(static) if (N * V > 65536)
-    for (size_t n = 0; n < N; n++)
-        st_ref_crossentropy_backward(dlogits + n * V, logits + n * V, targets + n, dloss, 1, V);
+    for (size_t n = 0; n < N; n++) {
+        float *d = dlogits + n * V;
+        const float *x = logits + n * V;
+        if (targets[n] < 0) {
+            memset(d, 0, V * sizeof(float));
+            continue;
+        }
+        float lse = row_lse(x, V), xt = x[targets[n]];
+        softmax_scaled(d, x, lse, dloss, V);
+        d[targets[n]] = dloss * (fexp(xt - lse) - 1.0f);
+    }
 }
 
 /* LoRA with BLAS: xa = inp a^T (N x r), out += scale xa b^T. */
