@@ -16,15 +16,20 @@
  *   errors (zero bytes, garbage, truncated FLAC/WAV/OGG, damaged header, over-long duration in
  *   the header, unknown length over the cap, NaN samples), fail-the-Nth-allocation runs with leak
  *   checks, and determinism of the augmentations.
+ * - fuzz/corpus/audio (seeds) and fuzz/crashers/audio replayed through fuzz/fuzz_audio.c.
  * - `test_audio --bench ITERS [N_MELS]` times st_audio_log_mel on a 30 s clip (for
- *   bench/audio_bench.py; not a test).
+ *   bench/audio_bench.py; not a test). `test_audio --write-seeds DIR` writes the fuzz seeds.
  */
+#define LLVMFuzzerTestOneInput st_fuzz_audio_one
+#include "../fuzz/fuzz_audio.c"
+#undef LLVMFuzzerTestOneInput
+
+#include <dirent.h>
 #include <sndfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "harness.h"
-#include "streamtune/audio.h"
 
 #define PI 3.14159265358979323846
 
@@ -497,6 +502,7 @@ TEST(formats) {
         {"flac24-22k-mono", SF_FORMAT_FLAC | SF_FORMAT_PCM_24, 22050, 1, 0},
         {"flac16-48k-6ch", SF_FORMAT_FLAC | SF_FORMAT_PCM_16, 48000, 6, 0},
         {"ogg-48k-stereo", SF_FORMAT_OGG | SF_FORMAT_VORBIS, 48000, 2, 1},
+        {"opus-48k-mono", SF_FORMAT_OGG | SF_FORMAT_OPUS, 48000, 1, 1},
         {"mp3-16k-mono", SF_FORMAT_MPEG | SF_FORMAT_MPEG_LAYER_III, 16000, 1, 1},
         {"mp3-44k-stereo", SF_FORMAT_MPEG | SF_FORMAT_MPEG_LAYER_III, 44100, 2, 1},
     };
@@ -801,6 +807,82 @@ TEST(augment_semantics) {
     CHECK(seen_pos && seen_neg);
 }
 
+/* ---- fuzz seeds and their replay ---- */
+static int write_seed(const char *dir, const char *name, uint8_t ctl, const void *d, size_t n) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int ok = fputc(ctl, f) != EOF && fwrite(d, 1, n, f) == n;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* Small files of every format (0.05-0.3 s), a truncated and a length-patched FLAC, empty input. */
+static int write_seeds(const char *dir) {
+    struct {
+        const char *name;
+        int fmt, rate, channels, frames;
+        uint8_t ctl;
+    } s[] = {
+        {"wav16_8k_mono", SF_FORMAT_WAV | SF_FORMAT_PCM_16, 8000, 1, 800, 0xc7},
+        {"wav24_44k_stereo", SF_FORMAT_WAV | SF_FORMAT_PCM_24, 44100, 2, 2205, 0x07},
+        {"wavfloat_16k_3ch", SF_FORMAT_WAV | SF_FORMAT_FLOAT, 16000, 3, 1600, 0x07},
+        {"flac16_22k_mono", SF_FORMAT_FLAC | SF_FORMAT_PCM_16, 22050, 1, 2205, 0xc7},
+        {"flac24_48k_stereo", SF_FORMAT_FLAC | SF_FORMAT_PCM_24, 48000, 2, 4800, 0x0f},
+        {"ogg_16k_mono", SF_FORMAT_OGG | SF_FORMAT_VORBIS, 16000, 1, 4800, 0xc7},
+        {"mp3_16k_mono", SF_FORMAT_MPEG | SF_FORMAT_MPEG_LAYER_III, 16000, 1, 4800, 0xc7},
+        {"aiff_11k_mono", SF_FORMAT_AIFF | SF_FORMAT_PCM_16, 11025, 1, 1102, 0x07},
+    };
+    int rc = 0;
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        if ((s[i].fmt & SF_FORMAT_TYPEMASK) == SF_FORMAT_MPEG && !st_audio_have_mp3()) continue;
+        struct mbuf m = encode_sine(s[i].fmt, s[i].rate, s[i].channels, s[i].frames, 440, 0.5);
+        rc |= write_seed(dir, s[i].name, s[i].ctl, m.d, (size_t)m.n);
+        if (i == 3) {
+            rc |= write_seed(dir, "flac_truncated", 0xc7, m.d, (size_t)m.n * 2 / 3);
+            m.d[21] &= 0xf0; /* STREAMINFO total samples 0: length unknown */
+            memset(m.d + 22, 0, 4);
+            rc |= write_seed(dir, "flac_unknown_length", 0x00, m.d, (size_t)m.n);
+        }
+        free(m.d);
+    }
+    rc |= write_seed(dir, "empty", 0xc7, "", 0);
+    return rc ? 1 : 0;
+}
+
+static int replay_dir(const char *dir, int *count) {
+    DIR *d = opendir(dir);
+    *count = 0;
+    if (!d) return -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[2048];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        FILE *f = fopen(path, "rb");
+        if (!f) continue;
+        fseek(f, 0, SEEK_END);
+        long len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        uint8_t *buf = malloc(len > 0 ? (size_t)len : 1);
+        size_t got = len > 0 ? fread(buf, 1, (size_t)len, f) : 0;
+        fclose(f);
+        st_fuzz_audio_one(buf, got); /* aborts, naming the property, on a violation */
+        free(buf);
+        (*count)++;
+    }
+    closedir(d);
+    return 0;
+}
+
+TEST(fuzz_replay) {
+    int n, k;
+    replay_dir(ST_SOURCE_DIR "/fuzz/corpus/audio", &n);
+    CHECKF(n > 0, "no seeds in fuzz/corpus/audio");
+    replay_dir(ST_SOURCE_DIR "/fuzz/crashers/audio", &k);
+    printf("  %d seeds, %d crashers replayed\n", n, k);
+}
+
 /* ---- bench mode (bench/audio_bench.py) ---- */
 static int bench(int iters, int n_mels) {
     size_t n = ST_AUDIO_CHUNK;
@@ -826,6 +908,7 @@ static int bench(int iters, int n_mels) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--write-seeds")) return write_seeds(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "--bench")) {
         int64_t iters, n_mels = 80;
         if (st_parse_i64(argv[2], 1, 1000000, &iters) ||
@@ -844,6 +927,7 @@ int main(int argc, char **argv) {
     RUN(fail_nth_allocation);
     RUN(augment_determinism);
     RUN(augment_semantics);
+    RUN(fuzz_replay);
     RUN(shared_clips_vs_reference);
     return test_finish();
 }

@@ -267,10 +267,16 @@ enum st_status st_audio_decode_native(const void *data, size_t size, const char 
         sf_count_t r = sf_readf_float(sf, buf, block);
         if (r <= 0) break;
         if ((int64_t)got + r > cap) {
-            rc = st_errorf(err, ST_ERR_NOMEM,
-                           "%s: audio exceeds --max-audio-seconds %g while decoding (the %s header "
-                           "does not state its length)",
-                           n, lim.max_seconds, info.format);
+            if (info.frames < 0)
+                rc = st_errorf(err, ST_ERR_NOMEM,
+                               "%s: audio exceeds --max-audio-seconds %g while decoding (the %s "
+                               "header does not state its length)",
+                               n, lim.max_seconds, info.format);
+            else
+                rc = st_errorf(err, ST_ERR_NOMEM,
+                               "%s: audio exceeds --max-audio-seconds %g while decoding (past the "
+                               "%lld frames its %s header declares)",
+                               n, lim.max_seconds, (long long)info.frames, info.format);
             goto fail;
         }
         if (got + (size_t)r > capacity) {

@@ -16,7 +16,10 @@
  *   power of two). Filters are stored sparse (first bin, count, weights): about 2 bins per filter.
  * - log10 is a branch-free polynomial (musl's logf reduction, atanh series to s^9; relative error
  *   < 1e-7) that vectorises over lanes; libm's log10f per value would cost as much as the FFT.
- * - The plan owns the reflect-padded 30 s waveform (1.9 MB) so the gather reads one buffer.
+ * - Gathering frames is the other cost: 3000 frames x 400 strided samples. The plan keeps the
+ *   reflect-padded 30 s chunk as rows of one hop (160 samples) stored transposed (1.9 MB), so
+ *   sample t of MEL_LANES consecutive frames is MEL_LANES consecutive floats: one vector load.
+ *   Building it is one pass over the input (no separate padded copy).
  */
 #include <math.h>
 #include <string.h>
@@ -29,13 +32,32 @@
 #define MEL_BINS (MEL_NFFT / 2 + 1) /* 201 */
 #define MEL_PAD (MEL_NFFT / 2)      /* centre padding, each side */
 #define MEL_BLOCKS ((ST_AUDIO_FRAMES + MEL_LANES - 1) / MEL_LANES)
-/* padded waveform: the chunk, reflect padding, and zeros read by the lanes past frame 2999 */
-#define MEL_PADDED (ST_AUDIO_CHUNK + 2 * MEL_PAD + MEL_LANES * ST_AUDIO_HOP)
+/* rows of one hop of the padded chunk read by the frames (frame f reads rows f, f+1, f+2) */
+#define MEL_ROWS ((size_t)MEL_BLOCKS * MEL_LANES + 2)
+
+/* MEL_LANES floats, one per frame. GCC/Clang vector extensions (the project is GNU C already:
+ * __attribute__ in core.h); element-wise operators, a scalar operand is broadcast. */
+typedef float mel_v __attribute__((vector_size(MEL_LANES * sizeof(float))));
+typedef int32_t mel_vi __attribute__((vector_size(MEL_LANES * sizeof(int32_t))));
 
 struct mel_cv { /* MEL_LANES complex values */
-    float r[MEL_LANES];
-    float i[MEL_LANES];
+    mel_v r, i;
 };
+
+static inline mel_v v_load(const float *p) { /* unaligned */
+    mel_v v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline mel_v v_max(mel_v a, mel_v b) {
+    mel_vi gt = a > b, ai, bi;
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    mel_vi r = (ai & gt) | (bi & ~gt);
+    memcpy(&a, &r, sizeof a);
+    return a;
+}
 
 struct mel_level { /* one butterfly level: radix p, m values per sub-FFT, twiddle stride */
     int p, m, fstride;
@@ -53,9 +75,11 @@ struct st_audio_mel {
     int *fstart, *fcount;  /* (n_mels,) first nonzero bin and count of each filter */
     int *foff;             /* (n_mels,) offset of each filter's weights in fw */
     float *fw;             /* packed weights * 1/4 */
-    float *padded;         /* (MEL_PADDED,) reflect-padded chunk */
+    int (*gofs)[2];        /* (200, 2) where the leaf-order inputs start in cols */
+    float (*gw)[2];        /* (200, 2) their window values */
+    float *cols;           /* (160, MEL_ROWS) the padded chunk, transposed rows of one hop */
     struct mel_cv *z;      /* (200,) FFT work */
-    float (*pw)[MEL_LANES];  /* (201, lanes) 4 |X|^2 */
+    mel_v *pw;             /* (201,) 4 |X|^2 */
 };
 
 /* ---- Slaney mel scale (librosa.hz_to_mel / mel_to_hz with htk=False) ---- */
@@ -122,7 +146,8 @@ enum st_status st_audio_mel_init(struct st_audio_mel **plan, int n_mels, struct 
                   st_arena_round(MEL_NC * sizeof(int)) +
                   3 * st_arena_round((size_t)n_mels * sizeof(int)) +
                   st_arena_round((nnz + 1) * sizeof(float)) +
-                  st_arena_round(MEL_PADDED * sizeof(float)) +
+                  2 * st_arena_round(MEL_NC * 2 * sizeof(int)) +
+                  st_arena_round(MEL_ROWS * ST_AUDIO_HOP * sizeof(float)) +
                   st_arena_round(MEL_NC * sizeof(struct mel_cv)) +
                   st_arena_round(MEL_BINS * MEL_LANES * sizeof(float));
     enum st_status rc = st_arena_init(&p->arena, need, err);
@@ -141,7 +166,9 @@ enum st_status st_audio_mel_init(struct st_audio_mel **plan, int n_mels, struct 
     p->fcount = st_arena_take(a, (size_t)n_mels * sizeof(int));
     p->foff = st_arena_take(a, (size_t)n_mels * sizeof(int));
     p->fw = st_arena_take(a, (nnz + 1) * sizeof(float));
-    p->padded = st_arena_take(a, MEL_PADDED * sizeof(float));
+    p->gofs = st_arena_take(a, MEL_NC * 2 * sizeof(int));
+    p->gw = st_arena_take(a, MEL_NC * 2 * sizeof(float));
+    p->cols = st_arena_take(a, MEL_ROWS * ST_AUDIO_HOP * sizeof(float));
     p->z = st_arena_take(a, MEL_NC * sizeof(struct mel_cv));
     p->pw = st_arena_take(a, MEL_BINS * MEL_LANES * sizeof(float));
     ST_ASSERT(p->pw != NULL);
@@ -169,6 +196,12 @@ enum st_status st_audio_mel_init(struct st_audio_mel **plan, int n_mels, struct 
         fstride *= radix[l];
     }
     make_perm(p->perm, 0, 0, 1, p->level, p->levels);
+    for (int j = 0; j < MEL_NC; j++)
+        for (int h = 0; h < 2; h++) {
+            int t = 2 * p->perm[j] + h; /* sample of the frame; z = x[2m] + i x[2m + 1] */
+            p->gofs[j][h] = (t % ST_AUDIO_HOP) * (int)MEL_ROWS + t / ST_AUDIO_HOP;
+            p->gw[j][h] = p->window[t];
+        }
 
     int off = 0;
     for (int mm = 0; mm < n_mels; mm++) {
@@ -208,21 +241,16 @@ void st_audio_mel_filters(const struct st_audio_mel *p, float *filters) {
 }
 
 /* ---- butterflies over lanes (KISS FFT's forward kf_bfly2/4/5) ---- */
-#define CMUL_R(ar, ai, br, bi) ((ar) * (br) - (ai) * (bi))
-#define CMUL_I(ar, ai, br, bi) ((ar) * (bi) + (ai) * (br))
-
 static void bfly2(struct mel_cv *restrict F, int fstride, const float (*tw)[2], int m) {
     for (int u = 0; u < m; u++) {
         const float wr = tw[u * fstride][0], wi = tw[u * fstride][1];
-        struct mel_cv *f0 = F + u, *f1 = F + u + m;
-        for (int l = 0; l < MEL_LANES; l++) {
-            float tr = CMUL_R(f1->r[l], f1->i[l], wr, wi);
-            float ti = CMUL_I(f1->r[l], f1->i[l], wr, wi);
-            f1->r[l] = f0->r[l] - tr;
-            f1->i[l] = f0->i[l] - ti;
-            f0->r[l] += tr;
-            f0->i[l] += ti;
-        }
+        const mel_v ar = F[u + m].r, ai = F[u + m].i;
+        const mel_v tr = ar * wr - ai * wi, ti = ar * wi + ai * wr;
+        const mel_v br = F[u].r, bi = F[u].i;
+        F[u + m].r = br - tr;
+        F[u + m].i = bi - ti;
+        F[u].r = br + tr;
+        F[u].i = bi + ti;
     }
 }
 
@@ -232,97 +260,68 @@ static void bfly4(struct mel_cv *restrict F, int fstride, const float (*tw)[2], 
         const float w2r = tw[2 * u * fstride][0], w2i = tw[2 * u * fstride][1];
         const float w3r = tw[3 * u * fstride][0], w3i = tw[3 * u * fstride][1];
         struct mel_cv *f0 = F + u, *f1 = f0 + m, *f2 = f0 + 2 * m, *f3 = f0 + 3 * m;
-        for (int l = 0; l < MEL_LANES; l++) {
-            float s0r = CMUL_R(f1->r[l], f1->i[l], w1r, w1i);
-            float s0i = CMUL_I(f1->r[l], f1->i[l], w1r, w1i);
-            float s1r = CMUL_R(f2->r[l], f2->i[l], w2r, w2i);
-            float s1i = CMUL_I(f2->r[l], f2->i[l], w2r, w2i);
-            float s2r = CMUL_R(f3->r[l], f3->i[l], w3r, w3i);
-            float s2i = CMUL_I(f3->r[l], f3->i[l], w3r, w3i);
-            float s5r = f0->r[l] - s1r, s5i = f0->i[l] - s1i;
-            float a0r = f0->r[l] + s1r, a0i = f0->i[l] + s1i;
-            float s3r = s0r + s2r, s3i = s0i + s2i;
-            float s4r = s0r - s2r, s4i = s0i - s2i;
-            f2->r[l] = a0r - s3r;
-            f2->i[l] = a0i - s3i;
-            f0->r[l] = a0r + s3r;
-            f0->i[l] = a0i + s3i;
-            f1->r[l] = s5r + s4i;
-            f1->i[l] = s5i - s4r;
-            f3->r[l] = s5r - s4i;
-            f3->i[l] = s5i + s4r;
-        }
+        const mel_v s0r = f1->r * w1r - f1->i * w1i, s0i = f1->r * w1i + f1->i * w1r;
+        const mel_v s1r = f2->r * w2r - f2->i * w2i, s1i = f2->r * w2i + f2->i * w2r;
+        const mel_v s2r = f3->r * w3r - f3->i * w3i, s2i = f3->r * w3i + f3->i * w3r;
+        const mel_v s5r = f0->r - s1r, s5i = f0->i - s1i;
+        const mel_v a0r = f0->r + s1r, a0i = f0->i + s1i;
+        const mel_v s3r = s0r + s2r, s3i = s0i + s2i;
+        const mel_v s4r = s0r - s2r, s4i = s0i - s2i;
+        f2->r = a0r - s3r;
+        f2->i = a0i - s3i;
+        f0->r = a0r + s3r;
+        f0->i = a0i + s3i;
+        f1->r = s5r + s4i;
+        f1->i = s5i - s4r;
+        f3->r = s5r - s4i;
+        f3->i = s5i + s4r;
     }
+}
+
+/* Radix 5 on (s0, s1..s4 already multiplied by their twiddles), ya/yb = exp(-2 pi i {1,2} / 5). */
+static inline void bfly5_core(struct mel_cv *f0, struct mel_cv *f1, struct mel_cv *f2,
+                              struct mel_cv *f3, struct mel_cv *f4, mel_v s1r, mel_v s1i,
+                              mel_v s2r, mel_v s2i, mel_v s3r, mel_v s3i, mel_v s4r, mel_v s4i,
+                              float yar, float yai, float ybr, float ybi) {
+    const mel_v s0r = f0->r, s0i = f0->i;
+    const mel_v s7r = s1r + s4r, s7i = s1i + s4i;
+    const mel_v s10r = s1r - s4r, s10i = s1i - s4i;
+    const mel_v s8r = s2r + s3r, s8i = s2i + s3i;
+    const mel_v s9r = s2r - s3r, s9i = s2i - s3i;
+    f0->r = s0r + s7r + s8r;
+    f0->i = s0i + s7i + s8i;
+    const mel_v s5r = s0r + s7r * yar + s8r * ybr, s5i = s0i + s7i * yar + s8i * ybr;
+    const mel_v s6r = s10i * yai + s9i * ybi, s6i = -(s10r * yai + s9r * ybi);
+    f1->r = s5r - s6r;
+    f1->i = s5i - s6i;
+    f4->r = s5r + s6r;
+    f4->i = s5i + s6i;
+    const mel_v s11r = s0r + s7r * ybr + s8r * yar, s11i = s0i + s7i * ybr + s8i * yar;
+    const mel_v s12r = s9i * yai - s10i * ybi, s12i = s10r * ybi - s9r * yai;
+    f2->r = s11r + s12r;
+    f2->i = s11i + s12i;
+    f3->r = s11r - s12r;
+    f3->i = s11i - s12i;
 }
 
 static void bfly5(struct mel_cv *restrict F, int fstride, const float (*tw)[2], int m) {
     const float yar = tw[fstride * m][0], yai = tw[fstride * m][1];
     const float ybr = tw[2 * fstride * m][0], ybi = tw[2 * fstride * m][1];
     for (int u = 0; u < m; u++) {
-        float w[4][2];
-        for (int k = 0; k < 4; k++) {
-            w[k][0] = tw[(k + 1) * u * fstride][0];
-            w[k][1] = tw[(k + 1) * u * fstride][1];
-        }
         struct mel_cv *f0 = F + u, *f1 = f0 + m, *f2 = f0 + 2 * m, *f3 = f0 + 3 * m,
                       *f4 = f0 + 4 * m;
-        for (int l = 0; l < MEL_LANES; l++) {
-            float s0r = f0->r[l], s0i = f0->i[l];
-            float s1r = CMUL_R(f1->r[l], f1->i[l], w[0][0], w[0][1]);
-            float s1i = CMUL_I(f1->r[l], f1->i[l], w[0][0], w[0][1]);
-            float s2r = CMUL_R(f2->r[l], f2->i[l], w[1][0], w[1][1]);
-            float s2i = CMUL_I(f2->r[l], f2->i[l], w[1][0], w[1][1]);
-            float s3r = CMUL_R(f3->r[l], f3->i[l], w[2][0], w[2][1]);
-            float s3i = CMUL_I(f3->r[l], f3->i[l], w[2][0], w[2][1]);
-            float s4r = CMUL_R(f4->r[l], f4->i[l], w[3][0], w[3][1]);
-            float s4i = CMUL_I(f4->r[l], f4->i[l], w[3][0], w[3][1]);
-            float s7r = s1r + s4r, s7i = s1i + s4i;
-            float s10r = s1r - s4r, s10i = s1i - s4i;
-            float s8r = s2r + s3r, s8i = s2i + s3i;
-            float s9r = s2r - s3r, s9i = s2i - s3i;
-            f0->r[l] = s0r + s7r + s8r;
-            f0->i[l] = s0i + s7i + s8i;
-            float s5r = s0r + s7r * yar + s8r * ybr, s5i = s0i + s7i * yar + s8i * ybr;
-            float s6r = s10i * yai + s9i * ybi, s6i = -(s10r * yai + s9r * ybi);
-            f1->r[l] = s5r - s6r;
-            f1->i[l] = s5i - s6i;
-            f4->r[l] = s5r + s6r;
-            f4->i[l] = s5i + s6i;
-            float s11r = s0r + s7r * ybr + s8r * yar, s11i = s0i + s7i * ybr + s8i * yar;
-            float s12r = -s10i * ybi + s9i * yai, s12i = s10r * ybi - s9r * yai;
-            f2->r[l] = s11r + s12r;
-            f2->i[l] = s11i + s12i;
-            f3->r[l] = s11r - s12r;
-            f3->i[l] = s11i - s12i;
+        if (u == 0) { /* all twiddles 1 (the leaf level has only u = 0) */
+            bfly5_core(f0, f1, f2, f3, f4, f1->r, f1->i, f2->r, f2->i, f3->r, f3->i, f4->r, f4->i,
+                       yar, yai, ybr, ybi);
+            continue;
         }
-    }
-}
-
-/* The leaf level: radix 5, one value per sub-FFT, all twiddles 1. */
-static void bfly5_leaf(struct mel_cv *restrict F, const float (*tw)[2], int fstride) {
-    const float yar = tw[fstride][0], yai = tw[fstride][1];
-    const float ybr = tw[2 * fstride][0], ybi = tw[2 * fstride][1];
-    struct mel_cv *f0 = F, *f1 = F + 1, *f2 = F + 2, *f3 = F + 3, *f4 = F + 4;
-    for (int l = 0; l < MEL_LANES; l++) {
-        float s0r = f0->r[l], s0i = f0->i[l];
-        float s7r = f1->r[l] + f4->r[l], s7i = f1->i[l] + f4->i[l];
-        float s10r = f1->r[l] - f4->r[l], s10i = f1->i[l] - f4->i[l];
-        float s8r = f2->r[l] + f3->r[l], s8i = f2->i[l] + f3->i[l];
-        float s9r = f2->r[l] - f3->r[l], s9i = f2->i[l] - f3->i[l];
-        f0->r[l] = s0r + s7r + s8r;
-        f0->i[l] = s0i + s7i + s8i;
-        float s5r = s0r + s7r * yar + s8r * ybr, s5i = s0i + s7i * yar + s8i * ybr;
-        float s6r = s10i * yai + s9i * ybi, s6i = -(s10r * yai + s9r * ybi);
-        f1->r[l] = s5r - s6r;
-        f1->i[l] = s5i - s6i;
-        f4->r[l] = s5r + s6r;
-        f4->i[l] = s5i + s6i;
-        float s11r = s0r + s7r * ybr + s8r * yar, s11i = s0i + s7i * ybr + s8i * yar;
-        float s12r = -s10i * ybi + s9i * yai, s12i = s10r * ybi - s9r * yai;
-        f2->r[l] = s11r + s12r;
-        f2->i[l] = s11i + s12i;
-        f3->r[l] = s11r - s12r;
-        f3->i[l] = s11i - s12i;
+        const float *w1 = tw[u * fstride], *w2 = tw[2 * u * fstride], *w3 = tw[3 * u * fstride],
+                    *w4 = tw[4 * u * fstride];
+        bfly5_core(f0, f1, f2, f3, f4, f1->r * w1[0] - f1->i * w1[1],
+                   f1->r * w1[1] + f1->i * w1[0], f2->r * w2[0] - f2->i * w2[1],
+                   f2->r * w2[1] + f2->i * w2[0], f3->r * w3[0] - f3->i * w3[1],
+                   f3->r * w3[1] + f3->i * w3[0], f4->r * w4[0] - f4->i * w4[1],
+                   f4->r * w4[1] + f4->i * w4[0], yar, yai, ybr, ybi);
     }
 }
 
@@ -330,103 +329,115 @@ static void bfly5_leaf(struct mel_cv *restrict F, const float (*tw)[2], int fstr
 static void fft200(const struct st_audio_mel *p, struct mel_cv *z) {
     for (int lv = p->levels - 1; lv >= 0; lv--) {
         const struct mel_level L = p->level[lv];
-        int span = L.p * L.m;
+        const int span = L.p * L.m;
         for (int b = 0; b < MEL_NC; b += span) {
-            struct mel_cv *F = z + b;
             switch (L.p) {
-            case 2: bfly2(F, L.fstride, p->tw, L.m); break;
-            case 4: bfly4(F, L.fstride, p->tw, L.m); break;
-            case 5:
-                if (L.m == 1)
-                    bfly5_leaf(F, p->tw, L.fstride);
-                else
-                    bfly5(F, L.fstride, p->tw, L.m);
-                break;
+            case 2: bfly2(z + b, L.fstride, p->tw, L.m); break;
+            case 4: bfly4(z + b, L.fstride, p->tw, L.m); break;
+            case 5: bfly5(z + b, L.fstride, p->tw, L.m); break;
             default: ST_ASSERT(0);
             }
         }
     }
 }
 
-/* log10 of each lane, x > 0 finite (musl logf's reduction; atanh series). */
-static inline void log10_lanes(float *restrict y, const float *restrict x) {
+/* log10 of each lane, x > 0 finite (musl logf's reduction, then an atanh series to s^9: relative
+ * error < 1e-7 before float rounding). */
+static inline mel_v v_log10(mel_v x) {
     const float ln2 = 0.69314718055994530942f, inv_ln10 = 0.43429448190325182765f;
-    for (int l = 0; l < MEL_LANES; l++) {
-        union { float f; uint32_t u; } v = {x[l]};
-        uint32_t ix = v.u + (0x3f800000u - 0x3f3504f3u);
-        int k = (int)(ix >> 23) - 0x7f;
-        v.u = (ix & 0x007fffffu) + 0x3f3504f3u; /* mantissa in [sqrt(1/2), sqrt(2)) */
-        float f = v.f - 1.0f;
-        float s = f / (2.0f + f);
-        float z = s * s;
-        float r = z * (1.0f / 3 + z * (1.0f / 5 + z * (1.0f / 7 + z * (1.0f / 9))));
-        float lm = 2.0f * s + 2.0f * s * r;
-        y[l] = ((float)k * ln2 + lm) * inv_ln10;
-    }
+    mel_vi ix;
+    memcpy(&ix, &x, sizeof ix);
+    ix += 0x3f800000 - 0x3f3504f3;
+    const mel_vi k = (ix >> 23) - 0x7f; /* ix > 0: x is a positive finite float */
+    mel_vi mb = (ix & 0x007fffff) + 0x3f3504f3; /* mantissa in [sqrt(1/2), sqrt(2)) */
+    mel_v mf;
+    memcpy(&mf, &mb, sizeof mf);
+    const mel_v f = mf - 1.0f;
+    const mel_v s = f / (2.0f + f);
+    const mel_v z = s * s;
+    const mel_v r = z * (1.0f / 3 + z * (1.0f / 5 + z * (1.0f / 7 + z * (1.0f / 9))));
+    const mel_v lm = 2.0f * s + 2.0f * s * r;
+    return (__builtin_convertvector(k, mel_v) * ln2 + lm) * inv_ln10;
+}
+
+/* Value i of the reflect-padded chunk: x = pcm[0..nx) then zeros to 480000 samples (pad_or_trim),
+ * padded by 200 reflected samples on each side (torch.stft center=True), zeros after that. */
+static inline float padded_at(const float *pcm, size_t nx, size_t i) {
+    const size_t N = ST_AUDIO_CHUNK;
+    size_t j;
+    if (i < MEL_PAD)
+        j = MEL_PAD - i;
+    else if (i < MEL_PAD + N)
+        j = i - MEL_PAD;
+    else if (i < 2 * MEL_PAD + N)
+        j = N - 2 - (i - MEL_PAD - N);
+    else
+        return 0.0f;
+    return j < nx ? pcm[j] : 0.0f;
 }
 
 void st_audio_log_mel(struct st_audio_mel *p, float *out, const float *pcm, size_t n) {
-    float *pad = p->padded;
-    const size_t N = ST_AUDIO_CHUNK;
-    size_t nx = n < N ? n : N;
-    /* whisper pad_or_trim, then torch.stft's reflect padding of 200 on each side */
-    if (nx) memcpy(pad + MEL_PAD, pcm, nx * sizeof *pad);
-    if (nx < N) memset(pad + MEL_PAD + nx, 0, (N - nx) * sizeof *pad);
-    const float *x = pad + MEL_PAD;
-    for (int i = 0; i < MEL_PAD; i++) pad[i] = x[MEL_PAD - i];
-    for (int j = 0; j < MEL_PAD; j++) pad[MEL_PAD + N + j] = x[N - 2 - j];
-    /* the tail past MEL_PAD + N + MEL_PAD stays zero from the arena */
+    const size_t nx = n < ST_AUDIO_CHUNK ? n : ST_AUDIO_CHUNK;
+    /* The padded chunk as rows of one hop, stored transposed: cols[c * MEL_ROWS + r] = padded
+     * sample r * 160 + c. Sample t of frame f is then cols[(t % 160) * MEL_ROWS + f + t / 160],
+     * so the value t of MEL_LANES consecutive frames is MEL_LANES consecutive floats. */
+    float *cols = p->cols;
+    for (size_t r = 0; r < MEL_ROWS;) {
+        const size_t i0 = r * ST_AUDIO_HOP;
+        if (r + MEL_LANES <= MEL_ROWS && i0 >= MEL_PAD &&
+            i0 - MEL_PAD + MEL_LANES * ST_AUDIO_HOP <= nx) {
+            /* MEL_LANES whole rows inside the input: one vector store per column */
+            const float *src = pcm + (i0 - MEL_PAD);
+            for (int c = 0; c < ST_AUDIO_HOP; c++) {
+                mel_v v;
+                for (int l = 0; l < MEL_LANES; l++) v[l] = src[l * ST_AUDIO_HOP + c];
+                memcpy(cols + (size_t)c * MEL_ROWS + r, &v, sizeof v);
+            }
+            r += MEL_LANES;
+        } else {
+            for (int c = 0; c < ST_AUDIO_HOP; c++)
+                cols[(size_t)c * MEL_ROWS + r] = padded_at(pcm, nx, i0 + (size_t)c);
+            r++;
+        }
+    }
 
     const int n_mels = p->n_mels;
-    struct mel_cv *z = p->z;
-    float(*pw)[MEL_LANES] = p->pw;
-    const float *w = p->window;
-    float vmax[MEL_LANES];
-    for (int l = 0; l < MEL_LANES; l++) vmax[l] = -INFINITY;
+    struct mel_cv *restrict z = p->z;
+    mel_v *restrict pw = p->pw;
+    mel_v vmax = (mel_v){0} - INFINITY;
 
     for (int b = 0; b < MEL_BLOCKS; b++) {
         const int f0 = b * MEL_LANES;
-        /* gather windowed frames into leaf order */
+        /* windowed frames, straight into the FFT's leaf order */
         for (int j = 0; j < MEL_NC; j++) {
-            const int t = 2 * p->perm[j];
-            const float wa = w[t], wb = w[t + 1];
-            const float *src = pad + (size_t)f0 * ST_AUDIO_HOP + t;
-            for (int l = 0; l < MEL_LANES; l++) {
-                z[j].r[l] = src[l * ST_AUDIO_HOP] * wa;
-                z[j].i[l] = src[l * ST_AUDIO_HOP + 1] * wb;
-            }
+            z[j].r = v_load(cols + p->gofs[j][0] + f0) * p->gw[j][0];
+            z[j].i = v_load(cols + p->gofs[j][1] + f0) * p->gw[j][1];
         }
         fft200(p, z);
         /* split into the real DFT's bins, 4 |X[k]|^2 */
         for (int k = 0; k < MEL_BINS; k++) {
-            const struct mel_cv *A = &z[k % MEL_NC], *B = &z[(MEL_NC - k) % MEL_NC];
+            const struct mel_cv A = z[k % MEL_NC], B = z[(MEL_NC - k) % MEL_NC];
             const float wr = p->split[k][0], wi = p->split[k][1];
-            for (int l = 0; l < MEL_LANES; l++) {
-                float er = A->r[l] + B->r[l], ei = A->i[l] - B->i[l];
-                float orr = A->i[l] + B->i[l], oi = B->r[l] - A->r[l];
-                float xr = er + wr * orr - wi * oi;
-                float xi = ei + wr * oi + wi * orr;
-                pw[k][l] = xr * xr + xi * xi;
-            }
+            const mel_v er = A.r + B.r, ei = A.i - B.i, orr = A.i + B.i, oi = B.r - A.r;
+            const mel_v xr = er + wr * orr - wi * oi, xi = ei + wr * oi + wi * orr;
+            pw[k] = xr * xr + xi * xi;
         }
-        /* mel filters, log10 */
+        /* mel filters (sparse), clamp at 1e-10, log10 */
+        const mel_v tiny = (mel_v){0} + 1e-10f;
         const int nvalid = ST_AUDIO_FRAMES - f0 < MEL_LANES ? ST_AUDIO_FRAMES - f0 : MEL_LANES;
         for (int m = 0; m < n_mels; m++) {
-            float acc[MEL_LANES] = {0};
+            mel_v acc = {0};
             const float *fw = p->fw + p->foff[m];
-            const int k0 = p->fstart[m], cnt = p->fcount[m];
-            for (int k = 0; k < cnt; k++)
-                for (int l = 0; l < MEL_LANES; l++) acc[l] += fw[k] * pw[k0 + k][l];
-            for (int l = 0; l < MEL_LANES; l++) acc[l] = acc[l] > 1e-10f ? acc[l] : 1e-10f;
-            float lg[MEL_LANES];
-            log10_lanes(lg, acc);
+            const mel_v *pk = pw + p->fstart[m];
+            for (int k = 0; k < p->fcount[m]; k++) acc += fw[k] * pk[k];
+            const mel_v lg = v_log10(v_max(acc, tiny));
             if (nvalid == MEL_LANES) {
-                for (int l = 0; l < MEL_LANES; l++) vmax[l] = lg[l] > vmax[l] ? lg[l] : vmax[l];
-                memcpy(out + (size_t)m * ST_AUDIO_FRAMES + f0, lg, sizeof lg);
+                vmax = v_max(lg, vmax);
+                memcpy(out + (size_t)m * ST_AUDIO_FRAMES + f0, &lg, sizeof lg);
             } else {
                 for (int l = 0; l < nvalid; l++) {
-                    vmax[l] = lg[l] > vmax[l] ? lg[l] : vmax[l];
                     out[(size_t)m * ST_AUDIO_FRAMES + f0 + l] = lg[l];
+                    vmax[l] = lg[l] > vmax[l] ? lg[l] : vmax[l];
                 }
             }
         }
@@ -437,6 +448,6 @@ void st_audio_log_mel(struct st_audio_mel *p, float *out, const float *pcm, size
     const size_t total = (size_t)n_mels * ST_AUDIO_FRAMES;
     for (size_t i = 0; i < total; i++) {
         float v = out[i] > floor_v ? out[i] : floor_v;
-        out[i] = (v + 4.0f) / 4.0f;
+        out[i] = (v + 4.0f) * 0.25f;
     }
 }
