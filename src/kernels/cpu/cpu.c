@@ -88,124 +88,197 @@ static void glu_backward(float *dgate, float *dup, const float *dout, const floa
                             act, 1, H);
 }
 
-/* Flash-style attention on the CPU: per query row, keys in blocks of ATT_BLK (scores of a block
- * on the stack, one rescale of the running sum per block), only the causal/window range of keys
- * visited; the backward recomputes the probabilities from the saved log-sum-exp. */
-#define ATT_BLK 128
+/* Flash-style attention on the CPU. Work is split over (batch, head) in the forward and (batch,
+ * kv head) in the backward (a task owns its dk/dv rows: no races, deterministic). Keys go in
+ * blocks of ATT_BLK: the block's K (and V in the backward) is transposed once into hd x ATT_BLK
+ * scratch on the stack, so a query row's scores for the whole block are plain vector FMAs over
+ * the keys (no horizontal sums); the running max/sum per query row is rescaled once per block. */
+#define ATT_BLK 64
+#define ATT_HD_MAX 256
 
 static void key_range(size_t p, int window, size_t *j0, size_t *j1) {
     *j1 = p + 1;
     *j0 = window > 0 && p + 1 > (size_t)window ? p + 1 - (size_t)window : 0;
 }
 
-static void attention_row(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *seg, float scale, int window, size_t Tq, size_t Tk,
-                          size_t i, size_t kvs, size_t hd) {
-    size_t p = Tk - Tq + i, j0, j1;
-    key_range(p, window, &j0, &j1);
-    float s[ATT_BLK], m = -INFINITY, l = 0;
-    for (size_t d = 0; d < hd; d++) out[d] = 0;
-    for (size_t jb = j0; jb < j1; jb += ATT_BLK) {
-        size_t n = j1 - jb < ATT_BLK ? j1 - jb : ATT_BLK;
-        float bm = -INFINITY;
-        for (size_t t = 0; t < n; t++) {
-            size_t j = jb + t;
-            if (seg && seg[j] != seg[p]) {
-                s[t] = -INFINITY;
-                continue;
-            }
-            const float *kj = k + j * kvs;
-            float dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (size_t d = 0; d < hd; d++) dot += q[d] * kj[d];
-            s[t] = dot * scale;
-            if (s[t] > bm) bm = s[t];
-        }
-        if (bm == -INFINITY) continue;
-        if (bm > m) {
-            float c = expf(m - bm);
-            l *= c;
-            for (size_t d = 0; d < hd; d++) out[d] *= c;
-            m = bm;
-        }
-#pragma omp simd reduction(+ : l)
-        for (size_t t = 0; t < n; t++) {
-            float e = s[t] == -INFINITY ? 0.0f : fexp(s[t] - m);
-            s[t] = e;
-            l += e;
-        }
-        for (size_t t = 0; t < n; t++) {
-            if (s[t] == 0) continue;
-            const float *vj = v + (jb + t) * kvs;
-            float e = s[t];
-            for (size_t d = 0; d < hd; d++) out[d] += e * vj[d];
-        }
+/* kt (hd x ATT_BLK) = rows jb..jb+n of x (stride kvs) transposed; columns >= n zero */
+static void transpose_block(float *kt, const float *x, size_t jb, size_t n, size_t kvs,
+                            size_t hd) {
+    for (size_t t = 0; t < n; t++) {
+        const float *r = x + (jb + t) * kvs;
+        for (size_t d = 0; d < hd; d++) kt[d * ATT_BLK + t] = r[d];
     }
-    float inv = l > 0 ? 1.0f / l : 0.0f;
-    for (size_t d = 0; d < hd; d++) out[d] *= inv;
-    *lse = l > 0 ? m + logf(l) : -INFINITY;
+    for (size_t t = n; t < ATT_BLK; t++)
+        for (size_t d = 0; d < hd; d++) kt[d * ATT_BLK + t] = 0;
+}
+
+/* s[t] = scale * q . k_t over the block (kt transposed) */
+static void block_scores(float *s, const float *q, const float *kt, size_t hd, float scale) {
+    for (size_t t = 0; t < ATT_BLK; t++) s[t] = 0;
+    for (size_t d = 0; d < hd; d++) {
+        float qd = q[d];
+        const float *kr = kt + d * ATT_BLK;
+#pragma omp simd
+        for (size_t t = 0; t < ATT_BLK; t++) s[t] += qd * kr[t];
+    }
+    for (size_t t = 0; t < ATT_BLK; t++) s[t] *= scale;
+}
+
+/* -inf where query position p may not see key jb + t (causal, window, segment, block end) */
+static void block_mask(float *s, size_t jb, size_t n, size_t p, int window, const int32_t *seg) {
+    size_t j0, j1;
+    key_range(p, window, &j0, &j1);
+    for (size_t t = 0; t < ATT_BLK; t++) {
+        size_t j = jb + t;
+        if (t >= n || j < j0 || j >= j1 || (seg && seg[j] != seg[p])) s[t] = -INFINITY;
+    }
 }
 
 static void attention_forward(float *out, float *lse, const float *q, const float *k,
                               const float *v, const int32_t *seg, float scale, int window,
                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
     size_t group = nh / nkv, kvs = nkv * hd;
+    if (hd > ATT_HD_MAX) { /* not a shape of these families: the reference rows */
+        st_ref_attention_forward(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
+        return;
+    }
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < nh; h++) {
             size_t kh = h / group;
-            for (size_t i = 0; i < Tq; i++)
-                attention_row(out + ((b * Tq + i) * nh + h) * hd, lse + (b * nh + h) * Tq + i,
-                              q + ((b * Tq + i) * nh + h) * hd, k + b * Tk * kvs + kh * hd,
-                              v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale, window,
-                              Tq, Tk, i, kvs, hd);
+            const float *kb = k + b * Tk * kvs + kh * hd, *vb = v + b * Tk * kvs + kh * hd;
+            const int32_t *sg = seg ? seg + b * Tk : NULL;
+            float kt[ATT_HD_MAX * ATT_BLK], s[ATT_BLK];
+            float *L = lse + (b * nh + h) * Tq; /* holds the running max until the end */
+            for (size_t i = 0; i < Tq; i++) {
+                memset(out + ((b * Tq + i) * nh + h) * hd, 0, hd * sizeof(float));
+                L[i] = -INFINITY;
+            }
+            /* running sums: reuse nothing shared; one float per row on the stack in chunks */
+            float lsum[512];
+            for (size_t i0 = 0; i0 < Tq; i0 += 512) {
+                size_t ni = Tq - i0 < 512 ? Tq - i0 : 512;
+                for (size_t i = 0; i < ni; i++) lsum[i] = 0;
+                size_t pmax = Tk - Tq + i0 + ni - 1, pmin = Tk - Tq + i0;
+                size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
+                for (size_t jb = jlo - jlo % ATT_BLK; jb <= pmax; jb += ATT_BLK) {
+                    size_t n = Tk - jb < ATT_BLK ? Tk - jb : ATT_BLK;
+                    transpose_block(kt, kb, jb, n, kvs, hd);
+                    for (size_t i = i0; i < i0 + ni; i++) {
+                        size_t p = Tk - Tq + i, j0, j1;
+                        key_range(p, window, &j0, &j1);
+                        if (jb >= j1 || jb + n <= j0) continue;
+                        const float *qi = q + ((b * Tq + i) * nh + h) * hd;
+                        float *oi = out + ((b * Tq + i) * nh + h) * hd;
+                        block_scores(s, qi, kt, hd, scale);
+                        block_mask(s, jb, n, p, window, sg);
+                        float bm = -INFINITY;
+                        for (size_t t = 0; t < ATT_BLK; t++) bm = s[t] > bm ? s[t] : bm;
+                        if (bm == -INFINITY) continue;
+                        float m = L[i];
+                        if (bm > m) {
+                            float c = fexp(m - bm);
+                            if (m == -INFINITY) c = 0;
+                            lsum[i - i0] *= c;
+                            for (size_t d = 0; d < hd; d++) oi[d] *= c;
+                            m = L[i] = bm;
+                        }
+                        float l = 0;
+#pragma omp simd reduction(+ : l)
+                        for (size_t t = 0; t < ATT_BLK; t++) {
+                            float e = s[t] == -INFINITY ? 0.0f : fexp(s[t] - m);
+                            s[t] = e;
+                            l += e;
+                        }
+                        lsum[i - i0] += l;
+                        for (size_t t = 0; t < n; t++) {
+                            float e = s[t];
+                            if (e == 0) continue;
+                            const float *vj = vb + (jb + t) * kvs;
+#pragma omp simd
+                            for (size_t d = 0; d < hd; d++) oi[d] += e * vj[d];
+                        }
+                    }
+                }
+                for (size_t i = i0; i < i0 + ni; i++) {
+                    float *oi = out + ((b * Tq + i) * nh + h) * hd, l = lsum[i - i0];
+                    float inv = l > 0 ? 1.0f / l : 0.0f;
+                    for (size_t d = 0; d < hd; d++) oi[d] *= inv;
+                    L[i] = l > 0 ? L[i] + logf(l) : -INFINITY;
+                }
+            }
         }
 }
 
 /* Backward split over (batch, kv head): each task owns the dk/dv rows of its kv head, so query
- * heads sharing a kv head (GQA) never race. */
+ * heads sharing a kv head (GQA) never race. Per key block: K and V transposed once, then for
+ * every query row that sees the block, P and dP as vector FMAs over the keys. */
 static void attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                const float *out, const float *lse, const float *q, const float *k,
                                const float *v, const int32_t *seg, float scale, int window,
                                size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
     size_t group = nh / nkv, kvs = nkv * hd;
+    if (hd > ATT_HD_MAX) {
+        st_ref_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq,
+                                  Tk, nh, nkv, hd);
+        return;
+    }
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
         for (size_t kh = 0; kh < nkv; kh++) {
             const float *kb = k + b * Tk * kvs + kh * hd, *vb = v + b * Tk * kvs + kh * hd;
             float *dkb = dk + b * Tk * kvs + kh * hd, *dvb = dv + b * Tk * kvs + kh * hd;
             const int32_t *sg = seg ? seg + b * Tk : NULL;
+            float kt[ATT_HD_MAX * ATT_BLK], vt[ATT_HD_MAX * ATT_BLK];
+            float s[ATT_BLK], dp[ATT_BLK];
             for (size_t j = 0; j < Tk; j++) {
                 memset(dkb + j * kvs, 0, hd * sizeof(float));
                 memset(dvb + j * kvs, 0, hd * sizeof(float));
             }
             for (size_t h = kh * group; h < (kh + 1) * group; h++)
-                for (size_t i = 0; i < Tq; i++) {
-                    size_t r = ((b * Tq + i) * nh + h) * hd, p = Tk - Tq + i, j0, j1;
-                    const float *dy = dout + r, *qi = q + r, *oi = out + r;
-                    float *dqi = dq + r, L = lse[(b * nh + h) * Tq + i], D = 0;
-                    memset(dqi, 0, hd * sizeof(float));
-                    if (L == -INFINITY) continue;
+                for (size_t i = 0; i < Tq; i++)
+                    memset(dq + ((b * Tq + i) * nh + h) * hd, 0, hd * sizeof(float));
+            size_t pmax = Tk - 1, pmin = Tk - Tq;
+            size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
+            for (size_t jb = jlo - jlo % ATT_BLK; jb <= pmax; jb += ATT_BLK) {
+                size_t n = Tk - jb < ATT_BLK ? Tk - jb : ATT_BLK;
+                transpose_block(kt, kb, jb, n, kvs, hd);
+                transpose_block(vt, vb, jb, n, kvs, hd);
+                for (size_t h = kh * group; h < (kh + 1) * group; h++)
+                    for (size_t i = 0; i < Tq; i++) {
+                        size_t p = Tk - Tq + i, j0, j1;
+                        key_range(p, window, &j0, &j1);
+                        if (jb >= j1 || jb + n <= j0) continue;
+                        size_t r = ((b * Tq + i) * nh + h) * hd;
+                        const float *dy = dout + r, *qi = q + r, *oi = out + r;
+                        float *dqi = dq + r, L = lse[(b * nh + h) * Tq + i];
+                        if (L == -INFINITY) continue;
+                        float D = 0;
 #pragma omp simd reduction(+ : D)
-                    for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
-                    key_range(p, window, &j0, &j1);
-                    for (size_t j = j0; j < j1; j++) {
-                        if (sg && sg[j] != sg[p]) continue;
-                        const float *kj = kb + j * kvs, *vj = vb + j * kvs;
-                        float *dkj = dkb + j * kvs, *dvj = dvb + j * kvs;
-                        float sc = 0, dp = 0;
-#pragma omp simd reduction(+ : sc, dp)
-                        for (size_t d = 0; d < hd; d++) {
-                            sc += qi[d] * kj[d];
-                            dp += dy[d] * vj[d];
+                        for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
+                        block_scores(s, qi, kt, hd, scale);
+                        block_mask(s, jb, n, p, window, sg);
+                        block_scores(dp, dy, vt, hd, 1.0f);
+#pragma omp simd
+                        for (size_t t = 0; t < ATT_BLK; t++) {
+                            float pj = s[t] == -INFINITY ? 0.0f : fexp(s[t] - L);
+                            s[t] = pj;
+                            dp[t] = pj * (dp[t] - D) * scale; /* ds */
                         }
-                        float pj = fexp(sc * scale - L);
-                        float ds = pj * (dp - D) * scale;
-                        for (size_t d = 0; d < hd; d++) dvj[d] += pj * dy[d];
-                        for (size_t d = 0; d < hd; d++) dqi[d] += ds * kj[d];
-                        for (size_t d = 0; d < hd; d++) dkj[d] += ds * qi[d];
+                        for (size_t t = 0; t < n; t++) {
+                            float pj = s[t], ds = dp[t];
+                            if (pj == 0) continue;
+                            const float *kj = kb + (jb + t) * kvs;
+                            float *dkj = dkb + (jb + t) * kvs, *dvj = dvb + (jb + t) * kvs;
+#pragma omp simd
+                            for (size_t d = 0; d < hd; d++) {
+                                dvj[d] += pj * dy[d];
+                                dqi[d] += ds * kj[d];
+                                dkj[d] += ds * qi[d];
+                            }
+                        }
                     }
-                }
+            }
         }
 }
 
