@@ -11,7 +11,10 @@ dropped, log10(max(x, 1e-10)), clamp to max - 8, (x + 4) / 4), (80, 3000) float3
   whisper:    whisper/audio.py's formula in torch: torch.stft + filters @ |X|^2 + the same tail
 
 Rounds alternate C and Python so both see the same machine state (the box is shared); each
-round reports the median of ITERS calls; the summary is the median over rounds.
+round reports the median of ITERS calls; the summary is the median over rounds. The fastest
+single call of each side is printed too: on a loaded machine torch (whose ~10 MB of temporaries
+per call live in L3/DRAM) slows down more than the C code (whose working set is the 1.9 MB chunk
+plus L1-sized blocks), so the best-of ratio is the conservative figure.
 
   /usr/bin/python3 bench/audio_bench.py [--bin build/tests/test_audio] [--rounds 7] [--iters 40]
 
@@ -46,7 +49,7 @@ def cpu_name():
 def c_round(binary, iters):
     out = subprocess.run([binary, "--bench", str(iters), str(N_MELS)], check=True,
                          capture_output=True, text=True).stdout
-    return statistics.median(float(x) for x in out.split())
+    return [float(x) for x in out.split()]
 
 
 def make_torch_jobs():
@@ -80,7 +83,7 @@ def py_round(fn, x, iters):
             t = time.perf_counter()
             fn(x)
             ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return ts
 
 
 def main():
@@ -101,20 +104,27 @@ def main():
           f"torch {torch.__version__} torchaudio {torchaudio.__version__}  "
           f"one thread; 30 s clip -> ({N_MELS}, 3000) log-mel; {a.rounds} rounds x {a.iters}")
     res = {"C": [], **{k: [] for k in jobs}}
+    best = {k: float("inf") for k in res}
     for r in range(a.rounds):
-        res["C"].append(c_round(a.bin, a.iters))
+        ts = {"C": c_round(a.bin, a.iters)}
         for k, fn in jobs.items():
-            res[k].append(py_round(fn, x, a.iters))
+            ts[k] = py_round(fn, x, a.iters)
+        for k, v in ts.items():
+            res[k].append(statistics.median(v))
+            best[k] = min(best[k], min(v))
         print(f"round {r + 1}: " + "  ".join(f"{k} {1 / v[-1]:7.1f} clips/s" for k, v in
                                              res.items()), flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
-    print("\n| implementation | ms / clip (median of rounds) | clips/s | streamtune speed-up |")
-    print("|---|---|---|---|")
+    print("\n| implementation | ms / clip (median of rounds) | clips/s | speed-up of C | "
+          "fastest call (ms) | speed-up of C, fastest calls |")
+    print("|---|---|---|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v * 1e3:.3f} | {1 / v:.1f} | {v / med['C']:.2f}x |")
+        print(f"| {k} | {v * 1e3:.3f} | {1 / v:.1f} | {v / med['C']:.2f}x | "
+              f"{best[k] * 1e3:.3f} | {best[k] / best['C']:.2f}x |")
     ratio = med["torchaudio"] / med["C"]
-    print(f"\nratio C / torchaudio (clips/s): {ratio:.2f}x  (target >= 2x: "
-          f"{'met' if ratio >= 2 else 'NOT met'})")
+    ratio_best = best["torchaudio"] / best["C"]
+    print(f"\nratio C / torchaudio (clips/s): {ratio:.2f}x medians, {ratio_best:.2f}x fastest "
+          f"calls  (target >= 2x: {'met' if min(ratio, ratio_best) >= 2 else 'NOT met'})")
 
 
 if __name__ == "__main__":
