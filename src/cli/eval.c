@@ -158,7 +158,7 @@ int cmd_eval(int argc, char **argv) {
     }
     if (!rc && ferror(f)) rc = st_errorf(&err, ST_ERR_IO, "%s: read error", data);
     if (!rc && records == 0) rc = st_errorf(&err, ST_ERR_FORMAT, "%s: no records", data);
-    double sum = 0;
+    double sum = 0, secs = 0;
     size_t count = 0;
     struct st_acts a = {0};
     if (!rc) rc = st_acts_init(&a, &m, 1, maxlen < 2 ? 2 : maxlen, 0, &err);
@@ -184,6 +184,7 @@ int cmd_eval(int argc, char **argv) {
             cli_progress_update(&prog, (double)done, extra);
         }
         cli_progress_end(&prog);
+        secs = st_time_now() - t0;
     }
     st_acts_free(&a);
     free(line);
@@ -200,8 +201,9 @@ int cmd_eval(int argc, char **argv) {
     }
     double loss = sum / (double)count;
     if (json)
-        printf("{\"loss\": %.6f, \"ppl\": %.6f, \"tokens\": %zu, \"records\": %zu}\n", loss,
-               exp(loss), count, records);
+        printf("{\"loss\": %.6f, \"ppl\": %.6f, \"tokens\": %zu, \"records\": %zu, "
+               "\"seconds\": %.4f, \"tokens_per_s\": %.1f}\n",
+               loss, exp(loss), count, records, secs, secs > 0 ? (double)count / secs : 0.0);
     else
         printf("loss %.4f  ppl %.4f  over %zu predicted tokens in %zu records\n", loss, exp(loss),
                count, records);
