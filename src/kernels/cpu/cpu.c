@@ -191,10 +191,18 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
                             l += e;
                         }
                         lsum[i - i0] += l;
-                        for (size_t t = 0; t < n; t++) {
-                            float e = s[t];
-                            if (e == 0) continue;
+                        size_t t = 0; /* four keys per pass over the output row */
+                        for (; t + 4 <= n; t += 4) {
+                            const float *v0 = vb + (jb + t) * kvs, *v1 = v0 + kvs;
+                            const float *v2 = v1 + kvs, *v3 = v2 + kvs;
+                            float e0 = s[t], e1 = s[t + 1], e2 = s[t + 2], e3 = s[t + 3];
+#pragma omp simd
+                            for (size_t d = 0; d < hd; d++)
+                                oi[d] += e0 * v0[d] + e1 * v1[d] + e2 * v2[d] + e3 * v3[d];
+                        }
+                        for (; t < n; t++) {
                             const float *vj = vb + (jb + t) * kvs;
+                            float e = s[t];
 #pragma omp simd
                             for (size_t d = 0; d < hd; d++) oi[d] += e * vj[d];
                         }
@@ -211,8 +219,13 @@ static void attention_forward(float *out, float *lse, const float *q, const floa
 }
 
 /* Backward split over (batch, kv head): each task owns the dk/dv rows of its kv head, so query
- * heads sharing a kv head (GQA) never race. Per key block: K and V transposed once, then for
- * every query row that sees the block, P and dP as vector FMAs over the keys. */
+ * heads sharing a kv head (GQA) never race. Per key block: K and V transposed once; query rows go
+ * in groups of ATT_RB of one head: P and dP as vector FMAs over the keys, then every dV/dK row of
+ * the block is read and written once per group (ATT_RB products per element), and dQ takes the
+ * keys ATT_RB at a time. */
+#define ATT_RB 4 /* the updates below are written out for four rows */
+_Static_assert(ATT_RB == 4, "attention_backward unrolls four rows");
+
 static void attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                const float *out, const float *lse, const float *q, const float *k,
                                const float *v, const int32_t *seg, float scale, int window,
@@ -230,7 +243,8 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
             float *dkb = dk + b * Tk * kvs + kh * hd, *dvb = dv + b * Tk * kvs + kh * hd;
             const int32_t *sg = seg ? seg + b * Tk : NULL;
             float kt[ATT_HD_MAX * ATT_BLK], vt[ATT_HD_MAX * ATT_BLK];
-            float s[ATT_BLK], dp[ATT_BLK];
+            float P[ATT_RB][ATT_BLK], dS[ATT_RB][ATT_BLK], zero[ATT_HD_MAX];
+            memset(zero, 0, sizeof zero);
             for (size_t j = 0; j < Tk; j++) {
                 memset(dkb + j * kvs, 0, hd * sizeof(float));
                 memset(dvb + j * kvs, 0, hd * sizeof(float));
@@ -245,36 +259,75 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
                 transpose_block(kt, kb, jb, n, kvs, hd);
                 transpose_block(vt, vb, jb, n, kvs, hd);
                 for (size_t h = kh * group; h < (kh + 1) * group; h++)
-                    for (size_t i = 0; i < Tq; i++) {
-                        size_t p = Tk - Tq + i, j0, j1;
-                        key_range(p, window, &j0, &j1);
-                        if (jb >= j1 || jb + n <= j0) continue;
-                        size_t r = ((b * Tq + i) * nh + h) * hd;
-                        const float *dy = dout + r, *qi = q + r, *oi = out + r;
-                        float *dqi = dq + r, L = lse[(b * nh + h) * Tq + i];
-                        if (L == -INFINITY) continue;
-                        float D = 0;
+                    for (size_t i0 = 0; i0 < Tq; i0 += ATT_RB) {
+                        /* the group's rows: P, dS (zero rows for rows that see no key here) */
+                        const float *dyr[ATT_RB], *qr[ATT_RB];
+                        float *dqr[ATT_RB];
+                        int any = 0;
+                        for (size_t r = 0; r < ATT_RB; r++) {
+                            size_t i = i0 + r, p = Tk - Tq + i, j0, j1;
+                            dyr[r] = qr[r] = zero;
+                            dqr[r] = NULL;
+                            memset(P[r], 0, sizeof P[r]);
+                            memset(dS[r], 0, sizeof dS[r]);
+                            if (i >= Tq) continue;
+                            key_range(p, window, &j0, &j1);
+                            size_t off = ((b * Tq + i) * nh + h) * hd;
+                            float L = lse[(b * nh + h) * Tq + i];
+                            if (jb >= j1 || jb + n <= j0 || L == -INFINITY) continue;
+                            const float *dy = dout + off, *oi = out + off;
+                            float D = 0;
 #pragma omp simd reduction(+ : D)
-                        for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
-                        block_scores(s, qi, kt, hd, scale);
-                        block_mask(s, jb, n, p, window, sg);
-                        block_scores(dp, dy, vt, hd, 1.0f);
+                            for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
+                            float *s = P[r], *dp = dS[r];
+                            block_scores(s, q + off, kt, hd, scale);
+                            block_mask(s, jb, n, p, window, sg);
+                            block_scores(dp, dy, vt, hd, 1.0f);
 #pragma omp simd
-                        for (size_t t = 0; t < ATT_BLK; t++) {
-                            float pj = s[t] == -INFINITY ? 0.0f : fexp(s[t] - L);
-                            s[t] = pj;
-                            dp[t] = pj * (dp[t] - D) * scale; /* ds */
+                            for (size_t t = 0; t < ATT_BLK; t++) {
+                                float pj = s[t] == -INFINITY ? 0.0f : fexp(s[t] - L);
+                                s[t] = pj;
+                                dp[t] = pj * (dp[t] - D) * scale;
+                            }
+                            dyr[r] = dy;
+                            qr[r] = q + off;
+                            dqr[r] = dq + off;
+                            any = 1;
                         }
+                        if (!any) continue;
+                        /* dV_t += sum_r P[r][t] dy_r, dK_t += sum_r dS[r][t] q_r */
                         for (size_t t = 0; t < n; t++) {
-                            float pj = s[t], ds = dp[t];
-                            if (pj == 0) continue;
-                            const float *kj = kb + (jb + t) * kvs;
-                            float *dkj = dkb + (jb + t) * kvs, *dvj = dvb + (jb + t) * kvs;
+                            float p0 = P[0][t], p1 = P[1][t], p2 = P[2][t], p3 = P[3][t];
+                            float s0 = dS[0][t], s1 = dS[1][t], s2 = dS[2][t], s3 = dS[3][t];
+                            if (p0 == 0 && p1 == 0 && p2 == 0 && p3 == 0) continue;
+                            float *dvj = dvb + (jb + t) * kvs, *dkj = dkb + (jb + t) * kvs;
+                            const float *y0 = dyr[0], *y1 = dyr[1], *y2 = dyr[2], *y3 = dyr[3];
+                            const float *a0 = qr[0], *a1 = qr[1], *a2 = qr[2], *a3 = qr[3];
 #pragma omp simd
                             for (size_t d = 0; d < hd; d++) {
-                                dvj[d] += pj * dy[d];
-                                dqi[d] += ds * kj[d];
-                                dkj[d] += ds * qi[d];
+                                dvj[d] += p0 * y0[d] + p1 * y1[d] + p2 * y2[d] + p3 * y3[d];
+                                dkj[d] += s0 * a0[d] + s1 * a1[d] + s2 * a2[d] + s3 * a3[d];
+                            }
+                        }
+                        /* dQ_r += sum_t dS[r][t] k_t, four keys per pass */
+                        for (size_t r = 0; r < ATT_RB; r++) {
+                            float *dqi = dqr[r];
+                            if (!dqi) continue;
+                            const float *ds = dS[r];
+                            size_t t = 0;
+                            for (; t + 4 <= n; t += 4) {
+                                const float *k0 = kb + (jb + t) * kvs, *k1 = k0 + kvs;
+                                const float *k2 = k1 + kvs, *k3 = k2 + kvs;
+                                float c0 = ds[t], c1 = ds[t + 1], c2 = ds[t + 2], c3 = ds[t + 3];
+#pragma omp simd
+                                for (size_t d = 0; d < hd; d++)
+                                    dqi[d] += c0 * k0[d] + c1 * k1[d] + c2 * k2[d] + c3 * k3[d];
+                            }
+                            for (; t < n; t++) {
+                                const float *k0 = kb + (jb + t) * kvs;
+                                float c0 = ds[t];
+#pragma omp simd
+                                for (size_t d = 0; d < hd; d++) dqi[d] += c0 * k0[d];
                             }
                         }
                     }
