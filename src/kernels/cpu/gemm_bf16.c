@@ -186,35 +186,41 @@ void st_bf16_gemm(float *out, size_t ldo, const float *x, size_t ldx, const uint
     size_t kp = (K + 1) / 2, np = (N + NR - 1) / NR;
     pack_x(xscratch, x, M, K, ldx);
     int native = st_bf16_native();
-#pragma omp parallel for schedule(static)
-    for (size_t p = 0; p < np; p++) {
-        size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
-        const uint16_t *panel = panels + p * kp * NR * 2;
-        /* initialise this panel's columns of out */
-        for (size_t m = 0; m < M; m++) {
-            float *o = out + m * ldo + n0;
-            if (!accumulate) {
-                if (bias)
-                    memcpy(o, bias + n0, nr * sizeof(float));
-                else
-                    memset(o, 0, nr * sizeof(float));
-            } else if (bias) {
-                for (size_t n = 0; n < nr; n++) o[n] += bias[n0 + n];
-            }
-        }
-        for (size_t q0 = 0; q0 < kp; q0 += KC) {
-            size_t nq = kp - q0 < KC ? kp - q0 : KC;
-            for (size_t m0 = 0; m0 < M; m0 += MR) {
-                size_t mr = M - m0 < MR ? M - m0 : MR;
-#ifdef X86
-                if (native) {
-                    kernel_avx512(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
-                                  panel + q0 * NR * 2, nq, mr, nr);
-                    continue;
+    /* rows in blocks of MC (their BF16 copy stays in L2) outside, panels split over threads
+     * inside: every panel is streamed once per row block, not once per row tile */
+    size_t MC = 128;
+#pragma omp parallel
+    for (size_t mb = 0; mb < M; mb += MC) {
+        size_t me = M - mb < MC ? M : mb + MC;
+#pragma omp for schedule(static)
+        for (size_t p = 0; p < np; p++) {
+            size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
+            const uint16_t *panel = panels + p * kp * NR * 2;
+            for (size_t m = mb; m < me; m++) {
+                float *o = out + m * ldo + n0;
+                if (!accumulate) {
+                    if (bias)
+                        memcpy(o, bias + n0, nr * sizeof(float));
+                    else
+                        memset(o, 0, nr * sizeof(float));
+                } else if (bias) {
+                    for (size_t n = 0; n < nr; n++) o[n] += bias[n0 + n];
                 }
+            }
+            for (size_t q0 = 0; q0 < kp; q0 += KC) {
+                size_t nq = kp - q0 < KC ? kp - q0 : KC;
+                for (size_t m0 = mb; m0 < me; m0 += MR) {
+                    size_t mr = me - m0 < MR ? me - m0 : MR;
+#ifdef X86
+                    if (native) {
+                        kernel_avx512(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
+                                      panel + q0 * NR * 2, nq, mr, nr);
+                        continue;
+                    }
 #endif
-                kernel_generic(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
-                               panel + q0 * NR * 2, nq, mr, nr);
+                    kernel_generic(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
+                                   panel + q0 * NR * 2, nq, mr, nr);
+                }
             }
         }
     }
