@@ -1990,9 +1990,9 @@ enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct
 void st_stream_stats(struct st_stream *s, struct st_stream_stats *out) {
     pthread_mutex_lock(&s->mu);
     *out = s->st;
+    if (s->first_sample_unset) out->first_sample_s = -1; /* written by count_sample, locked */
     pthread_mutex_unlock(&s->mu);
     out->elapsed_s = st_time_now() - s->t_open;
-    if (s->first_sample_unset) out->first_sample_s = -1;
     out->mem_used = atomic_load(&s->mem_used);
     out->mem_peak = atomic_load(&s->mem_peak);
     out->bytes_per_s = out->elapsed_s > 0 ? (double)out->bytes_fetched / out->elapsed_s : 0;
