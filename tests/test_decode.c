@@ -332,21 +332,19 @@ TEST(resume_exact) {
     so.epochs = 2;
     struct st_decode_options o;
     decode_opts(&o, 2, 0);
-    static struct seq full, a, b;
+    static struct seq full, fb, a, b;
     run_dec(&so, &o, -1, 2, &full);
     CHECKF(full.rc == ST_OK && full.samples == 2 * TOTAL, "%s", full.err.msg);
+    struct st_stream_options so0 = so;
+    so0.shuffle_buffer = 0;
+    run_dec(&so0, &o, -1, 2, &fb); /* the reference without a shuffle buffer */
+    CHECKF(fb.rc == ST_OK && fb.samples == 2 * TOTAL, "%s", fb.err.msg);
+    free(fb.state);
     int stops[] = {0, 1, 37, TOTAL - 1, TOTAL, TOTAL + 5, 2 * TOTAL - 1};
     for (size_t k = 0; k < sizeof stops / sizeof *stops; k++) {
         for (int buf = 0; buf < 2; buf++) {
-            struct st_stream_options so2 = so;
-            so2.shuffle_buffer = buf ? 8 : 0;
-            static struct seq fb;
-            const struct seq *ref = &full;
-            if (!buf) {
-                run_dec(&so2, &o, -1, 2, &fb);
-                free(fb.state);
-                ref = &fb;
-            }
+            struct st_stream_options so2 = buf ? so : so0;
+            const struct seq *ref = buf ? &full : &fb;
             run_dec(&so2, &o, stops[k], 2, &a);
             CHECKF(a.rc == ST_OK, "%s", a.err.msg);
             struct st_stream_options so3 = so2;

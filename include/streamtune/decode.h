@@ -218,7 +218,8 @@ enum st_status st_mix_open(struct st_mix **out, const struct st_stream_options *
 /* As st_decoder_next; out->source / source_name say where the sample came from. */
 enum st_status st_mix_next(struct st_mix *m, struct st_decoded_sample *out, struct st_error *err);
 size_t st_mix_state(struct st_mix *m, char *buf, size_t cap);
-/* Totals over the sources; per_source (n_sources entries, or NULL) gets each decoder's. */
+/* Totals over the sources; per_source (n_sources entries, or NULL) gets each decoder's. Call it
+ * (and st_mix_counts) from the thread that calls st_mix_next. */
 void st_mix_stats(struct st_mix *m, struct st_decode_stats *total,
                   struct st_decode_stats *per_source);
 /* Samples delivered per source so far (counts has n_sources entries). */

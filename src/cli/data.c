@@ -249,7 +249,8 @@ static int write_state(struct st_stream *s, const char *path, int json) {
     return rc;
 }
 
-static void print_stats(FILE *f, const struct st_stream_stats *st, int json) {
+/* JSON: one object followed by `end` ("\n" on its own line, "" when embedded). */
+static void print_stats_end(FILE *f, const struct st_stream_stats *st, int json, const char *end) {
     if (json) {
         fprintf(f,
                 "{\"samples\": %llu, \"bytes_fetched\": %llu, \"bytes_decoded\": %llu, "
@@ -257,7 +258,7 @@ static void print_stats(FILE *f, const struct st_stream_stats *st, int json) {
                 "\"mb_per_s\": %.2f, \"samples_per_s\": %.1f, \"requests\": %llu, \"retries\": "
                 "%llu, \"retry_conn\": %llu, \"retry_timeout\": %llu, \"retry_truncated\": %llu, "
                 "\"retry_5xx\": %llu, \"retry_throttled\": %llu, \"shards_done\": %llu, "
-                "\"mem_budget\": %zu, \"mem_peak\": %zu, \"epoch\": %lld, \"shards\": %u}\n",
+                "\"mem_budget\": %zu, \"mem_peak\": %zu, \"epoch\": %lld, \"shards\": %u}%s",
                 (unsigned long long)st->samples, (unsigned long long)st->bytes_fetched,
                 (unsigned long long)st->bytes_decoded, st->elapsed_s, st->first_sample_s,
                 st->wait_s, st->bytes_per_s / 1e6, st->samples_per_s,
@@ -265,7 +266,7 @@ static void print_stats(FILE *f, const struct st_stream_stats *st, int json) {
                 (unsigned long long)st->retry_conn, (unsigned long long)st->retry_timeout,
                 (unsigned long long)st->retry_truncated, (unsigned long long)st->retry_5xx,
                 (unsigned long long)st->retry_throttled, (unsigned long long)st->shards_done,
-                st->mem_budget, st->mem_peak, (long long)st->epoch, st->n_shards);
+                st->mem_budget, st->mem_peak, (long long)st->epoch, st->n_shards, end);
         return;
     }
     fprintf(f,
@@ -280,6 +281,10 @@ static void print_stats(FILE *f, const struct st_stream_stats *st, int json) {
             (unsigned long long)st->retry_truncated, (unsigned long long)st->retry_5xx,
             (unsigned long long)st->retry_throttled, (unsigned long long)st->shards_done,
             (double)st->mem_peak / 1048576.0, (double)st->mem_budget / 1048576.0);
+}
+
+static void print_stats(FILE *f, const struct st_stream_stats *st, int json) {
+    print_stats_end(f, st, json, "\n");
 }
 
 static int cmd_ls(struct data_args *a) {
@@ -484,7 +489,7 @@ static void print_decode_stats(FILE *f, const struct st_decode_stats *st, int js
             fprintf(f, "}");
         }
         fprintf(f, "], \"stream\": ");
-        print_stats(f, &st->stream, 1);
+        print_stats_end(f, &st->stream, 1, "");
         fprintf(f, "}\n");
         return;
     }
