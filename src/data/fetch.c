@@ -449,7 +449,13 @@ enum fetch_verdict fetch_judge(struct fetch_xfer *x, int curl_code, uint64_t *si
         return FV_FATAL;
     }
     if (st == 416) {
-        st_errorf(err, ST_ERR_NET, "%s: %s is outside the object (HTTP 416)", what, rs);
+        if (t->size != ST_SIZE_UNKNOWN && x->off < t->size) /* inside the size it was listed with */
+            st_errorf(err, ST_ERR_NET,
+                      "%s: the object changed since it was listed (HTTP 416 for %s, inside its "
+                      "listed size of %llu bytes)",
+                      what, rs, (unsigned long long)t->size);
+        else
+            st_errorf(err, ST_ERR_NET, "%s: %s is outside the object (HTTP 416)", what, rs);
         return FV_FATAL;
     }
     if (st == 0) {
