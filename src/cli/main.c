@@ -146,9 +146,14 @@ int main(int argc, char **argv) {
     /* OpenMP threads that spin at barriers waste their core whenever the other threads are
      * descheduled (any other load on the machine): measured 3x slower evaluation on a busy 2-core
      * box. libgomp reads OMP_WAIT_POLICY before main, so set it once and re-execute; a user's own
-     * setting wins. */
-    if (!getenv("OMP_WAIT_POLICY") && !getenv("ST_NO_REEXEC")) {
-        setenv("OMP_WAIT_POLICY", "passive", 1);
+     * setting wins. OpenBLAS's own threads likewise spin in sched_yield for 2^28 cycles after
+     * every call, taking the core our OpenMP threads need next: OPENBLAS_THREAD_TIMEOUT=4 (2^4
+     * cycles, its minimum) puts them to sleep at once (bench/NOTES.md: +7% bf16, +20% fp32
+     * training on SmolLM2-135M). */
+    int omp_set = getenv("OMP_WAIT_POLICY") != NULL, blas_set = getenv("OPENBLAS_THREAD_TIMEOUT") != NULL;
+    if ((!omp_set || !blas_set) && !getenv("ST_NO_REEXEC")) {
+        if (!omp_set) setenv("OMP_WAIT_POLICY", "passive", 1);
+        if (!blas_set) setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1);
         setenv("ST_NO_REEXEC", "1", 1);
         execv("/proc/self/exe", argv); /* on failure, carry on with the default policy */
     }
