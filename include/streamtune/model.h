@@ -100,6 +100,11 @@ enum st_acts_mode { ST_ACTS_INFER = 0, ST_ACTS_TRAIN = 1, ST_ACTS_CHECKPOINT = 2
  * rows at a time through the head and the cross-entropy), which keeps a 128k vocabulary's logits
  * (N x V floats) out of memory. */
 #define ST_ACTS_CHUNKED_HEAD 4
+/* Or'ed in with ST_ACTS_CHUNKED_HEAD for a quantised head: chunks of up to 256 MiB of logits
+ * instead of 16 MiB, because every chunk dequantises the whole head again (forward and backward):
+ * with 16 MiB chunks of a 49k vocabulary that was 50 dequantisations of the head per 2048-token
+ * step, most of a QLoRA step's extra time. */
+#define ST_ACTS_WIDE_HEAD 8
 struct st_layer_acts {
     float *res_mid;           // (N, D) residual after attention
     float *rstd1, *rstd2;     // (N)

@@ -551,10 +551,11 @@ struct plan_item {
 
 #define MAX_PLAN_ITEMS(L, sets) (32 + (size_t)(sets) * (13 + ST_LIN_COUNT))
 
-/* Rows of the logits buffer with ST_ACTS_CHUNKED_HEAD: about 16 MiB of logits. */
+/* Rows of the logits buffer with ST_ACTS_CHUNKED_HEAD: about 16 MiB of logits (256 MiB with
+ * ST_ACTS_WIDE_HEAD). */
 static size_t head_rows(const struct st_model_config *c, size_t N, int mode) {
     if (!(mode & ST_ACTS_CHUNKED_HEAD)) return N;
-    size_t r = ((size_t)1 << 22) / (size_t)c->vocab_size;
+    size_t r = ((size_t)1 << (mode & ST_ACTS_WIDE_HEAD ? 26 : 22)) / (size_t)c->vocab_size;
     if (r < 1) r = 1;
     return r < N ? r : N;
 }

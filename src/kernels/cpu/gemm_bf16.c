@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "streamtune/bf16.h"
 
 #if defined(__x86_64__)
@@ -48,31 +50,99 @@ size_t st_bf16_panels_bytes(size_t K, size_t N) {
     return np * kp * NR * 2 * sizeof(uint16_t);
 }
 
-/* element (k, n) of B from the source: wt: W[n][k] (W is N x K); w: W[k][n] (W is K x N) */
-static void pack(uint16_t *dst, const float *w, size_t K, size_t N, int transposed) {
-    size_t np = (N + NR - 1) / NR, kp = (K + 1) / 2;
-#pragma omp parallel for schedule(static)
-    for (size_t p = 0; p < np; p++) {
-        uint16_t *d = dst + p * kp * NR * 2;
-        for (size_t q = 0; q < kp; q++)
-            for (size_t c = 0; c < NR; c++) {
-                size_t n = p * NR + c;
-                for (size_t t = 0; t < 2; t++) {
-                    size_t k = 2 * q + t;
-                    float v = 0;
-                    if (n < N && k < K) v = transposed ? w[n * K + k] : w[k * N + n];
-                    d[(q * NR + c) * 2 + t] = f2bf(v);
-                }
+/* Packing goes row by row of W (OC, C), each row read once: from w itself, or filled by a
+ * callback (dequantisation) into a per-thread buffer. Rows are split over threads; a thread writes
+ * only its rows' slots (disjoint). "wt": row n is column n of B: it lands in panel n / NR, slot
+ * n % NR of every pair line q. "w": rows 2q and 2q+1 are B's pair line q: one 64-value line in
+ * every panel. Padding (columns past N, the odd K's partner) is written as zeros. */
+struct row_src {
+    const float *w;      /* whole matrix, or NULL: */
+    st_bf16_row_fn fn;   /* fn(ctx, r, buf) fills buf (C floats) with row r */
+    void *ctx;
+    float *scratch;      /* 2 * C floats per thread */
+};
+
+static const float *src_row(const struct row_src *s, size_t r, size_t C, float *buf) {
+    if (s->w) return s->w + r * C;
+    s->fn(s->ctx, r, buf);
+    return buf;
+}
+
+static int pack_threads(const struct row_src *s, size_t scratch_rows) {
+    int nt = omp_get_max_threads();
+    if (!s->w && (size_t)nt * 2 > scratch_rows) nt = (int)(scratch_rows / 2);
+    return nt < 1 ? 1 : nt;
+}
+
+static void pack_wt_src(uint16_t *dst, const struct row_src *s, size_t OC, size_t C,
+                        size_t scratch_rows) {
+    size_t np = (OC + NR - 1) / NR, kp = (C + 1) / 2;
+#pragma omp parallel num_threads(pack_threads(s, scratch_rows))
+    {
+        float *buf = s->w ? NULL : s->scratch + (size_t)omp_get_thread_num() * 2 * C;
+#pragma omp for schedule(static)
+        for (size_t n = 0; n < np * NR; n++) {
+            uint16_t *d = dst + (n / NR) * kp * NR * 2 + (n % NR) * 2;
+            if (n >= OC) {
+                for (size_t q = 0; q < kp; q++) d[q * NR * 2] = d[q * NR * 2 + 1] = 0;
+                continue;
             }
+            const float *r = src_row(s, n, C, buf);
+            for (size_t q = 0; q < C / 2; q++) {
+                d[q * NR * 2] = f2bf(r[2 * q]);
+                d[q * NR * 2 + 1] = f2bf(r[2 * q + 1]);
+            }
+            if (C & 1) {
+                d[(kp - 1) * NR * 2] = f2bf(r[C - 1]);
+                d[(kp - 1) * NR * 2 + 1] = 0;
+            }
+        }
+    }
+}
+
+static void pack_w_src(uint16_t *dst, const struct row_src *s, size_t OC, size_t C,
+                       size_t scratch_rows) {
+    size_t np = (C + NR - 1) / NR, kp = (OC + 1) / 2;
+#pragma omp parallel num_threads(pack_threads(s, scratch_rows))
+    {
+        float *buf = s->w ? NULL : s->scratch + (size_t)omp_get_thread_num() * 2 * C;
+#pragma omp for schedule(static)
+        for (size_t q = 0; q < kp; q++) {
+            const float *r0 = src_row(s, 2 * q, C, buf), *r1 = NULL;
+            if (2 * q + 1 < OC) r1 = src_row(s, 2 * q + 1, C, buf ? buf + C : NULL);
+            for (size_t p = 0; p < np; p++) {
+                uint16_t *d = dst + (p * kp + q) * NR * 2;
+                size_t n0 = p * NR, nn = C - n0 < NR ? C - n0 : NR;
+                for (size_t c = 0; c < nn; c++) {
+                    d[2 * c] = f2bf(r0[n0 + c]);
+                    d[2 * c + 1] = r1 ? f2bf(r1[n0 + c]) : 0;
+                }
+                for (size_t c = nn; c < NR; c++) d[2 * c] = d[2 * c + 1] = 0;
+            }
+        }
     }
 }
 
 void st_bf16_pack_wt(uint16_t *dst, const float *w, size_t OC, size_t C) {
-    pack(dst, w, C, OC, 1);
+    struct row_src s = {w, NULL, NULL, NULL};
+    pack_wt_src(dst, &s, OC, C, 0);
 }
 
 void st_bf16_pack_w(uint16_t *dst, const float *w, size_t OC, size_t C) {
-    pack(dst, w, OC, C, 0);
+    struct row_src s = {w, NULL, NULL, NULL};
+    pack_w_src(dst, &s, OC, C, 0);
+}
+
+void st_bf16_pack_wt_rows(uint16_t *dst, size_t OC, size_t C, st_bf16_row_fn fn, void *ctx,
+                          float *scratch, size_t scratch_rows) {
+    struct row_src s = {NULL, fn, ctx, scratch};
+    pack_wt_src(dst, &s, OC, C, scratch_rows);
+}
+
+void st_bf16_pack_w_rows(uint16_t *dst, size_t OC, size_t C, st_bf16_row_fn fn, void *ctx,
+                         float *scratch, size_t scratch_rows) {
+    struct row_src s = {NULL, fn, ctx, scratch};
+    pack_w_src(dst, &s, OC, C, scratch_rows);
 }
 
 size_t st_bf16_x_bytes(size_t M, size_t K) { return M * ((K + 1) / 2) * sizeof(uint32_t); }

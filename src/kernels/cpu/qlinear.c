@@ -97,14 +97,25 @@ size_t st_qweight_scratch_floats(const struct st_qweight *w) {
     return tr * w->cols + (pan + 3) / 4;
 }
 
+/* Row r of a tile starting at row r0, dequantised (called from the packing threads). */
+struct tile_rows {
+    const struct st_qweight *w;
+    size_t r0;
+};
+
+static void tile_row(void *ctx, size_t r, float *buf) {
+    const struct tile_rows *t = ctx;
+    st_qweight_dequant_rows(buf, t->w, t->r0 + r, 1);
+}
+
 void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweight *w,
                              const float *bias, float *scratch, uint32_t *xscratch, size_t N) {
     size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
     uint16_t *pan = (uint16_t *)(scratch + tr * C);
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
-        st_qweight_dequant_rows(scratch, w, r0, nr);
-        st_bf16_pack_wt(pan, scratch, nr, C);
+        struct tile_rows t = {w, r0};
+        st_bf16_pack_wt_rows(pan, nr, C, tile_row, &t, scratch, tr);
         st_bf16_gemm(out + r0, OC, inp, C, pan, bias ? bias + r0 : NULL, N, C, nr, 0, xscratch);
     }
 }
@@ -115,8 +126,8 @@ void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct
     uint16_t *pan = (uint16_t *)(scratch + tr * C);
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
-        st_qweight_dequant_rows(scratch, w, r0, nr);
-        st_bf16_pack_w(pan, scratch, nr, C);
+        struct tile_rows t = {w, r0};
+        st_bf16_pack_w_rows(pan, nr, C, tile_row, &t, scratch, tr);
         /* dinp (N, C) += dout[:, r0:r0+nr] @ tile (nr, C) */
         st_bf16_gemm(dinp, C, dout + r0, OC, pan, NULL, N, nr, C, 1, xscratch);
     }
