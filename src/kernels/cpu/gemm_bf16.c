@@ -257,12 +257,15 @@ void st_bf16_gemm(float *out, size_t ldo, const float *x, size_t ldx, const uint
     pack_x(xscratch, x, M, K, ldx);
     int native = st_bf16_native();
     /* rows in blocks of MC (their BF16 copy stays in L2) outside, panels split over threads
-     * inside: every panel is streamed once per row block, not once per row tile */
+     * inside: every panel is streamed once per row block, not once per row tile. The static
+     * schedule gives a thread the same panels in every row block and row blocks write disjoint
+     * outputs, so no barrier is needed between them (nowait: with passive waiting, each barrier
+     * cost a futex wake-up, about 6% of a forward pass). */
     size_t MC = 128;
 #pragma omp parallel
     for (size_t mb = 0; mb < M; mb += MC) {
         size_t me = M - mb < MC ? M : mb + MC;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (size_t p = 0; p < np; p++) {
             size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
             const uint16_t *panel = panels + p * kp * NR * 2;
