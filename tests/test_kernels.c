@@ -19,7 +19,11 @@
 #include <string.h>
 
 #include "harness.h"
+#include "kernels/cpu/attention.h"
 #include "streamtune/kernels.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Forward vs float64: float32 rounding of short sums stays well under this (relative to
  * max(1, max|ref|)). */
@@ -143,6 +147,16 @@ static void fd_grad(double *g, double *x, size_t n, loss_fn f, const void *ctx) 
 #define NBACKENDS 2
 static const struct st_kernels *backend(int i) {
     return i == 0 ? st_kernels_ref() : st_kernels_cpu();
+}
+/* The cpu table with the portable attention kernels: the fallback for CPUs without AVX-512, which
+ * the cpu table itself does not run here for hd % 16 == 0 when this CPU has AVX-512. */
+static const struct st_kernels *cpu_portable_attention(void) {
+    static struct st_kernels t;
+    t = *st_kernels_cpu();
+    t.name = "cpu (portable attention)";
+    t.attention_forward = st_cpu_attention_forward_portable;
+    t.attention_backward = st_cpu_attention_backward_portable;
+    return &t;
 }
 
 /* ---------------------------------------------------------------- float64 oracle */
@@ -672,9 +686,13 @@ TEST(attention) {
         {"seg packing", 2, 8, 8, 6, 2, 10, 0, 1},
         /* keys 0..2 seen by no query: dk, dv rows there must be 0 (`=`) */
         {"mqa+kv-cache+window=3+seg", 2, 4, 9, 6, 1, 6, 3, 1},
+        /* hd % 16 == 0: the cpu table's AVX-512 kernel where the CPU has it (13 rows: two
+         * 6-row tiles and a 1-row tail) */
+        {"hd=16 gqa T=13", 1, 13, 13, 4, 2, 16, 0, 0},
+        {"hd=32 kv-cache Tq=5 Tk=11 window=4 seg", 2, 5, 11, 4, 2, 32, 4, 1},
     };
-    for (int bi = 0; bi < NBACKENDS; bi++) {
-        const struct st_kernels *kp = backend(bi);
+    for (int bi = 0; bi < NBACKENDS + 1; bi++) { /* ref, cpu, cpu's portable attention */
+        const struct st_kernels *kp = bi < NBACKENDS ? backend(bi) : cpu_portable_attention();
         for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
             const struct att_case *a = &cases[ci];
             size_t nq = a->B * a->Tq * a->nh * a->hd, nk = a->B * a->Tk * a->nkv * a->hd;
@@ -1043,6 +1061,42 @@ TEST(crossentropy_stability) {
     free(logits), free(ld), free(want), free(gwant);
 }
 
+/* The cpu attention does not depend on the thread count (each output element is summed by one
+ * task, in an order fixed by the shapes): bitwise the same results with 1 and 3 threads. */
+TEST(attention_threads) {
+#ifndef _OPENMP
+    TEST_SKIP("built without OpenMP");
+#else
+    const struct st_kernels *cpu = st_kernels_cpu();
+    const size_t B = 2, Tq = 90, Tk = 100, nh = 6, nkv = 2, hd = 64;
+    size_t nq = B * Tq * nh * hd, nk = B * Tk * nkv * hd, na = B * nh * Tq;
+    int32_t seg[2 * 100];
+    make_segments(seg, B, Tk);
+    float *q = fnew(nq), *k = fnew(nk), *v = fnew(nk), *dout = fnew(nq), *o[2], *l[2], *dq[2],
+          *dk[2], *dv[2];
+    fill_uniform(q, nq, -2, 2);
+    fill_uniform(k, nk, -2, 2);
+    fill_uniform(v, nk, -1, 1);
+    fill_uniform(dout, nq, -1, 1);
+    int saved = omp_get_max_threads();
+    for (int i = 0; i < 2; i++) {
+        omp_set_num_threads(i ? 3 : 1);
+        o[i] = fnew(nq), l[i] = fnew(na), dq[i] = fnew(nq), dk[i] = fnew(nk), dv[i] = fnew(nk);
+        cpu->attention_forward(o[i], l[i], q, k, v, seg, 0.125f, 40, B, Tq, Tk, nh, nkv, hd);
+        cpu->attention_backward(dq[i], dk[i], dv[i], dout, o[i], l[i], q, k, v, seg, 0.125f, 40,
+                                B, Tq, Tk, nh, nkv, hd);
+    }
+    omp_set_num_threads(saved);
+    CHECK(memcmp(o[0], o[1], nq * sizeof(float)) == 0);
+    CHECK(memcmp(l[0], l[1], na * sizeof(float)) == 0);
+    CHECK(memcmp(dq[0], dq[1], nq * sizeof(float)) == 0);
+    CHECK(memcmp(dk[0], dk[1], nk * sizeof(float)) == 0);
+    CHECK(memcmp(dv[0], dv[1], nk * sizeof(float)) == 0);
+    for (int i = 0; i < 2; i++) free(o[i]), free(l[i]), free(dq[i]), free(dk[i]), free(dv[i]);
+    free(q), free(k), free(v), free(dout);
+#endif
+}
+
 /* ---------------------------------------------------------------- cpu vs ref, larger shapes */
 
 #define CHECK_XB(what, a, b, n)                                                               \
@@ -1123,13 +1177,32 @@ TEST(cpu_matches_ref) {
         free(inp), free(w), free(bias), free(dout);
     }
 
+    /* Attention: the AVX-512 kernel (hd % 16 == 0, on CPUs with it) and the portable one, on
+     * several key blocks of 64 and row tiles of 6 with tails, GQA 9/3, Tq < Tk, windows (down to
+     * 1: every row sees only its own key), segments, hd 16..256 and one hd the fast kernel does
+     * not take (40). */
     const struct att_case acases[] = {
         {"B=2 T=33 nh=4 nkv=2 hd=16", 2, 33, 33, 4, 2, 16, 0, 0},
         {"B=2 Tq=17 Tk=33 window=9 seg", 2, 17, 33, 4, 2, 16, 9, 1},
         {"B=1 T=40 nh=8 nkv=1 hd=64", 1, 40, 40, 8, 1, 64, 0, 0},
+        {"B=2 T=131 nh=9 nkv=3 hd=64", 2, 131, 131, 9, 3, 64, 0, 0},
+        {"B=1 T=1 nh=9 nkv=3 hd=64", 1, 1, 1, 9, 3, 64, 0, 0},
+        {"B=2 Tq=1 Tk=150 hd=64 (decode)", 2, 1, 150, 4, 2, 64, 0, 0},
+        {"B=2 Tq=37 Tk=200 hd=128 window=70 seg", 2, 37, 200, 4, 2, 128, 70, 1},
+        {"B=1 T=77 hd=80 window=1", 1, 77, 77, 2, 1, 80, 1, 0},
+        {"B=1 T=67 hd=256 seg", 1, 67, 67, 2, 1, 256, 0, 1},
+        /* keys 0..90 are seen by no query: their dk, dv rows must be 0 */
+        {"B=1 Tq=20 Tk=140 hd=48 window=30", 1, 20, 140, 6, 2, 48, 30, 0},
+        {"B=1 T=200 hd=32 window=100 seg", 1, 200, 200, 3, 1, 32, 100, 1},
+        {"B=1 T=70 hd=40 (portable)", 1, 70, 70, 4, 2, 40, 0, 0},
+        /* more than one chunk of query rows (512; 8192 / group with many query heads) */
+        {"B=1 Tq=600 Tk=700 hd=32 window=300 seg", 1, 600, 700, 2, 1, 32, 300, 1},
+        {"B=1 T=300 nh=32 nkv=1 hd=16", 1, 300, 300, 32, 1, 16, 0, 0},
     };
-    for (size_t i = 0; i < sizeof acases / sizeof acases[0]; i++)
+    for (size_t i = 0; i < sizeof acases / sizeof acases[0]; i++) {
         xb_attention(cpu, ref, &acases[i]);
+        xb_attention(cpu_portable_attention(), ref, &acases[i]);
+    }
 
     /* Row-wise ops: sizes past 32768 (65536 for cross-entropy) elements so that backends which
      * thread only above a size threshold run their threaded path here. */
@@ -1256,6 +1329,7 @@ int main(void) {
     RUN(rmsnorm);
     RUN(rope);
     RUN(attention);
+    RUN(attention_threads);
     RUN(glu);
     RUN(linear);
     RUN(lora);

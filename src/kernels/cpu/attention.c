@@ -1,0 +1,761 @@
+/* attention.c: the cpu backend's causal flash attention (contract: st_kernels.attention_forward
+ * and _backward in include/streamtune/kernels.h), an AVX-512 register-blocked kernel with a
+ * portable fallback.
+ *
+ * DESIGN. Work is split over (batch, head) in the forward and (batch, kv head) in the backward: a
+ * backward task owns the dk/dv rows of its kv head, so query heads that share it (GQA) never race
+ * and no float is added atomically. Every output element is summed by one task in an order fixed
+ * by the shapes alone: the results are the same for any thread count.
+ *
+ * The portable kernel (the one before issue 8) takes one query row at a time against key blocks
+ * transposed once per block; its inner loops do one vector load per FMA.
+ *
+ * The AVX-512 kernel (hd % 16 == 0, hd <= 256) goes in blocks of KB = 64 keys and micro-tiles of
+ * MR = 6 query rows. Everything is one register-blocked micro-kernel, mk(): C (R x 16 NV) (+)=
+ * A (R x K) B (K x 16 NV), A's entries broadcast, B's rows loaded as NV zmm, R x NV <= 24
+ * accumulators (R <= 6, NV <= 4), so each FMA reads ~0.4 vectors instead of one:
+ *   S  = Q_tile K_blk^T   (A = q rows, B = K_blk transposed once per block to hd x 64)
+ *   dP = dO_tile V_blk^T  (B = V_blk transposed)
+ *   O  = c O + P V_blk, dQ += dS K_blk   (A = P or dS rows, B = V or K rows, hd in strips of 64)
+ *   dV += P^T dO, dK += dS^T Q           (R = 6 keys, A = columns of a P/dS panel)
+ * S and dP are computed only up to the tile's last visible key (in steps of 16), P V and dS K only
+ * over the keys the tile sees, dV and dK only over the rows that see the keys.
+ * Forward: per chunk of up to QC query rows, for each key block the rows that see it go by
+ * micro-tiles: scores, mask (causal/window as a 64-bit row mask, segments by a vector compare;
+ * blocks no row of the tile sees are skipped), online softmax with a vectorised exp (the same
+ * polynomial as fexp), then O rows (in `out`) rescaled and updated. Backward: per chunk, D =
+ * rowsum(dO * O) once per row; per key block (K and V transposed once for all the heads) and
+ * head, panels of up to QS rows: P = exp(S scale - lse) and dS = P (dP - D) scale per
+ * micro-tile, then dV, dK for the block's keys six at a time over the panel's rows, and dQ for
+ * the panel's rows. dq, dk, dv are zeroed first and accumulated in place. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ref/ref.h"
+#include "attention.h"
+
+/* exp for float arguments without libm calls, so `omp simd` loops vectorise it (Cephes' expf:
+ * x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, scaled by 2^n; about 1 ulp). Arguments below
+ * -87.3 return ~1e-38 instead of denormals/0: callers map masked (-inf) entries to 0 themselves.
+ * (The same function as cpu.c's, which the cross-entropy there uses.) */
+static inline float fexp(float x) {
+    x = x < -87.3f ? -87.3f : x > 88.7f ? 88.7f : x;
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &e, 4);
+    return y * sc;
+}
+
+/* ---------------------------------------------------------------- portable kernel
+ * One query row at a time. Keys go in blocks of ATT_BLK: the block's K (and V in the backward) is
+ * transposed once into hd x ATT_BLK scratch on the stack, so a query row's scores for the whole
+ * block are plain vector FMAs over the keys (no horizontal sums); the running max/sum per query
+ * row is rescaled once per block. */
+#define ATT_BLK 64
+#define ATT_HD_MAX 256
+
+static void key_range(size_t p, int window, size_t *j0, size_t *j1) {
+    *j1 = p + 1;
+    *j0 = window > 0 && p + 1 > (size_t)window ? p + 1 - (size_t)window : 0;
+}
+
+/* kt (hd x ATT_BLK) = rows jb..jb+n of x (stride kvs) transposed; columns >= n zero */
+static void transpose_block(float *kt, const float *x, size_t jb, size_t n, size_t kvs,
+                            size_t hd) {
+    for (size_t t = 0; t < n; t++) {
+        const float *r = x + (jb + t) * kvs;
+        for (size_t d = 0; d < hd; d++) kt[d * ATT_BLK + t] = r[d];
+    }
+    for (size_t t = n; t < ATT_BLK; t++)
+        for (size_t d = 0; d < hd; d++) kt[d * ATT_BLK + t] = 0;
+}
+
+/* s[t] = scale * q . k_t over the block (kt transposed) */
+static void block_scores(float *s, const float *q, const float *kt, size_t hd, float scale) {
+    for (size_t t = 0; t < ATT_BLK; t++) s[t] = 0;
+    for (size_t d = 0; d < hd; d++) {
+        float qd = q[d];
+        const float *kr = kt + d * ATT_BLK;
+#pragma omp simd
+        for (size_t t = 0; t < ATT_BLK; t++) s[t] += qd * kr[t];
+    }
+    for (size_t t = 0; t < ATT_BLK; t++) s[t] *= scale;
+}
+
+/* -inf where query position p may not see key jb + t (causal, window, segment, block end) */
+static void block_mask(float *s, size_t jb, size_t n, size_t p, int window, const int32_t *seg) {
+    size_t j0, j1;
+    key_range(p, window, &j0, &j1);
+    for (size_t t = 0; t < ATT_BLK; t++) {
+        size_t j = jb + t;
+        if (t >= n || j < j0 || j >= j1 || (seg && seg[j] != seg[p])) s[t] = -INFINITY;
+    }
+}
+
+void st_cpu_attention_forward_portable(float *out, float *lse, const float *q, const float *k,
+                                       const float *v, const int32_t *seg, float scale,
+                                       int window, size_t B, size_t Tq, size_t Tk, size_t nh,
+                                       size_t nkv, size_t hd) {
+    size_t group = nh / nkv, kvs = nkv * hd;
+    if (hd > ATT_HD_MAX) { /* not a shape of these families: the reference rows */
+        st_ref_attention_forward(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < nh; h++) {
+            size_t kh = h / group;
+            const float *kb = k + b * Tk * kvs + kh * hd, *vb = v + b * Tk * kvs + kh * hd;
+            const int32_t *sg = seg ? seg + b * Tk : NULL;
+            float kt[ATT_HD_MAX * ATT_BLK], s[ATT_BLK];
+            float *L = lse + (b * nh + h) * Tq; /* holds the running max until the end */
+            for (size_t i = 0; i < Tq; i++) {
+                memset(out + ((b * Tq + i) * nh + h) * hd, 0, hd * sizeof(float));
+                L[i] = -INFINITY;
+            }
+            /* running sums: reuse nothing shared; one float per row on the stack in chunks */
+            float lsum[512];
+            for (size_t i0 = 0; i0 < Tq; i0 += 512) {
+                size_t ni = Tq - i0 < 512 ? Tq - i0 : 512;
+                for (size_t i = 0; i < ni; i++) lsum[i] = 0;
+                size_t pmax = Tk - Tq + i0 + ni - 1, pmin = Tk - Tq + i0;
+                size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
+                for (size_t jb = jlo - jlo % ATT_BLK; jb <= pmax; jb += ATT_BLK) {
+                    size_t n = Tk - jb < ATT_BLK ? Tk - jb : ATT_BLK;
+                    transpose_block(kt, kb, jb, n, kvs, hd);
+                    for (size_t i = i0; i < i0 + ni; i++) {
+                        size_t p = Tk - Tq + i, j0, j1;
+                        key_range(p, window, &j0, &j1);
+                        if (jb >= j1 || jb + n <= j0) continue;
+                        const float *qi = q + ((b * Tq + i) * nh + h) * hd;
+                        float *oi = out + ((b * Tq + i) * nh + h) * hd;
+                        block_scores(s, qi, kt, hd, scale);
+                        block_mask(s, jb, n, p, window, sg);
+                        float bm = -INFINITY;
+                        for (size_t t = 0; t < ATT_BLK; t++) bm = s[t] > bm ? s[t] : bm;
+                        if (bm == -INFINITY) continue;
+                        float m = L[i];
+                        if (bm > m) {
+                            float c = fexp(m - bm);
+                            if (m == -INFINITY) c = 0;
+                            lsum[i - i0] *= c;
+                            for (size_t d = 0; d < hd; d++) oi[d] *= c;
+                            m = L[i] = bm;
+                        }
+                        float l = 0;
+#pragma omp simd reduction(+ : l)
+                        for (size_t t = 0; t < ATT_BLK; t++) {
+                            float e = s[t] == -INFINITY ? 0.0f : fexp(s[t] - m);
+                            s[t] = e;
+                            l += e;
+                        }
+                        lsum[i - i0] += l;
+                        size_t t = 0; /* four keys per pass over the output row */
+                        for (; t + 4 <= n; t += 4) {
+                            const float *v0 = vb + (jb + t) * kvs, *v1 = v0 + kvs;
+                            const float *v2 = v1 + kvs, *v3 = v2 + kvs;
+                            float e0 = s[t], e1 = s[t + 1], e2 = s[t + 2], e3 = s[t + 3];
+#pragma omp simd
+                            for (size_t d = 0; d < hd; d++)
+                                oi[d] += e0 * v0[d] + e1 * v1[d] + e2 * v2[d] + e3 * v3[d];
+                        }
+                        for (; t < n; t++) {
+                            const float *vj = vb + (jb + t) * kvs;
+                            float e = s[t];
+#pragma omp simd
+                            for (size_t d = 0; d < hd; d++) oi[d] += e * vj[d];
+                        }
+                    }
+                }
+                for (size_t i = i0; i < i0 + ni; i++) {
+                    float *oi = out + ((b * Tq + i) * nh + h) * hd, l = lsum[i - i0];
+                    float inv = l > 0 ? 1.0f / l : 0.0f;
+                    for (size_t d = 0; d < hd; d++) oi[d] *= inv;
+                    L[i] = l > 0 ? L[i] + logf(l) : -INFINITY;
+                }
+            }
+        }
+}
+
+/* Backward split over (batch, kv head): each task owns the dk/dv rows of its kv head, so query
+ * heads sharing a kv head (GQA) never race. Per key block: K and V transposed once; query rows go
+ * in groups of ATT_RB of one head: P and dP as vector FMAs over the keys, then every dV/dK row of
+ * the block is read and written once per group (ATT_RB products per element), and dQ takes the
+ * keys ATT_RB at a time. */
+#define ATT_RB 4 /* the updates below are written out for four rows */
+_Static_assert(ATT_RB == 4, "the portable backward unrolls four rows");
+
+void st_cpu_attention_backward_portable(float *dq, float *dk, float *dv, const float *dout,
+                                        const float *out, const float *lse, const float *q,
+                                        const float *k, const float *v, const int32_t *seg,
+                                        float scale, int window, size_t B, size_t Tq, size_t Tk,
+                                        size_t nh, size_t nkv, size_t hd) {
+    size_t group = nh / nkv, kvs = nkv * hd;
+    if (hd > ATT_HD_MAX) {
+        st_ref_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq,
+                                  Tk, nh, nkv, hd);
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (size_t b = 0; b < B; b++)
+        for (size_t kh = 0; kh < nkv; kh++) {
+            const float *kb = k + b * Tk * kvs + kh * hd, *vb = v + b * Tk * kvs + kh * hd;
+            float *dkb = dk + b * Tk * kvs + kh * hd, *dvb = dv + b * Tk * kvs + kh * hd;
+            const int32_t *sg = seg ? seg + b * Tk : NULL;
+            float kt[ATT_HD_MAX * ATT_BLK], vt[ATT_HD_MAX * ATT_BLK];
+            float P[ATT_RB][ATT_BLK], dS[ATT_RB][ATT_BLK], zero[ATT_HD_MAX];
+            memset(zero, 0, sizeof zero);
+            for (size_t j = 0; j < Tk; j++) {
+                memset(dkb + j * kvs, 0, hd * sizeof(float));
+                memset(dvb + j * kvs, 0, hd * sizeof(float));
+            }
+            for (size_t h = kh * group; h < (kh + 1) * group; h++)
+                for (size_t i = 0; i < Tq; i++)
+                    memset(dq + ((b * Tq + i) * nh + h) * hd, 0, hd * sizeof(float));
+            size_t pmax = Tk - 1, pmin = Tk - Tq;
+            size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
+            for (size_t jb = jlo - jlo % ATT_BLK; jb <= pmax; jb += ATT_BLK) {
+                size_t n = Tk - jb < ATT_BLK ? Tk - jb : ATT_BLK;
+                transpose_block(kt, kb, jb, n, kvs, hd);
+                transpose_block(vt, vb, jb, n, kvs, hd);
+                for (size_t h = kh * group; h < (kh + 1) * group; h++)
+                    for (size_t i0 = 0; i0 < Tq; i0 += ATT_RB) {
+                        /* the group's rows: P, dS (zero rows for rows that see no key here) */
+                        const float *dyr[ATT_RB], *qr[ATT_RB];
+                        float *dqr[ATT_RB];
+                        int any = 0;
+                        for (size_t r = 0; r < ATT_RB; r++) {
+                            size_t i = i0 + r, p = Tk - Tq + i, j0, j1;
+                            dyr[r] = qr[r] = zero;
+                            dqr[r] = NULL;
+                            memset(P[r], 0, sizeof P[r]);
+                            memset(dS[r], 0, sizeof dS[r]);
+                            if (i >= Tq) continue;
+                            key_range(p, window, &j0, &j1);
+                            size_t off = ((b * Tq + i) * nh + h) * hd;
+                            float L = lse[(b * nh + h) * Tq + i];
+                            if (jb >= j1 || jb + n <= j0 || L == -INFINITY) continue;
+                            const float *dy = dout + off, *oi = out + off;
+                            float D = 0;
+#pragma omp simd reduction(+ : D)
+                            for (size_t d = 0; d < hd; d++) D += dy[d] * oi[d];
+                            float *s = P[r], *dp = dS[r];
+                            block_scores(s, q + off, kt, hd, scale);
+                            block_mask(s, jb, n, p, window, sg);
+                            block_scores(dp, dy, vt, hd, 1.0f);
+#pragma omp simd
+                            for (size_t t = 0; t < ATT_BLK; t++) {
+                                float pj = s[t] == -INFINITY ? 0.0f : fexp(s[t] - L);
+                                s[t] = pj;
+                                dp[t] = pj * (dp[t] - D) * scale;
+                            }
+                            dyr[r] = dy;
+                            qr[r] = q + off;
+                            dqr[r] = dq + off;
+                            any = 1;
+                        }
+                        if (!any) continue;
+                        /* dV_t += sum_r P[r][t] dy_r, dK_t += sum_r dS[r][t] q_r */
+                        for (size_t t = 0; t < n; t++) {
+                            float p0 = P[0][t], p1 = P[1][t], p2 = P[2][t], p3 = P[3][t];
+                            float s0 = dS[0][t], s1 = dS[1][t], s2 = dS[2][t], s3 = dS[3][t];
+                            if (p0 == 0 && p1 == 0 && p2 == 0 && p3 == 0) continue;
+                            float *dvj = dvb + (jb + t) * kvs, *dkj = dkb + (jb + t) * kvs;
+                            const float *y0 = dyr[0], *y1 = dyr[1], *y2 = dyr[2], *y3 = dyr[3];
+                            const float *a0 = qr[0], *a1 = qr[1], *a2 = qr[2], *a3 = qr[3];
+#pragma omp simd
+                            for (size_t d = 0; d < hd; d++) {
+                                dvj[d] += p0 * y0[d] + p1 * y1[d] + p2 * y2[d] + p3 * y3[d];
+                                dkj[d] += s0 * a0[d] + s1 * a1[d] + s2 * a2[d] + s3 * a3[d];
+                            }
+                        }
+                        /* dQ_r += sum_t dS[r][t] k_t, four keys per pass */
+                        for (size_t r = 0; r < ATT_RB; r++) {
+                            float *dqi = dqr[r];
+                            if (!dqi) continue;
+                            const float *ds = dS[r];
+                            size_t t = 0;
+                            for (; t + 4 <= n; t += 4) {
+                                const float *k0 = kb + (jb + t) * kvs, *k1 = k0 + kvs;
+                                const float *k2 = k1 + kvs, *k3 = k2 + kvs;
+                                float c0 = ds[t], c1 = ds[t + 1], c2 = ds[t + 2], c3 = ds[t + 3];
+#pragma omp simd
+                                for (size_t d = 0; d < hd; d++)
+                                    dqi[d] += c0 * k0[d] + c1 * k1[d] + c2 * k2[d] + c3 * k3[d];
+                            }
+                            for (; t < n; t++) {
+                                const float *k0 = kb + (jb + t) * kvs;
+                                float c0 = ds[t];
+#pragma omp simd
+                                for (size_t d = 0; d < hd; d++) dqi[d] += c0 * k0[d];
+                            }
+                        }
+                    }
+            }
+        }
+}
+
+/* ---------------------------------------------------------------- AVX-512 kernel */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define X86 1
+#define AVX512 __attribute__((target("avx512f")))
+#define INLINE static inline __attribute__((always_inline))
+
+#define MR 6      /* query rows (or keys, for dV/dK) per micro-tile */
+#define KB 64     /* keys per block: 4 zmm of scores per row */
+#define QC 512    /* forward: query rows per chunk (running max and sum on the stack) */
+#define QS 32     /* backward: query rows per P/dS panel */
+#define DMAX 8192 /* backward: D values per chunk, over all query heads of the kv head */
+
+/* fexp on 16 lanes (the same polynomial), for the arguments here: x <= ~0 (scores minus the
+ * running max, or minus the lse). No clamps: scalef makes 2^n of a very negative n exactly 0;
+ * -inf gives NaN, which every caller masks to 0. */
+AVX512 INLINE __m512 exp16(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(
+        _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* The micro-kernel. C (R, 16 NV) rows at c + r crs; A[r][k] = a[r ars + k aks]; B row k at
+ * b + k bks (16 NV floats). mode 0: C = A B; 1: C += A B; 2: C = cs[r] C + A B.
+ * R, NV and mode are constants at every call (through the MK_FN dispatchers): the accumulators
+ * stay in registers. The old C is added after the loop, so that its loads (rows of out, dq,
+ * dk, dv, often not in L1) do not hold up the first FMAs. */
+AVX512 INLINE void mk(const int R, const int NV, const int mode, size_t K, const float *a,
+                      size_t ars, size_t aks, const float *b, size_t bks, float *c, size_t crs,
+                      const float *cs) {
+    __m512 acc[MR][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (size_t k = 0; k < K; k++) {
+        const float *bk = b + k * bks, *ak = a + k * aks;
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(bk + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            __m512 x = _mm512_set1_ps(ak[r * ars]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(x, bv[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            float *cv = c + r * crs + 16 * v;
+            if (mode == 1) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_loadu_ps(cv));
+            if (mode == 2)
+                acc[r][v] = _mm512_fmadd_ps(_mm512_loadu_ps(cv), _mm512_set1_ps(cs[r]), acc[r][v]);
+            _mm512_storeu_ps(cv, acc[r][v]);
+        }
+}
+
+#define MK_CASE(R, NV, MODE)                                                                  \
+    case (R) * 4 + (NV) - 1:                                                                  \
+        mk(R, NV, MODE, K, a, ars, aks, b, bks, c, crs, cs);                                  \
+        break;
+#define MK_ROW(R, MODE)                                                                       \
+    MK_CASE(R, 1, MODE) MK_CASE(R, 2, MODE) MK_CASE(R, 3, MODE) MK_CASE(R, 4, MODE)
+/* name(R in 1..MR, NV in 1..4, ...): mk with constant R, NV and mode */
+#define MK_FN(name, MODE)                                                                     \
+    AVX512 static void name(size_t R, size_t NV, size_t K, const float *a, size_t ars,        \
+                            size_t aks, const float *b, size_t bks, float *c, size_t crs,     \
+                            const float *cs) {                                                \
+        switch (R * 4 + NV - 1) {                                                             \
+            MK_ROW(1, MODE)                                                                   \
+            MK_ROW(2, MODE)                                                                   \
+            MK_ROW(3, MODE)                                                                   \
+            MK_ROW(4, MODE)                                                                   \
+            MK_ROW(5, MODE)                                                                   \
+            MK_ROW(6, MODE)                                                                   \
+        default:                                                                              \
+            break;                                                                            \
+        }                                                                                     \
+    }
+_Static_assert(MR == 6, "MK_FN lists R = 1..6");
+MK_FN(mk_set, 0)
+MK_FN(mk_add, 1)
+MK_FN(mk_scale_add, 2)
+
+/* C (rows, hd) (+)= A (rows, K) B (K, hd) in strips of 64 columns (hd % 16 == 0) */
+AVX512 static void mk_strips(int mode, size_t R, size_t hd, size_t K, const float *a, size_t ars,
+                             size_t aks, const float *b, size_t bks, float *c, size_t crs,
+                             const float *cs) {
+    for (size_t d0 = 0; d0 < hd; d0 += 64) {
+        size_t nv = hd - d0 >= 64 ? 4 : (hd - d0) / 16;
+        if (mode == 1)
+            mk_add(R, nv, K, a, ars, aks, b + d0, bks, c + d0, crs, cs);
+        else
+            mk_scale_add(R, nv, K, a, ars, aks, b + d0, bks, c + d0, crs, cs);
+    }
+}
+
+/* kt (hd x KB) = rows 0..n-1 of x (stride kvs) transposed; columns >= n zero. 16 x 16 tiles
+ * through registers: unpack pairs of rows, shuffle within 128-bit lanes, then two rounds of
+ * 128-bit lane shuffles (64 shuffles per tile instead of 256 scalar loads and stores). */
+AVX512 static void transpose_kb(float *kt, const float *x, size_t n, size_t kvs, size_t hd) {
+    for (size_t t0 = 0; t0 < KB; t0 += 16)
+        for (size_t d0 = 0; d0 < hd; d0 += 16) {
+            __m512 a[16], t[16], r[16];
+            for (size_t i = 0; i < 16; i++)
+                a[i] = t0 + i < n ? _mm512_loadu_ps(x + (t0 + i) * kvs + d0) : _mm512_setzero_ps();
+            for (int i = 0; i < 8; i++) {
+                t[2 * i] = _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]);
+            }
+            for (int g = 0; g < 4; g++) { /* r[4g + c], lane L: column 4L + c of rows 4g.. 4g+3 */
+                r[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+                r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+                r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+                r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+            }
+            float *o = kt + d0 * KB + t0;
+            for (int c = 0; c < 4; c++) { /* 4 x 4 transpose of 128-bit lanes */
+                __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+                __m512 u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+                __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+                __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+                _mm512_storeu_ps(o + (size_t)c * KB, _mm512_shuffle_f32x4(u0, u2, 0x88));
+                _mm512_storeu_ps(o + (size_t)(4 + c) * KB, _mm512_shuffle_f32x4(u1, u3, 0x88));
+                _mm512_storeu_ps(o + (size_t)(8 + c) * KB, _mm512_shuffle_f32x4(u0, u2, 0xDD));
+                _mm512_storeu_ps(o + (size_t)(12 + c) * KB, _mm512_shuffle_f32x4(u1, u3, 0xDD));
+            }
+        }
+}
+
+/* Bit t set iff query position p sees key jb + t by causality and window (t < n). */
+static uint64_t vis_mask(size_t p, size_t jb, size_t n, int window) {
+    if (p < jb) return 0;
+    size_t hi = p - jb + 1 < n ? p - jb + 1 : n, lo = 0;
+    if (window > 0 && p + 1 > jb + (size_t)window) lo = p + 1 - (size_t)window - jb;
+    if (lo >= hi) return 0;
+    return (hi >= 64 ? ~0ull : (1ull << hi) - 1) & ~((1ull << lo) - 1);
+}
+
+/* The block's segment ids (4 zmm, 0 past n; all 0 without seg) and, per row, the keys in the
+ * row's segment. */
+AVX512 static void seg_load(__m512i sv[4], const int32_t *sg, size_t jb, size_t n) {
+    for (int v = 0; v < 4; v++) {
+        size_t t0 = 16 * (size_t)v, m = n > t0 ? n - t0 : 0;
+        __mmask16 k = m >= 16 ? 0xffff : (__mmask16)((1u << m) - 1);
+        sv[v] = sg ? _mm512_maskz_loadu_epi32(k, sg + jb + t0) : _mm512_setzero_si512();
+    }
+}
+AVX512 static uint64_t seg_mask(const __m512i sv[4], int32_t id) {
+    __m512i x = _mm512_set1_epi32(id);
+    uint64_t m = 0;
+    for (int v = 0; v < 4; v++) m |= (uint64_t)_mm512_cmpeq_epi32_mask(sv[v], x) << (16 * v);
+    return m;
+}
+
+/* Rows i of [i0, i1) (query positions off + i) that see some key of the block [jb, jb + n). */
+static void block_rows(size_t *ra, size_t *rb, size_t i0, size_t i1, size_t off, size_t jb,
+                       size_t n, int window) {
+    *ra = jb > off && jb - off > i0 ? jb - off : i0;
+    *rb = i1;
+    if (window > 0) { /* p < jb + n - 1 + window */
+        size_t e = jb + n - 1 + (size_t)window, ie = e > off ? e - off : 0;
+        if (ie < *rb) *rb = ie;
+    }
+}
+
+/* Keys [*tlo, *thi) of the block seen by some query position in [p0, p1]. */
+static void tile_keys(size_t *tlo, size_t *thi, size_t p0, size_t p1, size_t jb, size_t n,
+                      int window) {
+    *thi = p1 + 1 - jb < n ? p1 + 1 - jb : n;
+    *tlo = window > 0 && p0 + 1 > jb + (size_t)window ? p0 + 1 - (size_t)window - jb : 0;
+}
+
+AVX512 static float dot16(const float *x, const float *y, size_t hd) {
+    __m512 s = _mm512_setzero_ps();
+    for (size_t d = 0; d < hd; d += 16)
+        s = _mm512_fmadd_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d), s);
+    return _mm512_reduce_add_ps(s);
+}
+
+/* One (batch, head) of the forward: q, out rows i at + i qs; kb, vb rows j at + j kvs; L (Tq).
+ * out =, L =. */
+AVX512 static void forward_task(float *out, float *L, const float *q, const float *kb,
+                                const float *vb, const int32_t *sg, float scale, int window,
+                                size_t Tq, size_t Tk, size_t qs, size_t kvs, size_t hd) {
+    _Alignas(64) float kt[ATT_HD_MAX * KB];
+    _Alignas(64) float P[MR * KB];
+    float M[QC], lsum[QC], cf[MR]; /* running max and sum per row of the chunk */
+    size_t off = Tk - Tq;
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
+    for (size_t i0 = 0; i0 < Tq; i0 += QC) {
+        size_t ni = Tq - i0 < QC ? Tq - i0 : QC;
+        for (size_t i = 0; i < ni; i++) {
+            memset(out + (i0 + i) * qs, 0, hd * sizeof(float));
+            M[i] = -INFINITY, lsum[i] = 0;
+        }
+        size_t pmin = off + i0, pmax = off + i0 + ni - 1;
+        size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
+        for (size_t jb = jlo - jlo % KB; jb <= pmax; jb += KB) {
+            size_t n = Tk - jb < KB ? Tk - jb : KB, ra, rb;
+            block_rows(&ra, &rb, i0, i0 + ni, off, jb, n, window);
+            if (ra >= rb) continue;
+            transpose_kb(kt, kb + jb * kvs, n, kvs, hd);
+            __m512i sv[4];
+            seg_load(sv, sg, jb, n);
+            for (size_t r0 = ra; r0 < rb; r0 += MR) {
+                size_t rc = rb - r0 < MR ? rb - r0 : MR, tlo, thi;
+                tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
+                size_t nv = (thi + 15) / 16; /* S (rc x 16 nv): the keys up to the tile's last */
+                mk_set(rc, nv, hd, q + r0 * qs, qs, 1, kt, KB, P, KB, NULL);
+                int any = 0;
+                for (size_t r = 0; r < rc; r++) {
+                    size_t i = r0 + r, p = off + i;
+                    float *pr = P + r * KB;
+                    uint64_t vm = vis_mask(p, jb, n, window);
+                    if (sg && vm) vm &= seg_mask(sv, sg[p]);
+                    cf[r] = 1;
+                    if (!vm) {
+                        memset(pr, 0, KB * sizeof(float));
+                        continue;
+                    }
+                    __m512 s[4], mx = ninf;
+                    for (size_t v = 0; v < nv; v++) {
+                        __mmask16 mv = (__mmask16)(vm >> (16 * v));
+                        s[v] = _mm512_mask_mul_ps(ninf, mv, _mm512_loadu_ps(pr + 16 * v), vscale);
+                        mx = _mm512_max_ps(mx, s[v]);
+                    }
+                    float bm = _mm512_reduce_max_ps(mx), mo = M[i - i0], mn = mo > bm ? mo : bm;
+                    __m512 mnv = _mm512_set1_ps(mn), sum = _mm512_setzero_ps();
+                    for (size_t v = 0; v < nv; v++) {
+                        __mmask16 mv = (__mmask16)(vm >> (16 * v));
+                        __m512 e = _mm512_maskz_mov_ps(mv, exp16(_mm512_sub_ps(s[v], mnv)));
+                        _mm512_storeu_ps(pr + 16 * v, e);
+                        sum = _mm512_add_ps(sum, e);
+                    }
+                    float c = mo == mn ? 1.0f : mo == -INFINITY ? 0.0f : fexp(mo - mn);
+                    lsum[i - i0] = lsum[i - i0] * c + _mm512_reduce_add_ps(sum);
+                    M[i - i0] = mn;
+                    cf[r] = c;
+                    any = 1;
+                }
+                if (!any) continue; /* O (rc x hd) = cf O + P V over the keys the tile sees */
+                mk_strips(2, rc, hd, thi - tlo, P + tlo, KB, 1, vb + (jb + tlo) * kvs, kvs,
+                          out + r0 * qs, qs, cf);
+            }
+        }
+        for (size_t i = 0; i < ni; i++) {
+            float *oi = out + (i0 + i) * qs, l = lsum[i], inv = l > 0 ? 1.0f / l : 0.0f;
+            __m512 vi = _mm512_set1_ps(inv);
+            for (size_t d = 0; d < hd; d += 16)
+                _mm512_storeu_ps(oi + d, _mm512_mul_ps(_mm512_loadu_ps(oi + d), vi));
+            L[i0 + i] = l > 0 ? M[i] + logf(l) : -INFINITY;
+        }
+    }
+}
+
+AVX512 static void attention_forward_avx512(float *out, float *lse, const float *q,
+                                            const float *k, const float *v, const int32_t *seg,
+                                            float scale, int window, size_t B, size_t Tq,
+                                            size_t Tk, size_t nh, size_t nkv, size_t hd) {
+    size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < nh; h++) {
+            size_t kh = h / group, o = b * Tq * qs + h * hd;
+            forward_task(out + o, lse + (b * nh + h) * Tq, q + o, k + b * Tk * kvs + kh * hd,
+                         v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale, window, Tq,
+                         Tk, qs, kvs, hd);
+        }
+}
+
+/* One (batch, kv head) of the backward, with the group query heads that read it: row i of head h
+ * (0 <= h < group) of q, dq, dout, out at + h hd + i qs; lse of head h at lse + h Tq; kb, vb, dkb,
+ * dvb rows j at + j kvs. dq, dkb, dvb =. */
+AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float *dout,
+                                 const float *out, const float *lse, const float *q,
+                                 const float *kb, const float *vb, const int32_t *sg, float scale,
+                                 int window, size_t group, size_t Tq, size_t Tk, size_t qs,
+                                 size_t kvs, size_t hd) {
+    _Alignas(64) float kt[ATT_HD_MAX * KB], vt[ATT_HD_MAX * KB];
+    _Alignas(64) float P[QS * KB], dS[QS * KB];
+    float D[DMAX];
+    size_t off = Tk - Tq, QCb = DMAX / group < QC ? DMAX / group : QC;
+    if (QCb < 1) QCb = 1; /* group > DMAX: D is computed per row and block instead (Dh NULL) */
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (size_t j = 0; j < Tk; j++) {
+        memset(dkb + j * kvs, 0, hd * sizeof(float));
+        memset(dvb + j * kvs, 0, hd * sizeof(float));
+    }
+    for (size_t h = 0; h < group; h++)
+        for (size_t i = 0; i < Tq; i++) memset(dq + h * hd + i * qs, 0, hd * sizeof(float));
+    for (size_t i0 = 0; i0 < Tq; i0 += QCb) {
+        size_t ni = Tq - i0 < QCb ? Tq - i0 : QCb;
+        float *Dh = group * ni <= DMAX ? D : NULL;
+        for (size_t h = 0; h < group && Dh; h++)
+            for (size_t i = 0; i < ni; i++) {
+                size_t o = h * hd + (i0 + i) * qs;
+                D[h * ni + i] = dot16(dout + o, out + o, hd);
+            }
+        size_t pmin = off + i0, pmax = off + i0 + ni - 1;
+        size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
+        for (size_t jb = jlo - jlo % KB; jb <= pmax; jb += KB) {
+            size_t n = Tk - jb < KB ? Tk - jb : KB, ra, rb;
+            block_rows(&ra, &rb, i0, i0 + ni, off, jb, n, window);
+            if (ra >= rb) continue;
+            const float *kj = kb + jb * kvs, *vj = vb + jb * kvs;
+            float *dkj = dkb + jb * kvs, *dvj = dvb + jb * kvs;
+            transpose_kb(kt, kj, n, kvs, hd);
+            transpose_kb(vt, vj, n, kvs, hd);
+            __m512i sv[4];
+            seg_load(sv, sg, jb, n);
+            for (size_t h = 0; h < group; h++) {
+                const float *qh = q + h * hd, *dyh = dout + h * hd, *Lh = lse + h * Tq;
+                float *dqh = dq + h * hd;
+                for (size_t s0 = ra; s0 < rb; s0 += QS) {
+                    size_t ns = rb - s0 < QS ? rb - s0 : QS;
+                    int any = 0;
+                    /* the panel: P and dS (ns x 64), zero where masked */
+                    for (size_t r0 = s0; r0 < s0 + ns; r0 += MR) {
+                        size_t rc = s0 + ns - r0 < MR ? s0 + ns - r0 : MR, tlo, thi;
+                        tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
+                        size_t nv = (thi + 15) / 16; /* columns from 16 nv on: zero */
+                        float *pr0 = P + (r0 - s0) * KB, *dr0 = dS + (r0 - s0) * KB;
+                        mk_set(rc, nv, hd, qh + r0 * qs, qs, 1, kt, KB, pr0, KB, NULL);
+                        mk_set(rc, nv, hd, dyh + r0 * qs, qs, 1, vt, KB, dr0, KB, NULL);
+                        for (size_t r = 0; r < rc; r++) {
+                            size_t i = r0 + r, p = off + i;
+                            float *pr = pr0 + r * KB, *dr = dr0 + r * KB, Li = Lh[i];
+                            uint64_t vm = vis_mask(p, jb, n, window);
+                            if (sg && vm) vm &= seg_mask(sv, sg[p]);
+                            if (!vm || Li == -INFINITY) {
+                                memset(pr, 0, KB * sizeof(float));
+                                memset(dr, 0, KB * sizeof(float));
+                                continue;
+                            }
+                            float Di = Dh ? Dh[h * ni + i - i0]
+                                          : dot16(dyh + i * qs, out + h * hd + i * qs, hd);
+                            __m512 Dv = _mm512_set1_ps(Di), Lv = _mm512_set1_ps(Li);
+                            for (size_t v = nv; v < 4; v++) {
+                                _mm512_storeu_ps(pr + 16 * v, _mm512_setzero_ps());
+                                _mm512_storeu_ps(dr + 16 * v, _mm512_setzero_ps());
+                            }
+                            for (size_t v = 0; v < nv; v++) { /* P, dS = P (dP - D) scale */
+                                __mmask16 mv = (__mmask16)(vm >> (16 * v));
+                                float *pv = pr + 16 * v, *dv_ = dr + 16 * v;
+                                __m512 s = _mm512_fmsub_ps(_mm512_loadu_ps(pv), vscale, Lv);
+                                __m512 e = _mm512_maskz_mov_ps(mv, exp16(s));
+                                __m512 g = _mm512_sub_ps(_mm512_loadu_ps(dv_), Dv);
+                                _mm512_storeu_ps(pv, e);
+                                _mm512_storeu_ps(dv_, _mm512_mul_ps(_mm512_mul_ps(e, g), vscale));
+                            }
+                            any = 1;
+                        }
+                    }
+                    if (!any) continue;
+                    /* dV (keys t0.., hd) += P^T dO, dK += dS^T Q over the rows that see the keys */
+                    for (size_t t0 = 0; t0 < n; t0 += MR) {
+                        size_t kc = n - t0 < MR ? n - t0 : MR, ka, kz;
+                        block_rows(&ka, &kz, s0, s0 + ns, off, jb + t0, kc, window);
+                        if (ka >= kz) continue;
+                        size_t pa = (ka - s0) * KB + t0;
+                        mk_strips(1, kc, hd, kz - ka, P + pa, 1, KB, dyh + ka * qs, qs,
+                                  dvj + t0 * kvs, kvs, NULL);
+                        mk_strips(1, kc, hd, kz - ka, dS + pa, 1, KB, qh + ka * qs, qs,
+                                  dkj + t0 * kvs, kvs, NULL);
+                    }
+                    /* dQ (rows, hd) += dS K over the keys the rows see */
+                    for (size_t r0 = s0; r0 < s0 + ns; r0 += MR) {
+                        size_t rc = s0 + ns - r0 < MR ? s0 + ns - r0 : MR, tlo, thi;
+                        tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
+                        mk_strips(1, rc, hd, thi - tlo, dS + (r0 - s0) * KB + tlo, KB, 1,
+                                  kj + tlo * kvs, kvs, dqh + r0 * qs, qs, NULL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+AVX512 static void attention_backward_avx512(float *dq, float *dk, float *dv, const float *dout,
+                                             const float *out, const float *lse, const float *q,
+                                             const float *k, const float *v, const int32_t *seg,
+                                             float scale, int window, size_t B, size_t Tq,
+                                             size_t Tk, size_t nh, size_t nkv, size_t hd) {
+    size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (size_t b = 0; b < B; b++)
+        for (size_t kh = 0; kh < nkv; kh++) {
+            size_t o = b * Tq * qs + kh * group * hd, ko = b * Tk * kvs + kh * hd;
+            backward_task(dq + o, dk + ko, dv + ko, dout + o, out + o,
+                          lse + (b * nh + kh * group) * Tq, q + o, k + ko, v + ko,
+                          seg ? seg + b * Tk : NULL, scale, window, group, Tq, Tk, qs, kvs, hd);
+        }
+}
+#endif
+
+int st_cpu_attention_native(void) {
+#ifdef X86
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        const char *off = getenv("ST_ATTENTION_PORTABLE"); /* tests and users can force it */
+        v = !(off && *off && strcmp(off, "0") != 0) && __builtin_cpu_supports("avx512f");
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+static int use_avx512(size_t hd) {
+    return hd > 0 && hd % 16 == 0 && hd <= ATT_HD_MAX && st_cpu_attention_native();
+}
+
+void st_cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
+                              const float *v, const int32_t *seg, float scale, int window,
+                              size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
+#ifdef X86
+    if (use_avx512(hd)) {
+        attention_forward_avx512(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
+        return;
+    }
+#endif
+    st_cpu_attention_forward_portable(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv,
+                                      hd);
+}
+
+void st_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                               const float *out, const float *lse, const float *q, const float *k,
+                               const float *v, const int32_t *seg, float scale, int window,
+                               size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
+#ifdef X86
+    if (use_avx512(hd)) {
+        attention_backward_avx512(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq,
+                                  Tk, nh, nkv, hd);
+        return;
+    }
+#endif
+    st_cpu_attention_backward_portable(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B,
+                                       Tq, Tk, nh, nkv, hd);
+}
