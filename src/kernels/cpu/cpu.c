@@ -75,20 +75,6 @@ static void rope_backward(float *dinp, const float *dout, const float *cos_t, co
                              hd);
 }
 
-static void glu_forward(float *out, const float *gate, const float *up, enum st_act act, size_t N,
-                        size_t H) {
-#pragma omp parallel for schedule(static) if (N * H > 32768)
-    for (size_t n = 0; n < N; n++) st_ref_glu_forward(out + n * H, gate + n * H, up + n * H, act, 1, H);
-}
-
-static void glu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                         const float *up, enum st_act act, size_t N, size_t H) {
-#pragma omp parallel for schedule(static) if (N * H > 32768)
-    for (size_t n = 0; n < N; n++)
-        st_ref_glu_backward(dgate + n * H, dup + n * H, dout + n * H, gate + n * H, up + n * H,
-                            act, 1, H);
-}
-
 /* Attention: src/kernels/cpu/attention.c (AVX-512 register-blocked kernel, portable fallback). */
 
 #if defined(__x86_64__)
@@ -147,6 +133,125 @@ static int have_avx512(void) {
 #else
     return 0;
 #endif
+}
+
+/* GLU with the activation built on fexp so the loops vectorise (libm's expf/tanhf calls kept them
+ * scalar: 5% of a bf16 training step). SiLU: s = 1 / (1 + e^-x); tanh(u) = 1 - 2 / (e^2u + 1),
+ * with 2u clamped to +-40 (tanh is +-1 in float there). Elements [i0, i1) per call: AVX-512 in
+ * vectors of 16, the scalar code for the rest and on other CPUs (same formulas). */
+#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
+
+static inline float tanh_f(float u) {
+    float u2 = 2.0f * u;
+    u2 = u2 > 40.0f ? 40.0f : u2 < -40.0f ? -40.0f : u2;
+    return 1.0f - 2.0f / (fexp(u2) + 1.0f);
+}
+
+/* a(x) and a'(x) of the activation */
+static inline void act_scalar(float x, enum st_act act, float *a, float *da) {
+    if (act == ST_ACT_SILU) {
+        float s = 1.0f / (1.0f + fexp(-x));
+        *a = x * s;
+        *da = s * (1.0f + x * (1.0f - s));
+    } else {
+        float t = tanh_f(GELU_C * (x + 0.044715f * x * x * x));
+        *a = 0.5f * x * (1.0f + t);
+        *da = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3 * 0.044715f * x * x);
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static inline void act16(__m512 x, enum st_act act, __m512 *a,
+                                                            __m512 *da) {
+    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+    if (act == ST_ACT_SILU) {
+        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, fexp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        *a = _mm512_mul_ps(x, s);
+        if (da) *da = _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_sub_ps(one, s), one));
+    } else {
+        __m512 x2 = _mm512_mul_ps(x, x);
+        __m512 u = _mm512_mul_ps(_mm512_set1_ps(GELU_C),
+                                 _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x2), x, x));
+        __m512 u2 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(u, u), _mm512_set1_ps(-40.0f)),
+                                  _mm512_set1_ps(40.0f));
+        __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(fexp16(u2), one)));
+        __m512 opt = _mm512_add_ps(one, t);
+        *a = _mm512_mul_ps(_mm512_mul_ps(half, x), opt);
+        if (da) {
+            __m512 g = _mm512_fmadd_ps(_mm512_set1_ps(3 * 0.044715f), x2, one);
+            __m512 r = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_fnmadd_ps(t, t, one)),
+                                     _mm512_mul_ps(_mm512_set1_ps(GELU_C), g));
+            *da = _mm512_fmadd_ps(half, opt, r);
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static size_t glu_fwd16(float *out, const float *gate,
+                                                           const float *up, enum st_act act,
+                                                           size_t i0, size_t i1) {
+    size_t i = i0;
+    for (; i + 16 <= i1; i += 16) {
+        __m512 a;
+        act16(_mm512_loadu_ps(gate + i), act, &a, NULL);
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(a, _mm512_loadu_ps(up + i)));
+    }
+    return i;
+}
+
+__attribute__((target("avx512f"))) static size_t glu_bwd16(float *dgate, float *dup,
+                                                           const float *dout, const float *gate,
+                                                           const float *up, enum st_act act,
+                                                           size_t i0, size_t i1) {
+    size_t i = i0;
+    for (; i + 16 <= i1; i += 16) {
+        __m512 a, da, dy = _mm512_loadu_ps(dout + i);
+        act16(_mm512_loadu_ps(gate + i), act, &a, &da);
+        _mm512_storeu_ps(dup + i, _mm512_mul_ps(dy, a));
+        _mm512_storeu_ps(dgate + i, _mm512_mul_ps(_mm512_mul_ps(dy, _mm512_loadu_ps(up + i)), da));
+    }
+    return i;
+}
+#endif
+
+#define GLU_CHUNK 4096 /* elements per parallel work item */
+
+static void glu_forward(float *out, const float *gate, const float *up, enum st_act act, size_t N,
+                        size_t H) {
+    size_t n = N * H, nc = (n + GLU_CHUNK - 1) / GLU_CHUNK;
+    int v16 = have_avx512();
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (size_t c = 0; c < nc; c++) {
+        size_t i = c * GLU_CHUNK, i1 = i + GLU_CHUNK < n ? i + GLU_CHUNK : n;
+#if defined(__x86_64__)
+        if (v16) i = glu_fwd16(out, gate, up, act, i, i1);
+#endif
+        for (; i < i1; i++) {
+            float a, da;
+            act_scalar(gate[i], act, &a, &da);
+            out[i] = a * up[i];
+        }
+    }
+    (void)v16;
+}
+
+static void glu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                         const float *up, enum st_act act, size_t N, size_t H) {
+    size_t n = N * H, nc = (n + GLU_CHUNK - 1) / GLU_CHUNK;
+    int v16 = have_avx512();
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (size_t c = 0; c < nc; c++) {
+        size_t i = c * GLU_CHUNK, i1 = i + GLU_CHUNK < n ? i + GLU_CHUNK : n;
+#if defined(__x86_64__)
+        if (v16) i = glu_bwd16(dgate, dup, dout, gate, up, act, i, i1);
+#endif
+        for (; i < i1; i++) {
+            float a, da;
+            act_scalar(gate[i], act, &a, &da);
+            dup[i] = dout[i] * a;
+            dgate[i] = dout[i] * up[i] * da;
+        }
+    }
+    (void)v16;
 }
 
 /* log sum_v exp(x_v): max, then the sum of fexp */
