@@ -41,6 +41,13 @@ void st_bf16_gemm(float *out, size_t ldo, const float *x, size_t ldx, const uint
                   const float *bias, size_t M, size_t K, size_t N, int accumulate,
                   uint32_t *xscratch);
 
+/* The two halves of st_bf16_gemm, for callers that multiply one X by several panel sets (tiles of
+ * a quantised weight): X (M, K; stride ldx) rounded into xp (st_bf16_x_bytes(M, K)), then
+ * out (+)= X @ B from that copy. */
+void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx);
+void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xp, const uint16_t *panels,
+                     const float *bias, size_t M, size_t K, size_t N, int accumulate);
+
 #ifdef __cplusplus
 }
 #endif

@@ -162,7 +162,7 @@ pack_row_avx512(uint32_t *d, const float *r, size_t K) {
 }
 #endif
 
-static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx) {
+void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx) {
     size_t kp = (K + 1) / 2;
     int native = st_bf16_native();
 #pragma omp parallel for schedule(static) if (M * K > 16384)
@@ -253,8 +253,13 @@ int st_bf16_native(void) {
 void st_bf16_gemm(float *out, size_t ldo, const float *x, size_t ldx, const uint16_t *panels,
                   const float *bias, size_t M, size_t K, size_t N, int accumulate,
                   uint32_t *xscratch) {
+    st_bf16_pack_x(xscratch, x, M, K, ldx);
+    st_bf16_gemm_px(out, ldo, xscratch, panels, bias, M, K, N, accumulate);
+}
+
+void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
+                     const float *bias, size_t M, size_t K, size_t N, int accumulate) {
     size_t kp = (K + 1) / 2, np = (N + NR - 1) / NR;
-    pack_x(xscratch, x, M, K, ldx);
     int native = st_bf16_native();
     /* rows in blocks of MC (their BF16 copy stays in L2) outside, panels split over threads
      * inside: every panel is streamed once per row block, not once per row tile. The static

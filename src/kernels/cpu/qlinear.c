@@ -112,11 +112,12 @@ void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweig
                              const float *bias, float *scratch, uint32_t *xscratch, size_t N) {
     size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
     uint16_t *pan = (uint16_t *)(scratch + tr * C);
+    st_bf16_pack_x(xscratch, inp, N, C, C); /* once for all tiles */
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
         struct tile_rows t = {w, r0};
         st_bf16_pack_wt_rows(pan, nr, C, tile_row, &t, scratch, tr);
-        st_bf16_gemm(out + r0, OC, inp, C, pan, bias ? bias + r0 : NULL, N, C, nr, 0, xscratch);
+        st_bf16_gemm_px(out + r0, OC, xscratch, pan, bias ? bias + r0 : NULL, N, C, nr, 0);
     }
 }
 
