@@ -1106,6 +1106,52 @@ TEST(attention_threads) {
         free(bd_);                                                                            \
     } while (0)
 
+/* The cpu LoRA kernels on larger odd shapes and ranks against ref, with 1 and 3 threads. */
+TEST(lora_large) {
+    const struct st_kernels *cpu = st_kernels_cpu(), *ref = st_kernels_ref();
+    const struct {
+        size_t N, C, OC, r;
+    } cases[] = {{131, 200, 77, 8}, {70, 65, 130, 3}, {33, 97, 64, 17}, {100, 576, 192, 64}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        size_t N = cases[ci].N, C = cases[ci].C, OC = cases[ci].OC, r = cases[ci].r;
+        float *inp = fnew(N * C), *a = fnew(r * C), *b = fnew(OC * r), *dout = fnew(N * OC);
+        fill_uniform(inp, N * C, -1, 1);
+        fill_uniform(a, r * C, -1, 1);
+        fill_uniform(b, OC * r, -1, 1);
+        fill_uniform(dout, N * OC, -1, 1);
+        float *o[3], *xa[3], *di[3], *da[3], *db[3], *dxa[3];
+        for (int i = 0; i < 3; i++) { /* 0: cpu 1 thread, 1: cpu 3 threads, 2: ref */
+            const struct st_kernels *kp = i == 2 ? ref : cpu;
+            o[i] = fnew(N * OC), xa[i] = fnew(N * r), di[i] = fnew(N * C), da[i] = fnew(r * C);
+            db[i] = fnew(OC * r), dxa[i] = fnew(N * r);
+            fill_pattern(o[i], N * OC), fill_pattern(di[i], N * C), fill_pattern(da[i], r * C);
+            fill_pattern(db[i], OC * r);
+#ifdef _OPENMP
+            int saved = omp_get_max_threads();
+            omp_set_num_threads(i == 1 ? 3 : 1);
+#endif
+            kp->lora_forward(o[i], xa[i], inp, a, b, 0.75f, N, C, OC, r);
+            kp->lora_backward(di[i], da[i], db[i], dxa[i], dout, inp, xa[i], a, b, 0.75f, N, C,
+                              OC, r);
+#ifdef _OPENMP
+            omp_set_num_threads(saved);
+#endif
+        }
+        CHECK_XB(LBL("cpu~ref lora out N=%zu C=%zu OC=%zu r=%zu", N, C, OC, r), o[0], o[2], N * OC);
+        CHECK_XB(LBL("cpu~ref lora xa r=%zu", r), xa[0], xa[2], N * r);
+        CHECK_XB(LBL("cpu~ref lora dinp r=%zu", r), di[0], di[2], N * C);
+        CHECK_XB(LBL("cpu~ref lora da r=%zu", r), da[0], da[2], r * C);
+        CHECK_XB(LBL("cpu~ref lora db r=%zu", r), db[0], db[2], OC * r);
+        CHECK_XB(LBL("cpu(3 threads)~ref lora out r=%zu", r), o[1], o[2], N * OC);
+        CHECK_XB(LBL("cpu(3 threads)~ref lora dinp r=%zu", r), di[1], di[2], N * C);
+        CHECK_XB(LBL("cpu(3 threads)~ref lora da r=%zu", r), da[1], da[2], r * C);
+        CHECK_XB(LBL("cpu(3 threads)~ref lora db r=%zu", r), db[1], db[2], OC * r);
+        for (int i = 0; i < 3; i++)
+            free(o[i]), free(xa[i]), free(di[i]), free(da[i]), free(db[i]), free(dxa[i]);
+        free(inp), free(a), free(b), free(dout);
+    }
+}
+
 static void xb_attention(const struct st_kernels *cpu, const struct st_kernels *ref,
                          const struct att_case *a) {
     size_t nq = a->B * a->Tq * a->nh * a->hd, nk = a->B * a->Tk * a->nkv * a->hd;
@@ -1335,6 +1381,7 @@ int main(void) {
     RUN(lora);
     RUN(crossentropy);
     RUN(crossentropy_stability);
+    RUN(lora_large);
     RUN(cpu_matches_ref);
     return test_finish();
 }
