@@ -232,11 +232,19 @@ static enum st_status pack_all(struct st_model *m, struct request *req, int n, s
     if (tied_head)
         p_bytes += st_arena_round(st_bf16_panels_bytes(D, V)) +
                    st_arena_round(st_bf16_panels_bytes(V, D));
-    enum st_status rc = st_arena_init(&m->parena, p_bytes + BSCRATCH_BYTES, err);
+    /* room for at least one tile of 8 rows of the widest K (the vocabulary, in the head's
+     * backward): the GEMM rounds X in tiles of 8 rows */
+    size_t kmax = V, H = (size_t)c->hidden_dim, QD = (size_t)c->n_heads * (size_t)c->head_dim;
+    kmax = kmax > H ? kmax : H;
+    kmax = kmax > QD ? kmax : QD;
+    kmax = kmax > D ? kmax : D;
+    size_t bs = BSCRATCH_BYTES, need = st_arena_round(st_bf16_x_bytes(8, kmax));
+    if (bs < need) bs = need;
+    enum st_status rc = st_arena_init(&m->parena, p_bytes + bs, err);
     if (rc) return rc;
     m->bf16 = 1;
-    m->bscratch = st_arena_take(&m->parena, BSCRATCH_BYTES);
-    m->bscratch_bytes = BSCRATCH_BYTES;
+    m->bscratch = st_arena_take(&m->parena, bs);
+    m->bscratch_bytes = bs;
     float *tmp = pack_max ? st_malloc(pack_max * 4) : NULL;
     if (pack_max && !tmp) return st_errorf(err, ST_ERR_NOMEM, "out of memory packing weights");
     for (int i = 0; i < n && !rc; i++) {
@@ -262,8 +270,7 @@ static enum st_status pack_all(struct st_model *m, struct request *req, int n, s
 static void bf16_mm(const struct st_model *m, float *out, const float *x, const uint16_t *pan,
                     const float *bias, size_t M, size_t K, size_t N, int acc) {
     size_t rows = m->bscratch_bytes / (((K + 1) / 2) * 4);
-    if (rows > 8) rows -= rows % 8;
-    if (rows < 1) rows = 1;
+    rows -= rows % 8; /* whole tiles of 8 rows; pack_all leaves room for one */
     for (size_t r0 = 0; r0 < M; r0 += rows) {
         size_t mr = M - r0 < rows ? M - r0 : rows;
         st_bf16_gemm(out + r0 * N, N, x + r0 * K, K, pan, bias, mr, K, N, acc, m->bscratch);
@@ -278,8 +285,7 @@ static void q_forward(const struct st_model *m, float *out, const float *x,
         return;
     }
     size_t rows = m->bscratch_bytes / (((w->cols + 1) / 2) * 4);
-    if (rows > 8) rows -= rows % 8;
-    if (rows < 1) rows = 1;
+    rows -= rows % 8;
     for (size_t r0 = 0; r0 < M; r0 += rows)
         st_qlinear_forward_bf16(out + r0 * w->rows, x + r0 * w->cols, w, bias, m->qscratch,
                                 m->bscratch, M - r0 < rows ? M - r0 : rows);
@@ -293,8 +299,7 @@ static void q_backward(const struct st_model *m, float *dx, const float *dy,
     }
     size_t k = st_qweight_tile_rows(w);
     size_t rows = m->bscratch_bytes / (((k + 1) / 2) * 4);
-    if (rows > 8) rows -= rows % 8;
-    if (rows < 1) rows = 1;
+    rows -= rows % 8;
     for (size_t r0 = 0; r0 < M; r0 += rows)
         st_qlinear_backward_input_bf16(dx + r0 * w->cols, dy + r0 * w->rows, w, m->qscratch,
                                        m->bscratch, M - r0 < rows ? M - r0 : rows);

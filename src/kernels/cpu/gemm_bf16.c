@@ -4,7 +4,7 @@
  * Layout: B (K, N) is packed in panels of NR = 32 columns; a panel holds, for each pair of rows
  * (k, k+1), the 32 columns' two values interleaved ([n0:k, n0:k+1, n1:k, n1:k+1, ...], 64 BF16),
  * zero-padded at the right edge and for odd K. X is converted to BF16 pairs per call (round to
- * nearest even), one row of K/2 32-bit pairs per row. The micro-kernel keeps an MR x NR tile of
+ * nearest even) into tiles of MR rows interleaved pair by pair (see st_bf16_pack_x). The micro-kernel keeps an MR x NR tile of
  * float accumulators in 16 zmm registers and, per pair of k, broadcasts X's pair of each row and
  * issues one vdpbf16ps per (row, 16 columns): acc += x_k * b_k + x_k+1 * b_k+1, with float
  * accumulation. Threads split the panels (disjoint output columns: deterministic for any count).
@@ -145,37 +145,58 @@ void st_bf16_pack_w_rows(uint16_t *dst, size_t OC, size_t C, st_bf16_row_fn fn, 
     pack_w_src(dst, &s, OC, C, scratch_rows);
 }
 
-size_t st_bf16_x_bytes(size_t M, size_t K) { return M * ((K + 1) / 2) * sizeof(uint32_t); }
+/* X is rounded into row tiles of MR rows interleaved by pair: tile t holds, for each pair q,
+ * the MR rows' pairs side by side (xp[(t * kp + q) * MR + r]), so the micro-kernel's broadcasts
+ * walk one contiguous stream instead of MR rows; rows past M are zero. */
+size_t st_bf16_x_bytes(size_t M, size_t K) {
+    return (M + MR - 1) / MR * MR * ((K + 1) / 2) * sizeof(uint32_t);
+}
 
 #ifdef X86
-/* 32 floats -> 16 pairs with vcvtne2ps2bf16 (round to nearest even, as f2bf) */
+/* pairs [q0, q0 + n) of a row of K floats, with vcvtne2ps2bf16 (round to nearest even, as f2bf)
+ * for whole groups of 16 pairs; returns how many were done */
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) static size_t
-pack_row_avx512(uint32_t *d, const float *r, size_t K) {
+pairs_avx512(uint32_t *d, const float *r, size_t q0, size_t n, size_t K) {
     size_t q = 0;
-    for (; 2 * q + 32 <= K; q += 16) {
-        __m512 lo = _mm512_loadu_ps(r + 2 * q), hi = _mm512_loadu_ps(r + 2 * q + 16);
+    for (; q + 16 <= n && 2 * (q0 + q) + 32 <= K; q += 16) {
+        __m512 lo = _mm512_loadu_ps(r + 2 * (q0 + q)), hi = _mm512_loadu_ps(r + 2 * (q0 + q) + 16);
         /* cvtne2ps_pbh(a, b): b's 16 values in the low half, a's in the high half */
-        __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-        _mm512_storeu_si512(d + q, v);
+        _mm512_storeu_si512(d + q, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
     return q;
 }
 #endif
 
+#define XQ 256 /* pairs per interleaving chunk */
+
 void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx) {
-    size_t kp = (K + 1) / 2;
+    size_t kp = (K + 1) / 2, nt = (M + MR - 1) / MR;
     int native = st_bf16_native();
 #pragma omp parallel for schedule(static) if (M * K > 16384)
-    for (size_t m = 0; m < M; m++) {
-        const float *r = x + m * ldx;
-        uint32_t *d = xp + m * kp;
-        size_t q0 = 0;
+    for (size_t t = 0; t < nt; t++) {
+        uint32_t tmp[MR][XQ];
+        for (size_t q0 = 0; q0 < kp; q0 += XQ) {
+            size_t qn = kp - q0 < XQ ? kp - q0 : XQ;
+            for (size_t r = 0; r < MR; r++) {
+                size_t m = t * MR + r;
+                if (m >= M) {
+                    memset(tmp[r], 0, qn * sizeof(uint32_t));
+                    continue;
+                }
+                const float *row = x + m * ldx;
+                size_t q = 0;
 #ifdef X86
-        if (native) q0 = pack_row_avx512(d, r, K);
+                if (native) q = pairs_avx512(tmp[r], row, q0, qn, K);
 #endif
-        for (size_t q = q0; q < kp; q++) {
-            uint16_t lo = f2bf(r[2 * q]), hi = 2 * q + 1 < K ? f2bf(r[2 * q + 1]) : 0;
-            d[q] = (uint32_t)lo | (uint32_t)hi << 16;
+                for (; q < qn; q++) {
+                    size_t k = 2 * (q0 + q);
+                    uint16_t lo = f2bf(row[k]), hi = k + 1 < K ? f2bf(row[k + 1]) : 0;
+                    tmp[r][q] = (uint32_t)lo | (uint32_t)hi << 16;
+                }
+            }
+            uint32_t *d = xp + (t * kp + q0) * MR;
+            for (size_t q = 0; q < qn; q++)
+                for (size_t r = 0; r < MR; r++) d[q * MR + r] = tmp[r][q];
         }
     }
     (void)native;
@@ -183,14 +204,14 @@ void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx
 
 /* Portable micro-kernel: c (mr, nr valid of NR) = init + xp rows @ panel block, or += when init
  * is NULL (init: NR floats, the starting value of every row: zeros or the bias). */
-static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, size_t ldxp,
-                           const uint16_t *bp, size_t nq, size_t mr, size_t nr,
+static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, const uint16_t *bp,
+                           size_t nq, size_t mr, size_t nr,
                            const float *init) {
     for (size_t r = 0; r < mr; r++)
         if (init) memcpy(c + r * ldc, init, nr * sizeof(float));
     for (size_t r = 0; r < mr; r++)
         for (size_t q = 0; q < nq; q++) {
-            uint32_t pr = xp[r * ldxp + q];
+            uint32_t pr = xp[q * MR + r];
             float x0 = bf2f((uint16_t)pr), x1 = bf2f((uint16_t)(pr >> 16));
             const uint16_t *b = bp + q * NR * 2;
             for (size_t n = 0; n < nr; n++) c[r * ldc + n] += x0 * bf2f(b[2 * n]) + x1 * bf2f(b[2 * n + 1]);
@@ -199,7 +220,7 @@ static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, size_t ldxp
 
 #ifdef X86
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) static void
-kernel_avx512(float *c, size_t ldc, const uint32_t *xp, size_t ldxp, const uint16_t *bp,
+kernel_avx512(float *c, size_t ldc, const uint32_t *xp, const uint16_t *bp,
               size_t nq, size_t mr, size_t nr, const float *init) {
     __m512 acc[MR][2];
     __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
@@ -215,7 +236,7 @@ kernel_avx512(float *c, size_t ldc, const uint32_t *xp, size_t ldxp, const uint1
             __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2 + 32);
 #define ROW(r)                                                                                     \
     do {                                                                                           \
-        __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[(r) * ldxp + q]);                        \
+        __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[q * MR + (r)]);                        \
         acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);                                            \
         acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);                                            \
     } while (0)
@@ -227,7 +248,7 @@ kernel_avx512(float *c, size_t ldc, const uint32_t *xp, size_t ldxp, const uint1
             __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2);
             __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2 + 32);
             for (size_t r = 0; r < mr; r++) {
-                __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[r * ldxp + q]);
+                __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[q * MR + r]);
                 acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
                 acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
             }
@@ -293,12 +314,12 @@ void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uin
                     size_t mr = me - m0 < MR ? me - m0 : MR;
 #ifdef X86
                     if (native) {
-                        kernel_avx512(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
+                        kernel_avx512(out + m0 * ldo + n0, ldo, xscratch + (m0 * kp + q0 * MR),
                                       panel + q0 * NR * 2, nq, mr, nr, init);
                         continue;
                     }
 #endif
-                    kernel_generic(out + m0 * ldo + n0, ldo, xscratch + m0 * kp + q0, kp,
+                    kernel_generic(out + m0 * ldo + n0, ldo, xscratch + (m0 * kp + q0 * MR),
                                    panel + q0 * NR * 2, nq, mr, nr, init);
                 }
             }
