@@ -1271,6 +1271,11 @@ TEST(cpu_matches_ref) {
         CHECK_XB("cpu~ref rmsnorm out", o[0], o[1], N * C);
         CHECK_XB("cpu~ref rmsnorm rstd", r[0], r[1], N);
         CHECK_XB("cpu~ref rmsnorm dinp", di[0], di[1], N * C);
+        for (int i = 0; i < 2; i++) { /* frozen weight (NULL dweight): the row-parallel path */
+            fill_pattern(di[i], N * C);
+            (i ? ref : cpu)->rmsnorm_backward(di[i], NULL, dout, inp, w, r[1], 1.0f, N, C);
+        }
+        CHECK_XB("cpu~ref rmsnorm dinp (frozen weight)", di[0], di[1], N * C);
         CHECK_XB("cpu~ref rmsnorm dweight", dw[0], dw[1], C);
         for (int i = 0; i < 2; i++) free(o[i]), free(r[i]), free(di[i]), free(dw[i]);
         free(inp), free(w), free(dout);

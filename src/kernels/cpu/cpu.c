@@ -59,6 +59,21 @@ static void rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
         st_ref_rmsnorm_forward(out + n * C, rstd + n, inp + n * C, weight, eps, offset, 1, C);
 }
 
+/* Rows split over threads when the weight is frozen (dweight NULL: LoRA training); with a weight
+ * gradient the reference's single pass keeps its summation order. */
+static void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, float offset, size_t N,
+                             size_t C) {
+    if (dweight) {
+        st_ref_rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, offset, N, C);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (N * C > 32768)
+    for (size_t n = 0; n < N; n++)
+        st_ref_rmsnorm_backward(dinp + n * C, NULL, dout + n * C, inp + n * C, weight, rstd + n,
+                                offset, 1, C);
+}
+
 static void rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t,
                          const int32_t *pos, size_t N, size_t nh, size_t hd) {
 #pragma omp parallel for schedule(static) if (N * nh * hd > 32768)
@@ -330,7 +345,7 @@ static const struct st_kernels cpu_table = {
     .embedding_forward = st_ref_embedding_forward,
     .embedding_backward = st_ref_embedding_backward,
     .rmsnorm_forward = rmsnorm_forward,
-    .rmsnorm_backward = st_ref_rmsnorm_backward,
+    .rmsnorm_backward = rmsnorm_backward,
     .rope_forward = rope_forward,
     .rope_backward = rope_backward,
     .attention_forward = st_cpu_attention_forward,
