@@ -25,8 +25,8 @@ struct st_layer_weights {
     const float *wg, *wu, *wd;            // (H, D), (H, D), (D, H)
     const float *bg, *bu, *bd;            // biases or NULL
     struct st_qweight q[ST_LIN_COUNT];     // quantised projections (kind NONE: use the floats)
-    const uint16_t *bf[ST_LIN_COUNT];      // --compute bf16: packed for X W^T (else NULL)
-    const uint16_t *bb[ST_LIN_COUNT];      // ... and for dY W
+    const void *bf[ST_LIN_COUNT];          // packed panels for X W^T (BF16 or F32; else NULL)
+    const void *bb[ST_LIN_COUNT];          // ... and for dY W
 };
 
 /* Load options. quantize: store the frozen projections (and, unless keep_embeddings, the
@@ -42,6 +42,10 @@ struct st_model_load_options {
      * multiplied with BF16-rounded activations, accumulating in float (AVX512_BF16 when the CPU
      * has it, a portable loop otherwise); the F32 copies are not kept. Adapters stay F32. */
     int compute_bf16;
+    /* pack_f32 (without compute_bf16): the same for F32: frozen unquantised projections and head
+     * packed once into F32 panels for the AVX-512 F32 GEMM (f32.h) instead of BLAS calls; the
+     * F32 copies are not kept. For training and evaluation; fuse needs the plain weights. */
+    int pack_f32;
 };
 void st_model_load_options_init(struct st_model_load_options *o);
 
@@ -63,9 +67,10 @@ struct st_model {
     float *qscratch;             // tile scratch of the quantised matmuls (not thread-safe)
     size_t qbytes;               // bytes of quantised storage
     size_t mapped_bytes;         // bytes used straight from the safetensors map (F32 tensors)
-    /* BF16 compute (bf16.h) */
+    /* packed frozen weights: BF16 compute (bf16.h) or F32 panels (f32.h) */
     int bf16;
-    const uint16_t *head_bf, *head_bb; // the head packed (NULL: F32 or quantised head)
+    int f32_panels;
+    const void *head_bf, *head_bb;     // the head packed (NULL: plain F32 or quantised head)
     struct st_arena parena;            // packed panels and the activation scratch
     uint32_t *bscratch;                // BF16 copy of a chunk of activation rows (not thread-safe)
     size_t bscratch_bytes;

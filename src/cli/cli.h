@@ -51,8 +51,11 @@ void cli_json_string(FILE *f, const char *s);
  * value at argv[*i + 1]), --no-double-quant, --keep-embeddings. Returns 1 when argv[*i] was one
  * (advancing *i past a value), 0 when not, -1 on a bad value (message printed). */
 int cli_load_flag(int argc, char **argv, int *i, struct st_model_load_options *o);
+/* --compute VALUE into o: bf16, f32 (packed F32 panels) or f32-blas; nonzero if unknown. */
+int cli_compute(const char *v, struct st_model_load_options *o);
 #define CLI_LOAD_HELP                                                                              \
     "  --quantize nf4|int8  store the base quantised (as train --quantize; QLoRA adapters)\n"      \
     "  --no-double-quant, --keep-embeddings   see train --help\n"                               \
-    "  --compute bf16|f32   BF16 matmuls for the frozen weights (AVX512_BF16; default f32)\n"
+    "  --compute bf16|f32   BF16 matmuls for the frozen weights (AVX512_BF16; default f32;\n"    \
+    "                       f32-blas: plain F32 weights through BLAS calls)\n"
 #endif

@@ -91,6 +91,7 @@ int cmd_eval(int argc, char **argv) {
     int json = 0, q;
     struct st_model_load_options lo;
     st_model_load_options_init(&lo);
+    lo.pack_f32 = 1; /* F32 scoring through packed panels (--compute f32-blas: BLAS) */
     for (int i = 1; i < argc; i++) {
         int missing = 0;
         const char *v;

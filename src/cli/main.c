@@ -66,6 +66,18 @@ int cli_int(const char *s, long lo, long hi, long *out) {
     return 0;
 }
 
+int cli_compute(const char *v, struct st_model_load_options *o) {
+    if (!strcmp(v, "bf16"))
+        o->compute_bf16 = 1, o->pack_f32 = 0;
+    else if (!strcmp(v, "f32"))
+        o->compute_bf16 = 0, o->pack_f32 = 1;
+    else if (!strcmp(v, "f32-blas"))
+        o->compute_bf16 = 0, o->pack_f32 = 0;
+    else
+        return 1;
+    return 0;
+}
+
 int cli_load_flag(int argc, char **argv, int *i, struct st_model_load_options *o) {
     const char *a = argv[*i];
     if (!strcmp(a, "--no-double-quant")) {
@@ -78,11 +90,10 @@ int cli_load_flag(int argc, char **argv, int *i, struct st_model_load_options *o
     }
     if (!strcmp(a, "--compute")) {
         const char *v = *i + 1 < argc ? argv[*i + 1] : "";
-        if (strcmp(v, "bf16") != 0 && strcmp(v, "f32") != 0) {
-            fprintf(stderr, "streamtune: --compute: expected bf16 or f32\n");
+        if (cli_compute(v, o)) {
+            fprintf(stderr, "streamtune: --compute: expected bf16, f32 or f32-blas\n");
             return -1;
         }
-        o->compute_bf16 = v[0] == 'b';
         (*i)++;
         return 1;
     }

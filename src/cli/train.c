@@ -40,7 +40,9 @@ static const char *usage =
     "  --no-double-quant    NF4 absmax in F32 instead of 8 bits (+0.047 bytes/parameter)\n"
     "  --keep-embeddings    do not quantise the embedding and LM head\n"
     "  --compute bf16|f32   frozen-weight matmuls in BF16 (AVX512_BF16 where the CPU has it;\n"
-    "                       F32 accumulation, F32 adapters and optimizer); default f32\n"
+    "                       F32 accumulation, F32 adapters and optimizer); default f32 (weights\n"
+    "                       packed once for streamtune's F32 GEMM; f32-blas: plain weights and\n"
+    "                       BLAS calls, for comparison)\n"
     "  --max-memory SIZE    refuse a plan above SIZE (e.g. 8G)\n"
     "  --resume DIR         continue from DIR's latest checkpoint (same data and settings)\n"
     "  --adapter DIR        start from an existing PEFT adapter\n"
@@ -278,9 +280,7 @@ int cmd_train(int argc, char **argv) {
         } else if (OPT("--quantize")) {
             if (st_quant_parse(v, &o.load.quantize)) BAD("--quantize: expected nf4, int8 or none");
         } else if (OPT("--compute")) {
-            if (strcmp(v, "bf16") != 0 && strcmp(v, "f32") != 0)
-                BAD("--compute: expected bf16 or f32");
-            o.load.compute_bf16 = v[0] == 'b';
+            if (cli_compute(v, &o.load)) BAD("--compute: expected bf16, f32 or f32-blas");
         } else if (OPT("--max-memory")) {
             if (st_parse_bytes(v, &o.max_memory)) BAD("--max-memory: expected a size like 8G");
         } else if (missing) BAD("%s needs a value", a);

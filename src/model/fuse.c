@@ -121,7 +121,11 @@ enum st_status st_model_fuse_ex(const char *model_dir, const char *adapter_dir,
                                 const char *out_dir, const struct st_model_load_options *o,
                                 struct st_error *err) {
     struct st_model m;
-    enum st_status rc = st_model_load_ex(&m, model_dir, o, err);
+    struct st_model_load_options lopt; /* fusing reads the stored tensors: nothing to pack */
+    st_model_load_options_init(&lopt);
+    if (o) lopt = *o;
+    lopt.compute_bf16 = lopt.pack_f32 = 0;
+    enum st_status rc = st_model_load_ex(&m, model_dir, &lopt, err);
     if (rc) return rc;
     struct st_lora lo;
     if ((rc = st_lora_load(&lo, &m.cfg, adapter_dir, err))) {

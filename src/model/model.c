@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "streamtune/bf16.h"
+#include "streamtune/f32.h"
 #include "streamtune/nf4.h"
 
 #define LAYER_FMT "model.layers.%d.%s"
@@ -27,8 +28,8 @@ struct request {
     int optional; /* absent is fine (e.g. a bias the config does not ask for) */
     struct st_qweight *qslot; /* a projection, embedding or head: its quantised form goes here */
     int quantize;             /* quantise it while loading (the load options ask for it) */
-    const uint16_t **pf, **pb; /* BF16 panel destinations (projections and an untied head) */
-    int pack;                 /* pack it into BF16 panels (compute_bf16) instead of F32 */
+    const void **pf, **pb;    /* panel destinations (projections and an untied head) */
+    int pack;                 /* pack it into panels (BF16 or F32) instead of keeping F32 */
     int bnb;                  /* stored quantised by bitsandbytes (NF4): used as stored */
 };
 
@@ -222,16 +223,34 @@ static enum st_status bnb_load(struct st_model *m, struct request *req, int n,
     return ST_OK;
 }
 
-/* --compute bf16: pack the requested F32/BF16/F16 tensors into BF16 panels (both orientations)
- * one by one, through one F32 buffer of the largest; tied_head: room for the embedding's too. */
+/* Panels of kind PK_BF16 (--compute bf16) or PK_F32 (pack_f32), both orientations. */
+enum { PK_NONE, PK_BF16, PK_F32 };
+
+static size_t panel_bytes(int pk, size_t K, size_t N) {
+    return pk == PK_BF16 ? st_bf16_panels_bytes(K, N) : st_f32_panels_bytes(K, N);
+}
+
+/* f (X W^T) and b (dY W) panels of W (rows, cols) */
+static void pack_pair(int pk, void *f, void *b, const float *w, size_t rows, size_t cols) {
+    if (pk == PK_BF16) {
+        st_bf16_pack_wt(f, w, rows, cols);
+        st_bf16_pack_w(b, w, rows, cols);
+    } else {
+        st_f32_pack_wt(f, w, rows, cols);
+        st_f32_pack_w(b, w, rows, cols);
+    }
+}
+
+/* Pack the requested F32/BF16/F16 tensors into panels (both orientations) one by one, through
+ * one F32 buffer of the largest; tied_head: room for the embedding's too. */
 #define BSCRATCH_BYTES ((size_t)8 << 20)
-static enum st_status pack_all(struct st_model *m, struct request *req, int n, size_t p_bytes,
-                               size_t pack_max, int tied_head, struct st_error *err) {
+static enum st_status pack_all(struct st_model *m, int pk, struct request *req, int n,
+                               size_t p_bytes, size_t pack_max, int tied_head,
+                               struct st_error *err) {
     const struct st_model_config *c = &m->cfg;
     size_t V = (size_t)c->vocab_size, D = (size_t)c->dim;
     if (tied_head)
-        p_bytes += st_arena_round(st_bf16_panels_bytes(D, V)) +
-                   st_arena_round(st_bf16_panels_bytes(V, D));
+        p_bytes += st_arena_round(panel_bytes(pk, D, V)) + st_arena_round(panel_bytes(pk, V, D));
     /* room for at least one tile of 8 rows of the widest K (the vocabulary, in the head's
      * backward): the GEMM rounds X in tiles of 8 rows */
     size_t kmax = V, H = (size_t)c->hidden_dim, QD = (size_t)c->n_heads * (size_t)c->head_dim;
@@ -240,10 +259,12 @@ static enum st_status pack_all(struct st_model *m, struct request *req, int n, s
     kmax = kmax > D ? kmax : D;
     size_t bs = BSCRATCH_BYTES, need = st_arena_round(st_bf16_x_bytes(8, kmax));
     if (bs < need) bs = need;
+    if (pk == PK_F32) bs = 0; /* the F32 GEMM reads X in place */
     enum st_status rc = st_arena_init(&m->parena, p_bytes + bs, err);
     if (rc) return rc;
-    m->bf16 = 1;
-    m->bscratch = st_arena_take(&m->parena, bs);
+    m->bf16 = pk == PK_BF16;
+    m->f32_panels = pk == PK_F32;
+    m->bscratch = bs ? st_arena_take(&m->parena, bs) : NULL;
     m->bscratch_bytes = bs;
     float *tmp = pack_max ? st_malloc(pack_max * 4) : NULL;
     if (pack_max && !tmp) return st_errorf(err, ST_ERR_NOMEM, "out of memory packing weights");
@@ -252,11 +273,10 @@ static enum st_status pack_all(struct st_model *m, struct request *req, int n, s
         const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
         size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1];
         if ((rc = st_convert_to_f32(tmp, t->data, t->dtype, rows * cols, err))) break;
-        uint16_t *f = st_arena_take(&m->parena, st_bf16_panels_bytes(cols, rows));
-        uint16_t *b = st_arena_take(&m->parena, st_bf16_panels_bytes(rows, cols));
+        void *f = st_arena_take(&m->parena, panel_bytes(pk, cols, rows));
+        void *b = st_arena_take(&m->parena, panel_bytes(pk, rows, cols));
         ST_ASSERT(f && b);
-        st_bf16_pack_wt(f, tmp, rows, cols);
-        st_bf16_pack_w(b, tmp, rows, cols);
+        pack_pair(pk, f, b, tmp, rows, cols);
         *req[i].pf = f;
         *req[i].pb = b;
         *req[i].dst = NULL;
@@ -266,9 +286,14 @@ static enum st_status pack_all(struct st_model *m, struct request *req, int n, s
     return rc;
 }
 
-/* out (M, N) (+)= x (M, K) @ panels, in row chunks that fit the model's BF16 scratch. */
-static void bf16_mm(const struct st_model *m, float *out, const float *x, const uint16_t *pan,
-                    const float *bias, size_t M, size_t K, size_t N, int acc) {
+/* out (M, N) (+)= x (M, K) @ panels: F32 panels in one call; BF16 ones in row chunks that fit
+ * the model's BF16 scratch. */
+static void panel_mm(const struct st_model *m, float *out, const float *x, const void *pan,
+                     const float *bias, size_t M, size_t K, size_t N, int acc) {
+    if (m->f32_panels) {
+        st_f32_gemm(out, N, x, K, pan, bias, M, K, N, acc);
+        return;
+    }
     size_t rows = m->bscratch_bytes / (((K + 1) / 2) * 4);
     rows -= rows % 8; /* whole tiles of 8 rows; pack_all leaves room for one */
     for (size_t r0 = 0; r0 < M; r0 += rows) {
@@ -422,6 +447,7 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     size_t convert_bytes = 0, q_bytes = 0, scratch = 0, nb_max = 0;
     int dq = o ? o->double_quant : 0;
     size_t bnb_bytes = 0, p_bytes = 0, pack_max = 0;
+    int pk = !o ? PK_NONE : o->compute_bf16 ? PK_BF16 : o->pack_f32 ? PK_F32 : PK_NONE;
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t;
         if (req[i].qslot) {
@@ -439,11 +465,11 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
         if (rc) goto fail;
         m->n_params += (size_t)st_tensor_numel(t);
         m->bytes_on_disk += t->nbytes;
-        if (o && o->compute_bf16 && req[i].pf && !req[i].quantize) {
+        if (pk && req[i].pf && !req[i].quantize) {
             size_t rows = (size_t)req[i].shape[0], cols = (size_t)req[i].shape[1];
             req[i].pack = 1;
-            p_bytes += st_arena_round(st_bf16_panels_bytes(cols, rows)) +
-                       st_arena_round(st_bf16_panels_bytes(rows, cols));
+            p_bytes += st_arena_round(panel_bytes(pk, cols, rows)) +
+                       st_arena_round(panel_bytes(pk, rows, cols));
             if (rows * cols > pack_max) pack_max = rows * cols;
             continue;
         }
@@ -490,8 +516,7 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
         }
         m->qbytes = q_bytes;
     }
-    if (o && o->compute_bf16 &&
-        (rc = pack_all(m, req, n, p_bytes, pack_max, c->tie_embeddings && !qe, err)))
+    if (pk && (rc = pack_all(m, pk, req, n, p_bytes, pack_max, c->tie_embeddings && !qe, err)))
         goto fail;
     for (int i = 0; i < n; i++) {
         const struct st_tensor_view *t = st_safetensors_find(m->st, req[i].name);
@@ -511,13 +536,12 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
     if (c->tie_embeddings) {
         m->lm_head = m->embed;
         m->q_head = m->q_embed;
-        if (m->bf16 && !m->q_embed.kind) { /* the head is the embedding: pack it too */
+        if (pk && !m->q_embed.kind) { /* the head is the embedding: pack it too */
             size_t Vs = (size_t)V, Ds = (size_t)D;
-            uint16_t *f = st_arena_take(&m->parena, st_bf16_panels_bytes(Ds, Vs));
-            uint16_t *b = st_arena_take(&m->parena, st_bf16_panels_bytes(Vs, Ds));
+            void *f = st_arena_take(&m->parena, panel_bytes(pk, Ds, Vs));
+            void *b = st_arena_take(&m->parena, panel_bytes(pk, Vs, Ds));
             ST_ASSERT(f && b);
-            st_bf16_pack_wt(f, m->embed, Vs, Ds);
-            st_bf16_pack_w(b, m->embed, Vs, Ds);
+            pack_pair(pk, f, b, m->embed, Vs, Ds);
             m->head_bf = f;
             m->head_bb = b;
         }
@@ -734,11 +758,11 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
                         const float *bias, size_t N, size_t C, size_t OC) {
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
-    const uint16_t *bf = m->layers[c->layer].bf[mod];
+    const void *bf = m->layers[c->layer].bf[mod];
     if (qw->kind)
         q_forward(m, out, inp, qw, bias, N);
     else if (bf)
-        bf16_mm(m, out, inp, bf, bias, N, C, OC, 0);
+        panel_mm(m, out, inp, bf, bias, N, C, OC, 0);
     else
         m->k->linear_forward(out, inp, w, bias, N, C, OC);
     const struct st_lora_module *lm = m->lora ? st_lora_get(m->lora, c->layer, mod) : NULL;
@@ -759,11 +783,11 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
                          size_t OC) {
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
-    const uint16_t *bb = m->layers[c->layer].bb[mod];
+    const void *bb = m->layers[c->layer].bb[mod];
     if (qw->kind)
         q_backward(m, dinp, dout, qw, N);
     else if (bb)
-        bf16_mm(m, dinp, dout, bb, NULL, N, OC, C, 1);
+        panel_mm(m, dinp, dout, bb, NULL, N, OC, C, 1);
     else
         m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, N, C, OC);
     const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
@@ -802,7 +826,7 @@ void st_model_embed(const struct st_model *m, float *out, const int32_t *ids, si
 
 void st_model_head(const struct st_model *m, float *logits, const float *x, size_t N) {
     if (m->head_bf)
-        bf16_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim, (size_t)m->cfg.vocab_size, 0);
+        panel_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim, (size_t)m->cfg.vocab_size, 0);
     else if (m->q_head.kind)
         q_forward(m, logits, x, &m->q_head, NULL, N);
     else
@@ -938,7 +962,7 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
         /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
         m->k->crossentropy_backward(a->logits, a->logits, tg, grad_scale, nr, V);
         if (m->head_bb)
-            bf16_mm(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1);
+            panel_mm(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1);
         else if (m->q_head.kind)
             q_backward(m, a->dxn + r0 * D, a->logits, &m->q_head, nr);
         else
@@ -1030,7 +1054,7 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
         m->k->crossentropy_backward(a->logits, a->logits, targets, grad_scale, N, V);
         memset(a->dxn, 0, N * D * sizeof(float));
         if (m->head_bb)
-            bf16_mm(m, a->dxn, a->logits, m->head_bb, NULL, N, V, D, 1);
+            panel_mm(m, a->dxn, a->logits, m->head_bb, NULL, N, V, D, 1);
         else if (m->q_head.kind)
             q_backward(m, a->dxn, a->logits, &m->q_head, N);
         else

@@ -46,6 +46,7 @@ void st_train_options_default(struct st_train_options *o) {
     st_stream_options_init(&o->stream);
     st_example_options_default(&o->examples);
     st_model_load_options_init(&o->load);
+    o->load.pack_f32 = 1; /* F32 training through packed panels, not BLAS calls */
 }
 
 int st_parse_bytes(const char *s, size_t *out) {

@@ -1,0 +1,172 @@
+/* gemm_f32.c: out (M, N) (+)= X (M, K) @ B where B is a frozen weight packed once into F32
+ * panels: the F32 twin of gemm_bf16.c (same driver, same determinism), for training and
+ * evaluation in F32 without a BLAS call per matmul.
+ *
+ * Layout: B (K, N) is packed in panels of NR = 32 columns; a panel holds, for each k, the 32
+ * columns' values (zero-padded at the right edge). X is read in place (row stride ldx). The
+ * micro-kernel keeps an MR x NR tile of float accumulators in 16 zmm registers and, per k,
+ * broadcasts X's value of each row and issues one FMA per (row, 16 columns). Threads split the
+ * panels (disjoint output columns: deterministic for any thread count); rows go in blocks of MC
+ * (the X block stays in L2) and k in blocks of KC (a panel block of 32 KiB stays in L1).
+ *
+ * "wt" packs a weight W (OC, C) for out = X W^T (B[k][n] = W[n][k]); "w" packs it for
+ * dX = dY W (B[k][n] = W[k][n]). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "streamtune/f32.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define X86 1
+#endif
+
+#define NR 32
+#define MR 8
+#define KC 256
+#define MC 128
+
+size_t st_f32_panels_bytes(size_t K, size_t N) {
+    return (N + NR - 1) / NR * K * NR * sizeof(float);
+}
+
+void st_f32_pack_wt(float *dst, const float *w, size_t OC, size_t C) {
+    size_t np = (OC + NR - 1) / NR;
+#pragma omp parallel for schedule(static)
+    for (size_t n = 0; n < np * NR; n++) { /* row n of W is column n of B */
+        float *d = dst + (n / NR) * C * NR + n % NR;
+        for (size_t k = 0; k < C; k++) d[k * NR] = n < OC ? w[n * C + k] : 0.0f;
+    }
+}
+
+void st_f32_pack_w(float *dst, const float *w, size_t OC, size_t C) {
+    size_t np = (C + NR - 1) / NR;
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < OC; k++) /* row k of W is row k of B */
+        for (size_t p = 0; p < np; p++) {
+            float *d = dst + (p * OC + k) * NR;
+            size_t n0 = p * NR, nn = C - n0 < NR ? C - n0 : NR;
+            memcpy(d, w + k * C + n0, nn * sizeof(float));
+            memset(d + nn, 0, (NR - nn) * sizeof(float));
+        }
+}
+
+/* Portable micro-kernel: c (mr, nr valid of NR) = init + x rows @ panel block, or += when init
+ * is NULL (init: NR floats, the starting value of every row). */
+static void kernel_generic(float *c, size_t ldc, const float *x, size_t ldx, const float *bp,
+                           size_t nk, size_t mr, size_t nr, const float *init) {
+    for (size_t r = 0; r < mr; r++) {
+        float acc[NR];
+        if (init)
+            memcpy(acc, init, sizeof acc);
+        else
+            memcpy(acc, c + r * ldc, nr * sizeof(float));
+        for (size_t k = 0; k < nk; k++) {
+            float xv = x[r * ldx + k];
+            const float *b = bp + k * NR;
+#pragma omp simd
+            for (size_t n = 0; n < NR; n++) acc[n] += xv * b[n];
+        }
+        memcpy(c + r * ldc, acc, nr * sizeof(float));
+    }
+}
+
+#ifdef X86
+__attribute__((target("avx512f"))) static void kernel_avx512(float *c, size_t ldc,
+                                                             const float *x, size_t ldx,
+                                                             const float *bp, size_t nk,
+                                                             size_t mr, size_t nr,
+                                                             const float *init) {
+    __m512 acc[MR][2];
+    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? 0xffff : (__mmask16)((1u << (nr - 16)) - 1);
+    for (size_t r = 0; r < MR; r++) {
+        const float *src = init ? init : c + r * ldc;
+        acc[r][0] = r < mr ? _mm512_maskz_loadu_ps(m0, src) : _mm512_setzero_ps();
+        acc[r][1] = r < mr ? _mm512_maskz_loadu_ps(m1, src + 16) : _mm512_setzero_ps();
+    }
+    if (mr == MR) {
+        const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+        const float *x4 = x + 4 * ldx, *x5 = x + 5 * ldx, *x6 = x + 6 * ldx, *x7 = x + 7 * ldx;
+        for (size_t k = 0; k < nk; k++) {
+            __m512 b0 = _mm512_loadu_ps(bp + k * NR), b1 = _mm512_loadu_ps(bp + k * NR + 16);
+#define ROW(r, xr)                                                                                 \
+    do {                                                                                           \
+        __m512 a = _mm512_set1_ps(xr[k]);                                                          \
+        acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                             \
+        acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                             \
+    } while (0)
+            ROW(0, x0); ROW(1, x1); ROW(2, x2); ROW(3, x3);
+            ROW(4, x4); ROW(5, x5); ROW(6, x6); ROW(7, x7);
+#undef ROW
+        }
+    } else {
+        for (size_t k = 0; k < nk; k++) {
+            __m512 b0 = _mm512_loadu_ps(bp + k * NR), b1 = _mm512_loadu_ps(bp + k * NR + 16);
+            for (size_t r = 0; r < mr; r++) {
+                __m512 a = _mm512_set1_ps(x[r * ldx + k]);
+                acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+            }
+        }
+    }
+    for (size_t r = 0; r < mr; r++) {
+        _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
+    }
+}
+#endif
+
+int st_f32_native(void) {
+#ifdef X86
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        const char *off = getenv("ST_NO_AVX512"); /* tests and users can force the fallback */
+        v = !(off && *off && strcmp(off, "0") != 0) && __builtin_cpu_supports("avx512f");
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+void st_f32_gemm(float *out, size_t ldo, const float *x, size_t ldx, const float *panels,
+                 const float *bias, size_t M, size_t K, size_t N, int accumulate) {
+    size_t np = (N + NR - 1) / NR;
+    int native = st_f32_native();
+    /* as st_bf16_gemm_px: row blocks outside, panels split over threads inside, no barrier
+     * between row blocks (static schedule, disjoint outputs) */
+#pragma omp parallel
+    for (size_t mb = 0; mb < M; mb += MC) {
+        size_t me = M - mb < MC ? M : mb + MC;
+#pragma omp for schedule(static) nowait
+        for (size_t p = 0; p < np; p++) {
+            size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
+            const float *panel = panels + p * K * NR;
+            float start[NR] = {0};
+            if (!accumulate && bias) memcpy(start, bias + n0, nr * sizeof(float));
+            if (accumulate && bias)
+                for (size_t m = mb; m < me; m++)
+                    for (size_t n = 0; n < nr; n++) out[m * ldo + n0 + n] += bias[n0 + n];
+            for (size_t k0 = 0; k0 < K || k0 == 0; k0 += KC) {
+                size_t nk = K - k0 < KC ? K - k0 : KC;
+                const float *init = k0 == 0 && !accumulate ? start : NULL;
+                for (size_t m0 = mb; m0 < me; m0 += MR) {
+                    size_t mr = me - m0 < MR ? me - m0 : MR;
+#ifdef X86
+                    if (native) {
+                        kernel_avx512(out + m0 * ldo + n0, ldo, x + m0 * ldx + k0, ldx,
+                                      panel + k0 * NR, nk, mr, nr, init);
+                        continue;
+                    }
+#endif
+                    kernel_generic(out + m0 * ldo + n0, ldo, x + m0 * ldx + k0, ldx,
+                                   panel + k0 * NR, nk, mr, nr, init);
+                }
+            }
+        }
+    }
+    (void)native;
+}
