@@ -24,8 +24,10 @@
 #define X86 1
 #endif
 
-#define NR 32
-#define MR 8
+#include "gemm_driver.h"
+
+#define NR GEMM_NR
+#define MR GEMM_MR
 #define KC 256 /* pairs of k per block: a panel block of 32 KiB stays in L1 */
 
 int st_bf16_native(void);
@@ -283,47 +285,29 @@ void st_bf16_gemm(float *out, size_t ldo, const float *x, size_t ldx, const uint
     st_bf16_gemm_px(out, ldo, xscratch, panels, bias, M, K, N, accumulate);
 }
 
+struct bf16_args {
+    const uint32_t *xp;
+    const uint16_t *panels;
+    size_t kp;
+    int native;
+};
+
+static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t q0, size_t nq,
+                      size_t mr, size_t p, size_t nr, const float *init) {
+    const struct bf16_args *g = ctx;
+    const uint32_t *xp = g->xp + m0 * g->kp + q0 * MR;
+    const uint16_t *bp = g->panels + (p * g->kp + q0) * NR * 2;
+#ifdef X86
+    if (g->native) {
+        kernel_avx512(c, ldc, xp, bp, nq, mr, nr, init);
+        return;
+    }
+#endif
+    kernel_generic(c, ldc, xp, bp, nq, mr, nr, init);
+}
+
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
                      const float *bias, size_t M, size_t K, size_t N, int accumulate) {
-    size_t kp = (K + 1) / 2, np = (N + NR - 1) / NR;
-    int native = st_bf16_native();
-    /* rows in blocks of MC (their BF16 copy stays in L2) outside, panels split over threads
-     * inside: every panel is streamed once per row block, not once per row tile. The static
-     * schedule gives a thread the same panels in every row block and row blocks write disjoint
-     * outputs, so no barrier is needed between them (nowait: with passive waiting, each barrier
-     * cost a futex wake-up, about 6% of a forward pass). */
-    size_t MC = 128;
-#pragma omp parallel
-    for (size_t mb = 0; mb < M; mb += MC) {
-        size_t me = M - mb < MC ? M : mb + MC;
-#pragma omp for schedule(static) nowait
-        for (size_t p = 0; p < np; p++) {
-            size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
-            const uint16_t *panel = panels + p * kp * NR * 2;
-            /* the first k block starts the tile from zeros or the bias (no separate pass over
-             * out: for a 49k-vocabulary head that pass was 5% of a forward) */
-            float start[NR] = {0};
-            if (!accumulate && bias) memcpy(start, bias + n0, nr * sizeof(float));
-            if (accumulate && bias)
-                for (size_t m = mb; m < me; m++)
-                    for (size_t n = 0; n < nr; n++) out[m * ldo + n0 + n] += bias[n0 + n];
-            for (size_t q0 = 0; q0 < kp || q0 == 0; q0 += KC) {
-                size_t nq = kp - q0 < KC ? kp - q0 : KC;
-                const float *init = q0 == 0 && !accumulate ? start : NULL;
-                for (size_t m0 = mb; m0 < me; m0 += MR) {
-                    size_t mr = me - m0 < MR ? me - m0 : MR;
-#ifdef X86
-                    if (native) {
-                        kernel_avx512(out + m0 * ldo + n0, ldo, xscratch + (m0 * kp + q0 * MR),
-                                      panel + q0 * NR * 2, nq, mr, nr, init);
-                        continue;
-                    }
-#endif
-                    kernel_generic(out + m0 * ldo + n0, ldo, xscratch + (m0 * kp + q0 * MR),
-                                   panel + q0 * NR * 2, nq, mr, nr, init);
-                }
-            }
-        }
-    }
-    (void)native;
+    struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native()};
+    gemm_drive(out, ldo, bias, M, g.kp, N, KC, accumulate, bf16_tile, &g);
 }

@@ -5,9 +5,8 @@
  * Layout: B (K, N) is packed in panels of NR = 32 columns; a panel holds, for each k, the 32
  * columns' values (zero-padded at the right edge). X is read in place (row stride ldx). The
  * micro-kernel keeps an MR x NR tile of float accumulators in 16 zmm registers and, per k,
- * broadcasts X's value of each row and issues one FMA per (row, 16 columns). Threads split the
- * panels (disjoint output columns: deterministic for any thread count); rows go in blocks of MC
- * (the X block stays in L2) and k in blocks of KC (a panel block of 32 KiB stays in L1).
+ * broadcasts X's value of each row and issues one FMA per (row, 16 columns); k goes in blocks of
+ * KC (a panel block of 32 KiB stays in L1). Threads and blocks: gemm_driver.h.
  *
  * "wt" packs a weight W (OC, C) for out = X W^T (B[k][n] = W[n][k]); "w" packs it for
  * dX = dY W (B[k][n] = W[k][n]). */
@@ -22,10 +21,11 @@
 #define X86 1
 #endif
 
-#define NR 32
-#define MR 8
+#include "gemm_driver.h"
+
+#define NR GEMM_NR
+#define MR GEMM_MR
 #define KC 256
-#define MC 128
 
 size_t st_f32_panels_bytes(size_t K, size_t N) {
     return (N + NR - 1) / NR * K * NR * sizeof(float);
@@ -132,41 +132,27 @@ int st_f32_native(void) {
 #endif
 }
 
+struct f32_args {
+    const float *x, *panels;
+    size_t ldx, K;
+    int native;
+};
+
+static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t k0, size_t nk,
+                     size_t mr, size_t p, size_t nr, const float *init) {
+    const struct f32_args *g = ctx;
+    const float *x = g->x + m0 * g->ldx + k0, *bp = g->panels + (p * g->K + k0) * NR;
+#ifdef X86
+    if (g->native) {
+        kernel_avx512(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+        return;
+    }
+#endif
+    kernel_generic(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+}
+
 void st_f32_gemm(float *out, size_t ldo, const float *x, size_t ldx, const float *panels,
                  const float *bias, size_t M, size_t K, size_t N, int accumulate) {
-    size_t np = (N + NR - 1) / NR;
-    int native = st_f32_native();
-    /* as st_bf16_gemm_px: row blocks outside, panels split over threads inside, no barrier
-     * between row blocks (static schedule, disjoint outputs) */
-#pragma omp parallel
-    for (size_t mb = 0; mb < M; mb += MC) {
-        size_t me = M - mb < MC ? M : mb + MC;
-#pragma omp for schedule(static) nowait
-        for (size_t p = 0; p < np; p++) {
-            size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
-            const float *panel = panels + p * K * NR;
-            float start[NR] = {0};
-            if (!accumulate && bias) memcpy(start, bias + n0, nr * sizeof(float));
-            if (accumulate && bias)
-                for (size_t m = mb; m < me; m++)
-                    for (size_t n = 0; n < nr; n++) out[m * ldo + n0 + n] += bias[n0 + n];
-            for (size_t k0 = 0; k0 < K || k0 == 0; k0 += KC) {
-                size_t nk = K - k0 < KC ? K - k0 : KC;
-                const float *init = k0 == 0 && !accumulate ? start : NULL;
-                for (size_t m0 = mb; m0 < me; m0 += MR) {
-                    size_t mr = me - m0 < MR ? me - m0 : MR;
-#ifdef X86
-                    if (native) {
-                        kernel_avx512(out + m0 * ldo + n0, ldo, x + m0 * ldx + k0, ldx,
-                                      panel + k0 * NR, nk, mr, nr, init);
-                        continue;
-                    }
-#endif
-                    kernel_generic(out + m0 * ldo + n0, ldo, x + m0 * ldx + k0, ldx,
-                                   panel + k0 * NR, nk, mr, nr, init);
-                }
-            }
-        }
-    }
-    (void)native;
+    struct f32_args g = {x, panels, ldx, K, st_f32_native()};
+    gemm_drive(out, ldo, bias, M, K, N, KC, accumulate, f32_tile, &g);
 }

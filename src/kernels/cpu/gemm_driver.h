@@ -1,0 +1,51 @@
+/* gemm_driver.h: the loop nest shared by the panel GEMMs (gemm_bf16.c, gemm_f32.c).
+ *
+ * out (M, N) = start + X @ B, B packed in panels of GEMM_NR columns. Rows go in blocks of
+ * GEMM_MC (their copy of X stays in L2) outside; panels are split over threads inside, so every
+ * panel is streamed once per row block, not once per row tile. The static schedule gives a thread
+ * the same panels in every row block and row blocks write disjoint outputs, so no barrier is
+ * needed between them (nowait: with passive waiting each barrier cost a futex wake-up, about 6% of
+ * a forward pass); each output element is summed by one thread in a fixed order, so results do
+ * not depend on the thread count. k goes in blocks of kc units (a pair of k for BF16, one k for
+ * F32): the first block starts the tile from zeros or the bias, in registers (a separate pass over
+ * out was 5% of a forward on a 49k-vocabulary head); later blocks, and accumulate, add to out. */
+#ifndef ST_KERNELS_CPU_GEMM_DRIVER_H
+#define ST_KERNELS_CPU_GEMM_DRIVER_H
+#include <stddef.h>
+#include <string.h>
+
+#define GEMM_NR 32  /* columns per panel */
+#define GEMM_MR 8   /* rows per micro-tile */
+#define GEMM_MC 128 /* rows per block */
+
+/* One micro-tile: c (mr rows of stride ldc, nr valid columns of panel p) = init + X rows
+ * [m0, m0 + mr) @ panel p's k units [k0, k0 + nk), or += when init is NULL. */
+typedef void (*gemm_tile_fn)(const void *ctx, float *c, size_t ldc, size_t m0, size_t k0,
+                             size_t nk, size_t mr, size_t p, size_t nr, const float *init);
+
+static inline void gemm_drive(float *out, size_t ldo, const float *bias, size_t M, size_t K,
+                              size_t N, size_t kc, int accumulate, gemm_tile_fn tile,
+                              const void *ctx) {
+    size_t np = (N + GEMM_NR - 1) / GEMM_NR;
+#pragma omp parallel
+    for (size_t mb = 0; mb < M; mb += GEMM_MC) {
+        size_t me = M - mb < GEMM_MC ? M : mb + GEMM_MC;
+#pragma omp for schedule(static) nowait
+        for (size_t p = 0; p < np; p++) {
+            size_t n0 = p * GEMM_NR, nr = N - n0 < GEMM_NR ? N - n0 : GEMM_NR;
+            float start[GEMM_NR] = {0};
+            if (!accumulate && bias) memcpy(start, bias + n0, nr * sizeof(float));
+            if (accumulate && bias)
+                for (size_t m = mb; m < me; m++)
+                    for (size_t n = 0; n < nr; n++) out[m * ldo + n0 + n] += bias[n0 + n];
+            for (size_t k0 = 0; k0 < K || k0 == 0; k0 += kc) {
+                size_t nk = K - k0 < kc ? K - k0 : kc;
+                const float *init = k0 == 0 && !accumulate ? start : NULL;
+                for (size_t m0 = mb; m0 < me; m0 += GEMM_MR)
+                    tile(ctx, out + m0 * ldo + n0, ldo, m0, k0, nk,
+                         me - m0 < GEMM_MR ? me - m0 : GEMM_MR, p, nr, init);
+            }
+        }
+    }
+}
+#endif
