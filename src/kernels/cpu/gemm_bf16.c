@@ -171,13 +171,51 @@ pairs_avx512(uint32_t *d, const float *r, size_t q0, size_t n, size_t K) {
 
 #define XQ 256 /* pairs per interleaving chunk */
 
+#ifdef X86
+/* A whole tile of 8 rows, pairs [0, 8 * (K / 16)): each row's 16 floats become 8 pairs in a ymm
+ * (vcvtne2ps2bf16), and the 8 x 8 block of pairs is transposed in registers (the classic
+ * unpack / shuffle / permute2f128 transpose) into the interleaved layout. Returns the pairs
+ * done. */
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static size_t
+tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K) {
+    size_t q = 0;
+    for (; 2 * q + 16 <= K; q += 8) {
+        __m256 r[8], t[8], u[8];
+        for (int i = 0; i < 8; i++) {
+            const float *src = x + (size_t)i * ldx + 2 * q;
+            r[i] = (__m256)_mm256_cvtne2ps_pbh(_mm256_loadu_ps(src + 8), _mm256_loadu_ps(src));
+        }
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+            u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+            u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+            u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+            u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        uint32_t *o = d + q * MR;
+        for (int i = 0; i < 4; i++) {
+            _mm256_storeu_ps((float *)(o + i * MR), _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+            _mm256_storeu_ps((float *)(o + (i + 4) * MR), _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+        }
+    }
+    return q;
+}
+#endif
+
 void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx) {
     size_t kp = (K + 1) / 2, nt = (M + MR - 1) / MR;
     int native = st_bf16_native();
 #pragma omp parallel for schedule(static) if (M * K > 16384)
     for (size_t t = 0; t < nt; t++) {
         uint32_t tmp[MR][XQ];
-        for (size_t q0 = 0; q0 < kp; q0 += XQ) {
+        size_t qfast = 0; /* pairs done in registers (whole tiles, whole groups of 8 pairs) */
+#ifdef X86
+        if (native && t * MR + MR <= M) qfast = tile_avx512(xp + t * kp * MR, x + t * MR * ldx, ldx, K);
+#endif
+        for (size_t q0 = qfast; q0 < kp; q0 += XQ) {
             size_t qn = kp - q0 < XQ ? kp - q0 : XQ;
             for (size_t r = 0; r < MR; r++) {
                 size_t m = t * MR + r;
