@@ -1,8 +1,9 @@
 /* test_bf16.c: the BF16 GEMM (include/streamtune/bf16.h) against float64 loops over the same
  * BF16-rounded operands, on odd shapes (edges of the 8 x 32 tile, odd K, K across blocks), with
  * bias, accumulate, both packings (X W^T and dY W), row strides; the AVX512_BF16 kernel and the
- * portable fallback (ST_NO_AVX512BF16=1, rerun by ctest) alike. Products of two BF16 values are
- * exact in float, so the only error is float summation: the tolerance is 1e-5 of sum |x w|. */
+ * portable fallback (ST_NO_AVX512BF16=1, rerun by ctest) alike, with 1 and 3 threads (bitwise the
+ * same). Products of two BF16 values are exact in float, so the only error is float summation:
+ * the tolerance is 1e-5 of sum |x w|. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,9 @@
 #include "harness.h"
 #include "streamtune/bf16.h"
 #include "streamtune/formats.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static uint64_t rs = 0x243F6A8885A308D3ull;
 static float urand(void) {
@@ -50,7 +54,21 @@ static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bia
             mag[m * N + n] = a + fabs(s) + 1e-30;
         }
     float pad_canary = out[ldo - 1];
+#ifdef _OPENMP /* the same bits with 3 threads as with 1 (each output summed by one thread) */
+    float *out3 = malloc(M * ldo * 4);
+    if (!out3) abort();
+    memcpy(out3, out, M * ldo * 4);
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(3);
+    st_bf16_gemm(out3, ldo, x, ldx, panels, with_bias ? bias : NULL, M, K, N, acc, xs);
+    omp_set_num_threads(1);
+#endif
     st_bf16_gemm(out, ldo, x, ldx, panels, with_bias ? bias : NULL, M, K, N, acc, xs);
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+    CHECKF(memcmp(out, out3, M * ldo * 4) == 0, "M=%zu K=%zu N=%zu: 1 and 3 threads differ", M, K, N);
+    free(out3);
+#endif
     double worst = 0;
     for (size_t m = 0; m < M; m++)
         for (size_t n = 0; n < N; n++) {
