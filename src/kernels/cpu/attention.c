@@ -35,27 +35,7 @@
 
 #include "../ref/ref.h"
 #include "attention.h"
-
-/* exp for float arguments without libm calls, so `omp simd` loops vectorise it (Cephes' expf:
- * x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, scaled by 2^n; about 1 ulp). Arguments below
- * -87.3 return ~1e-38 instead of denormals/0: callers map masked (-inf) entries to 0 themselves.
- * (The same function as cpu.c's, which the cross-entropy there uses.) */
-static inline float fexp(float x) {
-    x = x < -87.3f ? -87.3f : x > 88.7f ? 88.7f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
-    float sc;
-    memcpy(&sc, &e, 4);
-    return y * sc;
-}
+#include "fexp.h"
 
 /* ---------------------------------------------------------------- portable kernel
  * One query row at a time. Keys go in blocks of ATT_BLK: the block's K (and V in the backward) is
@@ -319,24 +299,9 @@ void st_cpu_attention_backward_portable(float *dq, float *dk, float *dv, const f
 #define QS 32     /* backward: query rows per P/dS panel */
 #define DMAX 8192 /* backward: D values per chunk, over all query heads of the kv head */
 
-/* fexp on 16 lanes (the same polynomial), for the arguments here: x <= ~0 (scores minus the
- * running max, or minus the lse). No clamps: scalef makes 2^n of a very negative n exactly 0;
- * -inf gives NaN, which every caller masks to 0. */
-AVX512 INLINE __m512 exp16(__m512 x) {
-    __m512 n = _mm512_roundscale_ps(
-        _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(y, n);
-}
+/* fexp on 16 lanes for the arguments here: x <= ~0 (scores minus the running max, or minus the
+ * lse), so no clamps; -inf gives NaN, which every caller masks to 0. */
+AVX512 INLINE __m512 exp16(__m512 x) { return fexp16_nc(x); }
 
 /* The micro-kernel. C (R, 16 NV) rows at c + r crs; A[r][k] = a[r ars + k aks]; B row k at
  * b + k bks (16 NV floats). mode 0: C = A B; 1: C += A B; 2: C = cs[r] C + A B.
