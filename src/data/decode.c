@@ -78,30 +78,16 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
     *known = 1;
     int64_t v;
     double d[4];
-#define NEED()                                                                                     \
-    do {                                                                                           \
-        if (!value) return st_errorf(err, ST_ERR_ARG, "--%s needs a value", name);                 \
-    } while (0)
-#define INT(field, lo, hi)                                                                         \
-    do {                                                                                           \
-        NEED();                                                                                    \
-        if (st_parse_i64(value, lo, hi, &v))                                                       \
-            return st_errorf(err, ST_ERR_ARG,                                                      \
-                             "--%s: expected an integer in [%lld, %lld], got '%s'", name,          \
-                             (long long)(lo), (long long)(hi), value);                             \
-        field = v;                                                                                 \
-        return ST_OK;                                                                              \
-    } while (0)
 #define LIST(n, what)                                                                              \
     do {                                                                                           \
-        NEED();                                                                                    \
+        OPT_NEED();                                                                                \
         if (parse_list(value, d, n))                                                               \
             return st_errorf(err, ST_ERR_ARG, "--%s: expected %s, got '%s'", name, what, value);   \
     } while (0)
-    if (!strcmp(name, "decode-threads")) INT(o->threads, 1, 256);
-    if (!strcmp(name, "decode-ahead")) INT(o->ahead, 1, 65536);
+    if (!strcmp(name, "decode-threads")) OPT_INT(o->threads, 1, 256);
+    if (!strcmp(name, "decode-ahead")) OPT_INT(o->ahead, 1, 65536);
     if (!strcmp(name, "decode-seed")) {
-        NEED();
+        OPT_NEED();
         char *end;
         unsigned long long u = strtoull(value, &end, 10);
         if (!*value || *end || value[0] == '-')
@@ -112,7 +98,7 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         return ST_OK;
     }
     if (!strcmp(name, "on-bad-sample")) {
-        NEED();
+        OPT_NEED();
         if (!strcmp(value, "skip"))
             o->on_bad = ST_BAD_SAMPLE_SKIP;
         else if (!strcmp(value, "fail"))
@@ -123,7 +109,7 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         return ST_OK;
     }
     if (!strcmp(name, "dtype")) {
-        NEED();
+        OPT_NEED();
         if (!strcmp(value, "f32") || !strcmp(value, "float32"))
             o->dtype = ST_F32;
         else if (!strcmp(value, "bf16") || !strcmp(value, "bfloat16"))
@@ -133,7 +119,7 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         return ST_OK;
     }
     if (!strcmp(name, "transform")) {
-        NEED();
+        OPT_NEED();
         if (!strcmp(value, "clip"))
             o->transform = ST_DECODE_CLIP;
         else if (!strcmp(value, "siglip") || !strcmp(value, "siglip-224"))
@@ -148,7 +134,7 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
                              value);
         return ST_OK;
     }
-    if (!strcmp(name, "image-size")) INT(o->image_size, 1, 8192);
+    if (!strcmp(name, "image-size")) OPT_INT(o->image_size, 1, 8192);
     if (!strcmp(name, "random-crop")) {
         o->random_crop = 1;
         return ST_OK;
@@ -164,7 +150,7 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         return ST_OK;
     }
     if (!strcmp(name, "flip")) {
-        NEED();
+        OPT_NEED();
         if (st_parse_f64(value, d) || !(d[0] >= 0 && d[0] <= 1))
             return st_errorf(err, ST_ERR_ARG, "--flip: expected a probability, got '%s'", value);
         o->flip_p = (float)d[0];
@@ -182,7 +168,7 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         return ST_OK;
     }
     if (!strcmp(name, "max-image-pixels")) {
-        NEED();
+        OPT_NEED();
         if (st_parse_i64(value, 1, INT64_MAX, &v))
             return st_errorf(err, ST_ERR_ARG, "--max-image-pixels: expected a count, got '%s'",
                              value);
@@ -190,14 +176,14 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         return ST_OK;
     }
     if (!strcmp(name, "max-audio-seconds")) {
-        NEED();
+        OPT_NEED();
         if (st_parse_f64(value, d) || !(d[0] > 0 && d[0] <= 1e6))
             return st_errorf(err, ST_ERR_ARG, "--max-audio-seconds: expected seconds, got '%s'",
                              value);
         o->max_audio_seconds = d[0];
         return ST_OK;
     }
-    if (!strcmp(name, "mel-bins")) INT(o->mel_bins, 1, 256);
+    if (!strcmp(name, "mel-bins")) OPT_INT(o->mel_bins, 1, 256);
     if (!strcmp(name, "audio-gain-db")) {
         LIST(2, "MIN,MAX in dB");
         if (!(d[0] <= d[1] && d[0] >= -120 && d[1] <= 120))
@@ -207,7 +193,7 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         o->audio_aug.gain_db_max = (float)d[1];
         return ST_OK;
     }
-    if (!strcmp(name, "audio-shift")) INT(o->audio_aug.shift_max, 0, ST_AUDIO_CHUNK);
+    if (!strcmp(name, "audio-shift")) OPT_INT(o->audio_aug.shift_max, 0, ST_AUDIO_CHUNK);
     if (!strcmp(name, "freq-masks") || !strcmp(name, "time-masks")) {
         LIST(2, "COUNT,WIDTH");
         if (!(d[0] >= 0 && d[0] <= 64 && d[1] >= 0 && d[1] <= ST_AUDIO_FRAMES) ||
@@ -223,8 +209,6 @@ enum st_status st_decode_option_set(struct st_decode_options *o, const char *nam
         }
         return ST_OK;
     }
-#undef NEED
-#undef INT
 #undef LIST
     *known = 0;
     return st_errorf(err, ST_ERR_ARG, "unknown option --%s", name);

@@ -311,4 +311,31 @@ void dataset_target(const struct dataset *d, uint32_t i, struct fetch_target *t)
 enum st_status index_parse(const char *json, size_t len, const char *base,
                            struct st_shard_list *out, const char *what, struct st_error *err);
 
+/* Option parsing shared by st_stream_option_set and st_decode_option_set: they expect locals
+ * `name` (the option without --), `value` (NULL when absent), `err`, `int64_t v` and `double d`,
+ * and return from the enclosing function. */
+#define OPT_NEED()                                                                                 \
+    do {                                                                                           \
+        if (!value) return st_errorf(err, ST_ERR_ARG, "--%s needs a value", name);                 \
+    } while (0)
+#define OPT_INT(field, lo, hi)                                                                     \
+    do {                                                                                           \
+        OPT_NEED();                                                                                \
+        if (st_parse_i64(value, lo, hi, &v))                                                       \
+            return st_errorf(err, ST_ERR_ARG,                                                      \
+                             "--%s: expected an integer in [%lld, %lld], got '%s'", name,          \
+                             (long long)(lo), (long long)(hi), value);                             \
+        field = v;                                                                                 \
+        return ST_OK;                                                                              \
+    } while (0)
+#define OPT_DBL(field, lo, hi)                                                                     \
+    do {                                                                                           \
+        OPT_NEED();                                                                                \
+        if (st_parse_f64(value, &d) || d < (lo) || d > (hi))                                       \
+            return st_errorf(err, ST_ERR_ARG, "--%s: expected a number in [%g, %g], got '%s'",     \
+                             name, (double)(lo), (double)(hi), value);                             \
+        field = d;                                                                                 \
+        return ST_OK;                                                                              \
+    } while (0)
+
 #endif

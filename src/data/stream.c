@@ -231,31 +231,8 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
     int64_t v;
     double d;
     size_t sz;
-#define NEED()                                                                                     \
-    do {                                                                                           \
-        if (!value) return st_errorf(err, ST_ERR_ARG, "--%s needs a value", name);                 \
-    } while (0)
-#define INT(field, lo, hi)                                                                         \
-    do {                                                                                           \
-        NEED();                                                                                    \
-        if (st_parse_i64(value, lo, hi, &v))                                                       \
-            return st_errorf(err, ST_ERR_ARG,                                                      \
-                             "--%s: expected an integer in [%lld, %lld], got '%s'", name,          \
-                             (long long)(lo), (long long)(hi), value);                             \
-        field = v;                                                                                 \
-        return ST_OK;                                                                              \
-    } while (0)
-#define DBL(field, lo, hi)                                                                         \
-    do {                                                                                           \
-        NEED();                                                                                    \
-        if (st_parse_f64(value, &d) || d < (lo) || d > (hi))                                       \
-            return st_errorf(err, ST_ERR_ARG, "--%s: expected a number in [%g, %g], got '%s'",     \
-                             name, (double)(lo), (double)(hi), value);                             \
-        field = d;                                                                                 \
-        return ST_OK;                                                                              \
-    } while (0)
     if (strcmp(name, "stream-memory") == 0 || strcmp(name, "part-size") == 0) {
-        NEED();
+        OPT_NEED();
         if (st_parse_size(value, &sz) || sz == 0)
             return st_errorf(err, ST_ERR_ARG, "--%s: expected a size like 512M or 2G, got '%s'",
                              name, value);
@@ -266,7 +243,7 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
         return ST_OK;
     }
     if (strcmp(name, "seed") == 0) {
-        NEED();
+        OPT_NEED();
         char *end;
         unsigned long long u = strtoull(value, &end, 10);
         if (!*value || *end || value[0] == '-')
@@ -283,24 +260,24 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
         o->shuffle = 1;
         return ST_OK;
     }
-    if (strcmp(name, "shuffle-shards") == 0) INT(o->shuffle_shards, 1, 256);
-    if (strcmp(name, "shuffle-buffer") == 0) INT(o->shuffle_buffer, 0, 1 << 24);
-    if (strcmp(name, "epoch") == 0) INT(o->epoch, 0, INT64_MAX / 2);
-    if (strcmp(name, "epochs") == 0) INT(o->epochs, 0, INT64_MAX / 2);
-    if (strcmp(name, "rank") == 0) INT(o->rank, 0, 1 << 20);
-    if (strcmp(name, "world-size") == 0) INT(o->world_size, 1, 1 << 20);
-    if (strcmp(name, "worker") == 0) INT(o->worker, 0, 4096);
-    if (strcmp(name, "num-workers") == 0) INT(o->num_workers, 1, 4096);
-    if (strcmp(name, "connections") == 0) INT(o->connections, 1, 256);
-    if (strcmp(name, "parse-threads") == 0) INT(o->threads, 1, 64);
-    if (strcmp(name, "prefetch-shards") == 0) INT(o->prefetch_shards, 0, 256);
-    if (strcmp(name, "retries") == 0) INT(o->max_retries, 0, 1000);
-    if (strcmp(name, "backoff") == 0) DBL(o->backoff_base, 0, 600);
-    if (strcmp(name, "backoff-max") == 0) DBL(o->backoff_max, 0, 3600);
-    if (strcmp(name, "stall-timeout") == 0) DBL(o->stall_timeout, 1, 3600);
-    if (strcmp(name, "connect-timeout") == 0) DBL(o->connect_timeout, 0.1, 3600);
+    if (strcmp(name, "shuffle-shards") == 0) OPT_INT(o->shuffle_shards, 1, 256);
+    if (strcmp(name, "shuffle-buffer") == 0) OPT_INT(o->shuffle_buffer, 0, 1 << 24);
+    if (strcmp(name, "epoch") == 0) OPT_INT(o->epoch, 0, INT64_MAX / 2);
+    if (strcmp(name, "epochs") == 0) OPT_INT(o->epochs, 0, INT64_MAX / 2);
+    if (strcmp(name, "rank") == 0) OPT_INT(o->rank, 0, 1 << 20);
+    if (strcmp(name, "world-size") == 0) OPT_INT(o->world_size, 1, 1 << 20);
+    if (strcmp(name, "worker") == 0) OPT_INT(o->worker, 0, 4096);
+    if (strcmp(name, "num-workers") == 0) OPT_INT(o->num_workers, 1, 4096);
+    if (strcmp(name, "connections") == 0) OPT_INT(o->connections, 1, 256);
+    if (strcmp(name, "parse-threads") == 0) OPT_INT(o->threads, 1, 64);
+    if (strcmp(name, "prefetch-shards") == 0) OPT_INT(o->prefetch_shards, 0, 256);
+    if (strcmp(name, "retries") == 0) OPT_INT(o->max_retries, 0, 1000);
+    if (strcmp(name, "backoff") == 0) OPT_DBL(o->backoff_base, 0, 600);
+    if (strcmp(name, "backoff-max") == 0) OPT_DBL(o->backoff_max, 0, 3600);
+    if (strcmp(name, "stall-timeout") == 0) OPT_DBL(o->stall_timeout, 1, 3600);
+    if (strcmp(name, "connect-timeout") == 0) OPT_DBL(o->connect_timeout, 0.1, 3600);
     if (strcmp(name, "format") == 0) {
-        NEED();
+        OPT_NEED();
         if (strcmp(value, "jsonl") == 0)
             o->format = ST_FORMAT_JSONL;
         else if (strcmp(value, "tar") == 0)
@@ -313,7 +290,7 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
         return ST_OK;
     }
     if (strcmp(name, "partition") == 0) {
-        NEED();
+        OPT_NEED();
         if (strcmp(value, "samples") == 0)
             o->partition_by_samples = 1;
         else if (strcmp(value, "shards") == 0)
@@ -330,17 +307,17 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
         return ST_OK;
     }
     if (strcmp(name, "endpoint-url") == 0) {
-        NEED();
+        OPT_NEED();
         o->endpoint_url = value;
         return ST_OK;
     }
     if (strcmp(name, "region") == 0) {
-        NEED();
+        OPT_NEED();
         o->region = value;
         return ST_OK;
     }
     if (strcmp(name, "profile") == 0) {
-        NEED();
+        OPT_NEED();
         o->profile = value;
         return ST_OK;
     }
@@ -348,9 +325,6 @@ enum st_status st_stream_option_set(struct st_stream_options *o, const char *nam
         o->anonymous = 1;
         return ST_OK;
     }
-#undef NEED
-#undef INT
-#undef DBL
     *known = 0;
     return st_errorf(err, ST_ERR_ARG, "unknown stream option --%s", name);
 }
