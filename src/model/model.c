@@ -779,15 +779,18 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
 
 /* dinp (N, C) += dout W (+ LoRA path); LoRA gradients into lo (frozen base: no dW). */
 static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float *dinp,
-                         const float *dout, const float *inp, const float *w, size_t N, size_t C,
-                         size_t OC) {
+                         int overwrite, const float *dout, const float *inp, const float *w,
+                         size_t N, size_t C, size_t OC) {
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const void *bb = m->layers[c->layer].bb[mod];
+    /* overwrite: dinp is not zeroed and this is its first term (a packed weight writes it
+     * directly, saving a memset and a read of dinp; the other paths zero it first) */
+    if (overwrite && !(bb && !qw->kind)) memset(dinp, 0, N * C * sizeof(float));
     if (qw->kind)
         q_backward(m, dinp, dout, qw, N);
     else if (bb)
-        panel_mm(m, dinp, dout, bb, NULL, N, OC, C, 1);
+        panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite);
     else
         m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, N, C, OC);
     const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
@@ -1012,28 +1015,24 @@ static void block_backward(const struct st_model *m, int l, struct st_layer_acts
     struct lin lc = {m, la, a->xd, a->dxd, a->dxa, l};
 
     // MLP: x_out = res_mid + down(glu(gate(xn2), up(xn2))), xn2 = norm(res_mid)
-    memset(a->dg, 0, N * H * sizeof(float));
-    lin_backward(&lc, ST_LIN_DOWN, lo, a->dg, dres, la->g, w->wd, N, H, D);
+    lin_backward(&lc, ST_LIN_DOWN, lo, a->dg, 1, dres, la->g, w->wd, N, H, D);
     k->glu_backward(a->dgate, a->dup, a->dg, la->gate, la->up, c->act, N, H);
-    memset(a->dxn, 0, N * D * sizeof(float));
-    lin_backward(&lc, ST_LIN_GATE, lo, a->dxn, a->dgate, la->xn2, w->wg, N, D, H);
-    lin_backward(&lc, ST_LIN_UP, lo, a->dxn, a->dup, la->xn2, w->wu, N, D, H);
+    lin_backward(&lc, ST_LIN_GATE, lo, a->dxn, 1, a->dgate, la->xn2, w->wg, N, D, H);
+    lin_backward(&lc, ST_LIN_UP, lo, a->dxn, 0, a->dup, la->xn2, w->wu, N, D, H);
     memcpy(dres_mid, dres, N * D * sizeof(float));
     k->rmsnorm_backward(dres_mid, NULL, a->dxn, la->res_mid, w->post_norm, la->rstd2,
                         c->norm_offset, N, D);
 
     // attention: res_mid = x_in + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))), xn1 = norm(x_in)
-    memset(a->day, 0, N * QD * sizeof(float));
-    lin_backward(&lc, ST_LIN_O, lo, a->day, dres_mid, la->ay, w->wo, N, QD, D);
+    lin_backward(&lc, ST_LIN_O, lo, a->day, 1, dres_mid, la->ay, w->wo, N, QD, D);
     k->attention_backward(a->dq, a->dk, a->dv, a->day, la->ay, la->lse, la->q, la->k, la->v, seg,
                           1.0f / sqrtf((float)hd), st_config_layer_window(c, l), B, T, T, nh, nkv,
                           hd);
     k->rope_backward(a->dq, a->dq, a->cos, a->sin, a->pos, N, nh, hd);
     k->rope_backward(a->dk, a->dk, a->cos, a->sin, a->pos, N, nkv, hd);
-    memset(a->dxn, 0, N * D * sizeof(float));
-    lin_backward(&lc, ST_LIN_Q, lo, a->dxn, a->dq, la->xn1, w->wq, N, D, QD);
-    lin_backward(&lc, ST_LIN_K, lo, a->dxn, a->dk, la->xn1, w->wk, N, D, KD);
-    lin_backward(&lc, ST_LIN_V, lo, a->dxn, a->dv, la->xn1, w->wv, N, D, KD);
+    lin_backward(&lc, ST_LIN_Q, lo, a->dxn, 1, a->dq, la->xn1, w->wq, N, D, QD);
+    lin_backward(&lc, ST_LIN_K, lo, a->dxn, 0, a->dk, la->xn1, w->wk, N, D, KD);
+    lin_backward(&lc, ST_LIN_V, lo, a->dxn, 0, a->dv, la->xn1, w->wv, N, D, KD);
     memcpy(dres, dres_mid, N * D * sizeof(float));
     k->rmsnorm_backward(dres, NULL, a->dxn, x_in, w->in_norm, la->rstd1, c->norm_offset, N, D);
 }
