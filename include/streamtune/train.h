@@ -78,6 +78,7 @@ struct st_train_event {
     double loss, val_loss, lr, grad_norm;
     double tokens_per_s, elapsed, eta, data_wait;
     size_t tokens;          /* trained (non-masked) tokens so far */
+    double step_seconds;    /* train: wall time of this optimizer step (data wait included) */
     double data_wait_frac;  /* fraction of the run's time spent waiting for data */
     const char *path;       /* save: checkpoint directory */
     const char *plan_text;  /* plan: human-readable memory plan */

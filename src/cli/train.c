@@ -33,7 +33,8 @@ static const char *usage =
     "  --layers all|last:N  which layers get adapters (all)\n"
     "  --seed S             data order, init and dropout (0)\n"
     "  --eval-every N       validation loss every N steps (200); --val-batches N (all)\n"
-    "  --save-every N       checkpoint every N steps (200); --keep-checkpoints K (2)\n"
+    "  --save-every N       checkpoint every N steps (200; 0: only the final adapter and\n"
+    "                       checkpoint); --keep-checkpoints K (2)\n"
     "  --grad-checkpoint    recompute layers in backward: less memory, ~30% more compute\n"
     "  --quantize nf4|int8  QLoRA: store the frozen base in 4-bit NF4 (or int8 per channel),\n"
     "                       quantised while loading; adapters stay F32\n"
@@ -74,9 +75,10 @@ static void on_event(void *ctx, const struct st_train_event *ev) {
         if (p->json) {
             printf("{\"kind\": \"train\", \"step\": %ld, \"steps\": %ld, \"loss\": %.6f, \"lr\": "
                    "%.6g, \"grad_norm\": %.4f, \"tokens\": %zu, \"tokens_per_s\": %.1f, "
-                   "\"data_wait\": %.4f, \"elapsed\": %.2f, \"eta\": %.1f}\n",
+                   "\"step_seconds\": %.4f, \"data_wait\": %.4f, \"elapsed\": %.2f, "
+                   "\"eta\": %.1f}\n",
                    ev->step, ev->total_steps, ev->loss, ev->lr, ev->grad_norm, ev->tokens,
-                   ev->tokens_per_s, ev->data_wait_frac, ev->elapsed, ev->eta);
+                   ev->tokens_per_s, ev->step_seconds, ev->data_wait_frac, ev->elapsed, ev->eta);
         } else if (p->tty) {
             double frac = (double)ev->step / (double)ev->total_steps;
             int w = 24, fill = (int)(frac * w);

@@ -638,8 +638,10 @@ static void append_metrics(FILE *mf, const struct st_train_event *ev) {
     if (!strcmp(ev->kind, "train"))
         fprintf(mf,
                 "{\"kind\": \"train\", \"step\": %ld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": "
-                "%.9g, \"tokens\": %zu, \"tokens_per_s\": %.1f, \"elapsed\": %.3f}\n",
+                "%.9g, \"tokens\": %zu, \"tokens_per_s\": %.1f, \"step_seconds\": %.4f, "
+                "\"elapsed\": %.3f}\n",
                 ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens, ev->tokens_per_s,
+                ev->step_seconds,
                 ev->elapsed);
     else if (!strcmp(ev->kind, "eval"))
         fprintf(mf, "{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %.17g, \"elapsed\": %.3f}\n",
@@ -862,6 +864,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     }
     double wait_before_train = L.wait_s, train_t0 = st_time_now();
     while (s.step < o->steps) {
+        double step_t0 = st_time_now();
         /* one optimizer step = grad_accum micro-batches; count the step's target tokens first so
          * every micro-batch's gradient is scaled by 1 / (targets of the whole step) */
         size_t step_count = 0, step_tokens = 0;
@@ -921,7 +924,8 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         struct st_train_event ev = {.kind = "train", .step = s.step, .total_steps = o->steps,
                                     .loss = count ? loss_sum / (double)count : NAN, .lr = lr,
                                     .grad_norm = norm, .tokens = s.tokens,
-                                    .tokens_per_s = (double)tokens_run / tel, .elapsed = el};
+                                    .tokens_per_s = (double)tokens_run / tel, .elapsed = el,
+                                    .step_seconds = st_time_now() - step_t0};
         ev.eta = tel / (double)(s.step - first_step) * (double)(o->steps - s.step);
         ev.data_wait_frac = (L.wait_s - wait_before_train) / (tel > 0 ? tel : 1);
         append_metrics(mf, &ev);
