@@ -102,8 +102,11 @@ uint8_t st_nf4_code_of(float x) {
 }
 
 void st_nf4_quantize(uint8_t *packed, float *absmax, const float *w, size_t n) {
-    /* packed ((n+1)/2), absmax (ceil(n/64)), w (n) */
+    /* packed ((n+1)/2), absmax (ceil(n/64)), w (n). Blocks are independent (each writes its own
+     * 32 bytes and absmax): split over threads when there are many (loading quantises every
+     * weight through here), same bits for any thread count. */
     size_t nb = st_nf4_nblocks(n);
+#pragma omp parallel for schedule(static) if (nb >= 256)
     for (size_t b = 0; b < nb; b++) {
         size_t lo = b * ST_NF4_BLOCK, hi = lo + ST_NF4_BLOCK;
         if (hi > n) hi = n;
