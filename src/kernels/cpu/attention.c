@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_env.h"
 #include "../ref/ref.h"
 #include "attention.h"
 #include "fexp.h"
@@ -684,8 +685,7 @@ int st_cpu_attention_native(void) {
     static int v = -1;
     if (v < 0) {
         __builtin_cpu_init();
-        const char *off = getenv("ST_ATTENTION_PORTABLE"); /* tests and users can force it */
-        v = !(off && *off && strcmp(off, "0") != 0) && __builtin_cpu_supports("avx512f");
+        v = !st_env_flag("ST_ATTENTION_PORTABLE") && __builtin_cpu_supports("avx512f");
     }
     return v;
 #else

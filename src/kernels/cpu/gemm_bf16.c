@@ -17,6 +17,7 @@
 
 #include <omp.h>
 
+#include "cpu_env.h"
 #include "streamtune/bf16.h"
 
 #if defined(__x86_64__)
@@ -306,8 +307,7 @@ int st_bf16_native(void) {
     static int v = -1;
     if (v < 0) {
         __builtin_cpu_init();
-        const char *off = getenv("ST_NO_AVX512BF16"); /* tests and users can force the fallback */
-        v = !(off && *off && strcmp(off, "0") != 0) && __builtin_cpu_supports("avx512bf16") &&
+        v = !st_env_flag("ST_NO_AVX512BF16") && __builtin_cpu_supports("avx512bf16") &&
             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
     }
     return v;

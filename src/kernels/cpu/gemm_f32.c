@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_env.h"
 #include "streamtune/f32.h"
 
 #if defined(__x86_64__)
@@ -57,7 +58,7 @@ void st_f32_pack_w(float *dst, const float *w, size_t OC, size_t C) {
 static void kernel_generic(float *c, size_t ldc, const float *x, size_t ldx, const float *bp,
                            size_t nk, size_t mr, size_t nr, const float *init) {
     for (size_t r = 0; r < mr; r++) {
-        float acc[NR];
+        float acc[NR] = {0};
         if (init)
             memcpy(acc, init, sizeof acc);
         else
@@ -123,8 +124,7 @@ int st_f32_native(void) {
     static int v = -1;
     if (v < 0) {
         __builtin_cpu_init();
-        const char *off = getenv("ST_NO_AVX512"); /* tests and users can force the fallback */
-        v = !(off && *off && strcmp(off, "0") != 0) && __builtin_cpu_supports("avx512f");
+        v = !st_env_flag("ST_NO_AVX512") && __builtin_cpu_supports("avx512f");
     }
     return v;
 #else
