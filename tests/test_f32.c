@@ -1,8 +1,9 @@
 /* test_f32.c: the F32 panel GEMM (include/streamtune/f32.h) against float64 loops on odd shapes
  * (edges of the 8 x 32 tile, K across blocks of 256, rows across blocks of 128), with bias,
  * accumulate, both packings (X W^T and dY W), row strides, 1 and 3 threads (bitwise the same);
- * the AVX-512 kernel and the portable fallback (ST_NO_AVX512=1, rerun by ctest) alike. The
- * tolerance is 1e-5 of sum |x w| (float summation). */
+ * the AVX-512 kernel and the portable fallback (ST_NO_AVX512=1, rerun by ctest) alike, and the
+ * AArch64 NEON kernel (ST_NO_NEON=1: portable) under qemu (tests/test_aarch64.sh). It prints
+ * which kernel ran. The tolerance is 1e-5 of sum |x w| (float summation). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -87,6 +88,7 @@ TEST(gemm) {
 }
 
 int main(void) {
+    printf("kernel: %s\n", st_f32_native() ? "native" : "portable");
     RUN(gemm);
     return test_finish();
 }

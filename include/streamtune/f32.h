@@ -1,6 +1,7 @@
 /* streamtune F32 panel GEMM: frozen weights packed once into F32 panels and multiplied with
- * float activations on AVX-512 (a portable loop elsewhere), the F32 twin of bf16.h. Used for the
- * frozen matmuls of training and evaluation in F32 (src/kernels/cpu/gemm_f32.c). */
+ * float activations on AVX-512 or AArch64 NEON (a portable loop elsewhere), the F32 twin of
+ * bf16.h. Used for the frozen matmuls of training and evaluation in F32
+ * (src/kernels/cpu/gemm_f32.c). */
 #ifndef STREAMTUNE_F32_H
 #define STREAMTUNE_F32_H
 
@@ -10,7 +11,8 @@
 extern "C" {
 #endif
 
-/* 1 when this CPU runs the AVX-512 kernel (ST_NO_AVX512=1 forces the portable one). */
+/* 1 when this CPU runs a SIMD kernel: AVX-512 on x86-64 (ST_NO_AVX512=1 forces the portable
+ * one), NEON on AArch64 (ST_NO_NEON=1 forces the portable one). */
 int st_f32_native(void);
 
 /* Bytes of the packed panels of a (K, N) right-hand side. */

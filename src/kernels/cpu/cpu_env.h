@@ -1,5 +1,6 @@
 /* cpu_env.h: environment switches of the cpu kernels (ST_NO_AVX512, ST_NO_AVX512BF16,
- * ST_ATTENTION_PORTABLE), with which tests and users force a portable kernel. */
+ * ST_ATTENTION_PORTABLE; ST_NO_NEON on AArch64), with which tests and users force a portable
+ * kernel. */
 #ifndef ST_KERNELS_CPU_ENV_H
 #define ST_KERNELS_CPU_ENV_H
 #include <stdlib.h>

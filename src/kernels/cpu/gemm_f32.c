@@ -8,6 +8,12 @@
  * broadcasts X's value of each row and issues one FMA per (row, 16 columns); k goes in blocks of
  * KC (a panel block of 32 KiB stays in L1). Threads and blocks: gemm_driver.h.
  *
+ * On AArch64 (Advanced SIMD is mandatory there, so no run-time check) the 8 x 32 tile does not
+ * fit in 32 registers of 4 floats: the NEON kernel walks the panel in strips of 8 columns
+ * (16 accumulators), loads 4 consecutive k of each row's X into a register and multiplies with
+ * vfmaq_laneq_f32. Every output is still one FMA chain in k order, whatever the thread count.
+ * ST_NO_AVX512=1 (x86-64) and ST_NO_NEON=1 (AArch64) force the portable kernel.
+ *
  * "wt" packs a weight W (OC, C) for out = X W^T (B[k][n] = W[n][k]); "w" packs it for
  * dX = dY W (B[k][n] = W[k][n]). */
 #include <stdint.h>
@@ -21,8 +27,15 @@
 #include <immintrin.h>
 #define X86 1
 #endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#define A64 1
+#endif
 
 #include "gemm_driver.h"
+#ifdef A64
+#include "gemm_neon.h"
+#endif
 
 #define NR GEMM_NR
 #define MR GEMM_MR
@@ -119,6 +132,59 @@ __attribute__((target("avx512f"))) static void kernel_avx512(float *c, size_t ld
 }
 #endif
 
+#ifdef A64
+/* One strip (gemm_neon.h) of the tile: columns [0, nc) (nc <= 8) of c, bp and init, which point
+ * at the strip's first column; xr: MR row pointers (rows past mr repeat row 0: computed, never
+ * stored). */
+static void strip_neon(float *c, size_t ldc, const float *const *xr, const float *bp, size_t nk,
+                       size_t mr, size_t nc, const float *init) {
+    float t[MR][STRIP_NC];
+    float32x4_t acc[MR][2], b0, b1;
+    strip_stage_in(t, c, ldc, mr, nc, init);
+    STRIP_EACH_ROW(STRIP_LOAD);
+    size_t k = 0;
+    for (; k + 4 <= nk; k += 4) {
+        float32x4_t xv[MR];
+#define LOADX(r) (xv[r] = vld1q_f32(xr[r] + k))
+        STRIP_EACH_ROW(LOADX);
+#define FMA(r)                                                                                     \
+    (acc[r][0] = vfmaq_laneq_f32(acc[r][0], b0, xv[r], j),                                         \
+     acc[r][1] = vfmaq_laneq_f32(acc[r][1], b1, xv[r], j))
+#define STEP(jj)                                                                                   \
+    do {                                                                                           \
+        enum { j = jj };                                                                           \
+        b0 = vld1q_f32(bp + (k + j) * NR), b1 = vld1q_f32(bp + (k + j) * NR + 4);                  \
+        STRIP_EACH_ROW(FMA);                                                                       \
+    } while (0)
+        STEP(0); STEP(1); STEP(2); STEP(3);
+#undef STEP
+#undef FMA
+#undef LOADX
+    }
+    for (; k < nk; k++) {
+        b0 = vld1q_f32(bp + k * NR), b1 = vld1q_f32(bp + k * NR + 4);
+#define FMA1(r)                                                                                    \
+    (acc[r][0] = vfmaq_n_f32(acc[r][0], b0, xr[r][k]),                                             \
+     acc[r][1] = vfmaq_n_f32(acc[r][1], b1, xr[r][k]))
+        STRIP_EACH_ROW(FMA1);
+#undef FMA1
+    }
+    STRIP_EACH_ROW(STRIP_STORE);
+    strip_stage_out(c, ldc, t, mr, nc);
+}
+
+/* NEON micro-kernel: the contract of kernel_generic, strip by strip (strips wholly past nr are
+ * skipped: the panel's zero padding needs no work). */
+static void kernel_neon(float *c, size_t ldc, const float *x, size_t ldx, const float *bp,
+                        size_t nk, size_t mr, size_t nr, const float *init) {
+    const float *xr[MR];
+    for (size_t r = 0; r < MR; r++) xr[r] = x + (r < mr ? r : 0) * ldx;
+    for (size_t s = 0; s < nr; s += STRIP_NC)
+        strip_neon(c + s, ldc, xr, bp + s, nk, mr, nr - s < STRIP_NC ? nr - s : STRIP_NC,
+                   init ? init + s : NULL);
+}
+#endif
+
 int st_f32_native(void) {
 #ifdef X86
     static int v = -1;
@@ -126,6 +192,10 @@ int st_f32_native(void) {
         __builtin_cpu_init();
         v = !st_env_flag("ST_NO_AVX512") && __builtin_cpu_supports("avx512f");
     }
+    return v;
+#elif defined(A64)
+    static int v = -1;
+    if (v < 0) v = !st_env_flag("ST_NO_NEON");
     return v;
 #else
     return 0;
@@ -145,6 +215,11 @@ static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t k0
 #ifdef X86
     if (g->native) {
         kernel_avx512(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+        return;
+    }
+#elif defined(A64)
+    if (g->native) {
+        kernel_neon(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
         return;
     }
 #endif
