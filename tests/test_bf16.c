@@ -2,8 +2,10 @@
  * BF16-rounded operands, on odd shapes (edges of the 8 x 32 tile, odd K, K across blocks), with
  * bias, accumulate, both packings (X W^T and dY W), row strides; the AVX512_BF16 kernel and the
  * portable fallback (ST_NO_AVX512BF16=1, rerun by ctest) alike, with 1 and 3 threads (bitwise the
- * same). Products of two BF16 values are exact in float, so the only error is float summation:
- * the tolerance is 1e-5 of sum |x w|. */
+ * same); on AArch64 the BFDOT kernel and the portable one (no FEAT_BF16, or ST_NO_NEON=1) under
+ * qemu (tests/test_aarch64.sh). It prints which kernel ran. Products of two BF16 values are exact
+ * in float, so the only error is float summation (BFDOT: rounded to odd, denormals flushed): the
+ * tolerance is 1e-5 of sum |x w|. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +96,7 @@ TEST(gemm) {
 }
 
 int main(void) {
+    printf("kernel: %s\n", st_bf16_kernel_name());
     RUN(gemm);
     return test_finish();
 }

@@ -1,6 +1,7 @@
 /* streamtune BF16 GEMM: frozen weights packed once into BF16 panels, multiplied with float
- * activations rounded to BF16 on the fly, accumulated in float (AVX512_BF16 vdpbf16ps where the
- * CPU has it, a portable loop otherwise: same results up to float summation order).
+ * activations rounded to BF16 on the fly, accumulated in float (AVX512_BF16 vdpbf16ps or AArch64
+ * BF16 BFDOT where the CPU has it, a portable loop otherwise: same results up to float summation
+ * order).
  * See src/kernels/cpu/gemm_bf16.c for the layout. */
 #ifndef STREAMTUNE_BF16_H
 #define STREAMTUNE_BF16_H
@@ -12,8 +13,11 @@
 extern "C" {
 #endif
 
-/* 1 when this CPU runs the AVX512_BF16 kernel. */
+/* 1 when this CPU runs a native BF16 kernel: AVX512_BF16 on x86-64 (ST_NO_AVX512BF16=1 forces
+ * the portable one), BFDOT on AArch64 with FEAT_BF16 (ST_NO_NEON=1 forces the portable one). */
 int st_bf16_native(void);
+/* The kernel st_bf16_gemm runs here: "AVX512_BF16", "AArch64 BFDOT" or "portable". */
+const char *st_bf16_kernel_name(void);
 
 /* Bytes of the packed panels of a (K, N) right-hand side. */
 size_t st_bf16_panels_bytes(size_t K, size_t N);

@@ -746,7 +746,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
                  m.q_embed.kind ? "embeddings too" : "embeddings unquantised");
     else if (m.bf16)
         snprintf(wdesc, sizeof wdesc, "projections packed in BF16 for %s, F32 norms/embeddings",
-                 st_bf16_native() ? "AVX512_BF16" : "the portable BF16 kernel");
+                 st_bf16_native() ? st_bf16_kernel_name() : "the portable BF16 kernel");
     else
         snprintf(wdesc, sizeof wdesc, "%s",
                  m.dtype == ST_F32 ? "F32, memory-mapped" : "converted to F32");

@@ -1,5 +1,5 @@
 /* gemm_bf16.c: out (M, N) (+)= X (M, K) @ B where B is a frozen weight packed once into BF16
- * panels, on AVX512_BF16 (vdpbf16ps) with a portable fallback.
+ * panels, on AVX512_BF16 (vdpbf16ps) or AArch64 BF16 (BFDOT), with a portable fallback.
  *
  * Layout: B (K, N) is packed in panels of NR = 32 columns; a panel holds, for each pair of rows
  * (k, k+1), the 32 columns' two values interleaved ([n0:k, n0:k+1, n1:k, n1:k+1, ...], 64 BF16),
@@ -8,6 +8,15 @@
  * float accumulators in 16 zmm registers and, per pair of k, broadcasts X's pair of each row and
  * issues one vdpbf16ps per (row, 16 columns): acc += x_k * b_k + x_k+1 * b_k+1, with float
  * accumulation. Threads split the panels (disjoint output columns: deterministic for any count).
+ *
+ * AArch64 with FEAT_BF16 (HWCAP2_BF16 at run time; ST_NO_NEON=1 forces the portable kernel) runs
+ * the same layout through BFDOT: a register of the panel holds 4 columns' pairs, a register of the
+ * X tile 4 rows' pairs, and vbfdotq_laneq_f32 adds one row's pair dotted with each column's pair.
+ * 8 x 32 accumulators do not fit in 32 registers, so the kernel walks the panel in strips of 8
+ * columns (16 accumulators). BFDOT is not vdpbf16ps: it rounds the sum of the two (exact)
+ * products, then the accumulation, each to odd, and flushes denormals to zero (FPCR is ignored),
+ * so results differ from the other kernels by float summation error (still one fixed order per
+ * output, whatever the thread count).
  *
  * "wt" packs a weight W (OC, C) for out = X W^T (B[k][n] = W[n][k]); "w" packs it for
  * dX = dY W (B[k][n] = W[k][n]). */
@@ -24,8 +33,19 @@
 #include <immintrin.h>
 #define X86 1
 #endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#include <sys/auxv.h>
+#define A64 1
+#ifndef HWCAP2_BF16
+#define HWCAP2_BF16 (1UL << 14) /* arch/arm64/include/uapi/asm/hwcap.h */
+#endif
+#endif
 
 #include "gemm_driver.h"
+#ifdef A64
+#include "gemm_neon.h"
+#endif
 
 #define NR GEMM_NR
 #define MR GEMM_MR
@@ -302,6 +322,45 @@ kernel_avx512(float *c, size_t ldc, const uint32_t *xp, const uint16_t *bp,
 }
 #endif
 
+#ifdef A64
+/* One strip (gemm_neon.h) of the tile: columns [0, nc) (nc <= 8) of c and init, bp pointing at
+ * the strip's first column pair; rows past mr are zeros in xp (computed, never stored). The
+ * target is arch=armv8.2-a+bf16, not "+bf16": GCC 12's BF16 intrinsics are built for
+ * armv8.2-a+bf16 and inline only into a function whose target includes all of it. */
+__attribute__((target("arch=armv8.2-a+bf16"))) static void
+strip_bfdot(float *c, size_t ldc, const uint32_t *xp, const uint16_t *bp, size_t nq, size_t mr,
+            size_t nc, const float *init) {
+    float t[MR][STRIP_NC];
+    float32x4_t acc[MR][2];
+    strip_stage_in(t, c, ldc, mr, nc, init);
+    STRIP_EACH_ROW(STRIP_LOAD);
+    for (size_t q = 0; q < nq; q++) {
+        const uint16_t *b = bp + q * NR * 2;
+        bfloat16x8_t b0 = vreinterpretq_bf16_u16(vld1q_u16(b));
+        bfloat16x8_t b1 = vreinterpretq_bf16_u16(vld1q_u16(b + 8));
+        bfloat16x8_t x03 = vreinterpretq_bf16_u32(vld1q_u32(xp + q * MR));
+        bfloat16x8_t x47 = vreinterpretq_bf16_u32(vld1q_u32(xp + q * MR + 4));
+        /* lane r & 3 of x03 (rows 0-3) or x47 (rows 4-7): row r's pair */
+#define DOT(r)                                                                                     \
+    (acc[r][0] = vbfdotq_laneq_f32(acc[r][0], b0, (r) < 4 ? x03 : x47, (r) & 3),                   \
+     acc[r][1] = vbfdotq_laneq_f32(acc[r][1], b1, (r) < 4 ? x03 : x47, (r) & 3))
+        STRIP_EACH_ROW(DOT);
+#undef DOT
+    }
+    STRIP_EACH_ROW(STRIP_STORE);
+    strip_stage_out(c, ldc, t, mr, nc);
+}
+
+/* BFDOT micro-kernel: the contract of kernel_generic, strip by strip (strips wholly past nr are
+ * skipped). */
+static void kernel_bfdot(float *c, size_t ldc, const uint32_t *xp, const uint16_t *bp, size_t nq,
+                         size_t mr, size_t nr, const float *init) {
+    for (size_t s = 0; s < nr; s += STRIP_NC)
+        strip_bfdot(c + s, ldc, xp, bp + s * 2, nq, mr, nr - s < STRIP_NC ? nr - s : STRIP_NC,
+                    init ? init + s : NULL);
+}
+#endif
+
 int st_bf16_native(void) {
 #ifdef X86
     static int v = -1;
@@ -311,8 +370,21 @@ int st_bf16_native(void) {
             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
     }
     return v;
+#elif defined(A64)
+    static int v = -1;
+    if (v < 0) v = !st_env_flag("ST_NO_NEON") && (getauxval(AT_HWCAP2) & HWCAP2_BF16) != 0;
+    return v;
 #else
     return 0;
+#endif
+}
+
+const char *st_bf16_kernel_name(void) {
+    if (!st_bf16_native()) return "portable";
+#ifdef A64
+    return "AArch64 BFDOT";
+#else
+    return "AVX512_BF16";
 #endif
 }
 
@@ -338,6 +410,11 @@ static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t q
 #ifdef X86
     if (g->native) {
         kernel_avx512(c, ldc, xp, bp, nq, mr, nr, init);
+        return;
+    }
+#elif defined(A64)
+    if (g->native) {
+        kernel_bfdot(c, ldc, xp, bp, nq, mr, nr, init);
         return;
     }
 #endif
