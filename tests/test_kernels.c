@@ -20,6 +20,7 @@
 
 #include "harness.h"
 #include "kernels/cpu/attention.h"
+#include "streamtune/bf16.h"
 #include "streamtune/kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -1061,13 +1062,11 @@ TEST(crossentropy_stability) {
     free(logits), free(ld), free(want), free(gwant);
 }
 
-/* The cpu attention does not depend on the thread count (each output element is summed by one
- * task, in an order fixed by the shapes): bitwise the same results with 1 and 3 threads. */
-TEST(attention_threads) {
-#ifndef _OPENMP
-    TEST_SKIP("built without OpenMP");
-#else
-    const struct st_kernels *cpu = st_kernels_cpu();
+/* The cpu attention (float and BF16) does not depend on the thread count (each output element is
+ * summed by one task, in an order fixed by the shapes): bitwise the same results with 1 and 3
+ * threads. */
+#ifdef _OPENMP
+static void attention_threads_of(const struct st_kernels *cpu) {
     const size_t B = 2, Tq = 90, Tk = 100, nh = 6, nkv = 2, hd = 64;
     size_t nq = B * Tq * nh * hd, nk = B * Tk * nkv * hd, na = B * nh * Tq;
     int32_t seg[2 * 100];
@@ -1087,24 +1086,33 @@ TEST(attention_threads) {
                                 B, Tq, Tk, nh, nkv, hd);
     }
     omp_set_num_threads(saved);
-    CHECK(memcmp(o[0], o[1], nq * sizeof(float)) == 0);
-    CHECK(memcmp(l[0], l[1], na * sizeof(float)) == 0);
-    CHECK(memcmp(dq[0], dq[1], nq * sizeof(float)) == 0);
-    CHECK(memcmp(dk[0], dk[1], nk * sizeof(float)) == 0);
-    CHECK(memcmp(dv[0], dv[1], nk * sizeof(float)) == 0);
+    CHECKF(memcmp(o[0], o[1], nq * sizeof(float)) == 0, "%s: out", cpu->name);
+    CHECKF(memcmp(l[0], l[1], na * sizeof(float)) == 0, "%s: lse", cpu->name);
+    CHECKF(memcmp(dq[0], dq[1], nq * sizeof(float)) == 0, "%s: dq", cpu->name);
+    CHECKF(memcmp(dk[0], dk[1], nk * sizeof(float)) == 0, "%s: dk", cpu->name);
+    CHECKF(memcmp(dv[0], dv[1], nk * sizeof(float)) == 0, "%s: dv", cpu->name);
     for (int i = 0; i < 2; i++) free(o[i]), free(l[i]), free(dq[i]), free(dk[i]), free(dv[i]);
     free(q), free(k), free(v), free(dout);
+}
+#endif
+TEST(attention_threads) {
+#ifndef _OPENMP
+    TEST_SKIP("built without OpenMP");
+#else
+    attention_threads_of(st_kernels_cpu());
+    attention_threads_of(st_kernels_cpu_bf16());
 #endif
 }
 
 /* ---------------------------------------------------------------- cpu vs ref, larger shapes */
 
-#define CHECK_XB(what, a, b, n)                                                               \
+#define CHECK_XBT(what, a, b, n, tol)                                                         \
     do {                                                                                      \
         double *bd_ = to_double((b), (n));                                                    \
-        CHECK_CLOSE(cpu, (what), (a), bd_, (n), XB_TOL);                                      \
+        CHECK_CLOSE(cpu, (what), (a), bd_, (n), (tol));                                       \
         free(bd_);                                                                            \
     } while (0)
+#define CHECK_XB(what, a, b, n) CHECK_XBT(what, a, b, n, XB_TOL)
 
 /* The cpu LoRA kernels on larger odd shapes and ranks against ref, with 1 and 3 threads. */
 TEST(lora_large) {
@@ -1152,8 +1160,9 @@ TEST(lora_large) {
     }
 }
 
+/* cpu's attention against ref's on case a: max|diff| <= tol * max(1, max|ref|) */
 static void xb_attention(const struct st_kernels *cpu, const struct st_kernels *ref,
-                         const struct att_case *a) {
+                         const struct att_case *a, double tol) {
     size_t nq = a->B * a->Tq * a->nh * a->hd, nk = a->B * a->Tk * a->nkv * a->hd;
     size_t na = a->B * a->nh * a->Tq;
     float scale = 1.0f / sqrtf((float)a->hd);
@@ -1184,11 +1193,11 @@ static void xb_attention(const struct st_kernels *cpu, const struct st_kernels *
         (i ? ref : cpu)->attention_backward(dq[i], dk[i], dv[i], dout, o[1], att[1], q, k, v, seg,
                                             scale, a->window, a->B, a->Tq, a->Tk, a->nh, a->nkv,
                                             a->hd);
-    CHECK_XB(LBL("cpu~ref attention %s out", a->name), o[0], o[1], nq);
-    CHECK_XB(LBL("cpu~ref attention %s lse", a->name), att[0], att[1], na);
-    CHECK_XB(LBL("cpu~ref attention %s dq", a->name), dq[0], dq[1], nq);
-    CHECK_XB(LBL("cpu~ref attention %s dk", a->name), dk[0], dk[1], nk);
-    CHECK_XB(LBL("cpu~ref attention %s dv", a->name), dv[0], dv[1], nk);
+    CHECK_XBT(LBL("cpu~ref attention %s out", a->name), o[0], o[1], nq, tol);
+    CHECK_XBT(LBL("cpu~ref attention %s lse", a->name), att[0], att[1], na, tol);
+    CHECK_XBT(LBL("cpu~ref attention %s dq", a->name), dq[0], dq[1], nq, tol);
+    CHECK_XBT(LBL("cpu~ref attention %s dk", a->name), dk[0], dk[1], nk, tol);
+    CHECK_XBT(LBL("cpu~ref attention %s dv", a->name), dv[0], dv[1], nk, tol);
     for (int i = 0; i < 2; i++) free(o[i]), free(att[i]), free(dq[i]), free(dk[i]), free(dv[i]);
     free(seg), free(q), free(k), free(v), free(dout);
 }
@@ -1246,8 +1255,8 @@ TEST(cpu_matches_ref) {
         {"B=1 T=300 nh=32 nkv=1 hd=16", 1, 300, 300, 32, 1, 16, 0, 0},
     };
     for (size_t i = 0; i < sizeof acases / sizeof acases[0]; i++) {
-        xb_attention(cpu, ref, &acases[i]);
-        xb_attention(cpu_portable_attention(), ref, &acases[i]);
+        xb_attention(cpu, ref, &acases[i], XB_TOL);
+        xb_attention(cpu_portable_attention(), ref, &acases[i], XB_TOL);
     }
 
     /* Row-wise ops: sizes past 32768 (65536 for cross-entropy) elements so that backends which
@@ -1370,6 +1379,54 @@ TEST(cpu_matches_ref) {
     }
 }
 
+/* --compute bf16's attention (st_kernels_cpu_bf16: the five products in BF16 where the CPU has
+ * AVX512_BF16 and hd % 32 == 0, the float kernel otherwise) against ref in float64 on the shapes
+ * of cpu_matches_ref: key blocks with tails, odd row counts (pairs of rows and keys padded with
+ * zeros), GQA, Tq < Tk, windows, segments, several query chunks. Tolerance: bf16 operands carry
+ * 8 significant bits (relative rounding 2^-9), so errors of ~1e-3..1e-2 of the largest value;
+ * an index or padding error gives O(1) errors. */
+#define BF_TOL 2e-2
+TEST(attention_bf16) {
+    const struct st_kernels *bf = st_kernels_cpu_bf16(), *cpu = st_kernels_cpu();
+    const struct st_kernels *ref = st_kernels_ref();
+    const struct att_case cases[] = {
+        {"B=2 T=33 nh=4 nkv=2 hd=32", 2, 33, 33, 4, 2, 32, 0, 0},
+        {"B=2 Tq=17 Tk=33 window=9 seg hd=32", 2, 17, 33, 4, 2, 32, 9, 1},
+        {"B=1 T=40 nh=8 nkv=1 hd=64", 1, 40, 40, 8, 1, 64, 0, 0},
+        {"B=2 T=131 nh=9 nkv=3 hd=64", 2, 131, 131, 9, 3, 64, 0, 0},
+        {"B=1 T=1 nh=9 nkv=3 hd=64", 1, 1, 1, 9, 3, 64, 0, 0},
+        {"B=2 Tq=1 Tk=150 hd=64 (decode)", 2, 1, 150, 4, 2, 64, 0, 0},
+        {"B=2 Tq=37 Tk=201 hd=128 window=70 seg", 2, 37, 201, 4, 2, 128, 70, 1},
+        {"B=1 T=67 hd=256 seg", 1, 67, 67, 2, 1, 256, 0, 1},
+        {"B=1 Tq=20 Tk=141 hd=96 window=31", 1, 20, 141, 6, 2, 96, 31, 0},
+        {"B=1 T=77 hd=64 window=1", 1, 77, 77, 2, 1, 64, 1, 0},
+        {"B=1 T=70 hd=48 (float kernel)", 1, 70, 70, 4, 2, 48, 0, 0},
+        {"B=1 Tq=601 Tk=701 hd=32 window=300 seg", 1, 601, 701, 2, 1, 32, 300, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        xb_attention(bf, ref, &cases[i], BF_TOL);
+
+    /* the BF16 path really runs where it should: its output differs from the float kernel's */
+    const struct att_case *a = &cases[3];
+    size_t nq = a->B * a->Tq * a->nh * a->hd, nk = a->B * a->Tk * a->nkv * a->hd;
+    float *q = fnew(nq), *k = fnew(nk), *v = fnew(nk), *o[2], *l[2];
+    fill_uniform(q, nq, -2, 2);
+    fill_uniform(k, nk, -2, 2);
+    fill_uniform(v, nk, -1, 1);
+    for (int i = 0; i < 2; i++) {
+        o[i] = fnew(nq), l[i] = fnew(a->B * a->nh * a->Tq);
+        (i ? cpu : bf)->attention_forward(o[i], l[i], q, k, v, NULL, 0.125f, 0, a->B, a->Tq,
+                                          a->Tk, a->nh, a->nkv, a->hd);
+    }
+    int same = memcmp(o[0], o[1], nq * sizeof(float)) == 0;
+    if (st_bf16_native() && st_cpu_attention_native())
+        CHECKF(!same, "cpu-bf16 attention gave the float kernel's bits on a CPU with AVX512_BF16");
+    else
+        CHECKF(same, "cpu-bf16 attention without AVX512_BF16 must be the float kernel");
+    for (int i = 0; i < 2; i++) free(o[i]), free(l[i]);
+    free(q), free(k), free(v);
+}
+
 int main(void) {
     RUN(tables_complete);
     RUN(rope_inv_freq);
@@ -1388,5 +1445,6 @@ int main(void) {
     RUN(crossentropy_stability);
     RUN(lora_large);
     RUN(cpu_matches_ref);
+    RUN(attention_bf16);
     return test_finish();
 }

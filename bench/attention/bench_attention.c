@@ -1,7 +1,8 @@
 /* bench_attention.c: single-process GFLOP/s of the cpu backend's causal flash attention, forward
  * and backward, against the portable kernel it replaced (st_cpu_attention_*_portable, the old
- * one-query-row-at-a-time loops) on the same inputs. Threads from the environment
- * (OMP_NUM_THREADS=1 for single-thread numbers). Best of 9 interleaved runs (the box is shared:
+ * one-query-row-at-a-time loops) and the BF16 path of --compute bf16 (st_cpu_attention_*_bf16)
+ * on the same inputs. Threads from the environment (OMP_NUM_THREADS=1 for single-thread
+ * numbers). Best of 9 interleaved runs (the box is shared:
  * the minimum is the least disturbed by other processes).
  *
  * FLOPs counted (multiply and add = 2), over the visible (query, key) pairs V only
@@ -16,9 +17,26 @@
 #include <string.h>
 
 #include "kernels/cpu/attention.h"
+#include "streamtune/bf16.h"
 #include "streamtune/core.h"
 
 #define REPS 9
+
+/* The kernels timed, in turn: --compute bf16's path, the dispatched float kernel, the portable
+ * one (the last is the speed-up baseline; differences are printed against the float kernel). */
+static const struct {
+    const char *name;
+    void (*fwd)(float *, float *, const float *, const float *, const float *, const int32_t *,
+                float, int, size_t, size_t, size_t, size_t, size_t, size_t);
+    void (*bwd)(float *, float *, float *, const float *, const float *, const float *,
+                const float *, const float *, const float *, const int32_t *, float, int, size_t,
+                size_t, size_t, size_t, size_t, size_t);
+} kern[] = {
+    {"bf16", st_cpu_attention_forward_bf16, st_cpu_attention_backward_bf16},
+    {"f32", st_cpu_attention_forward, st_cpu_attention_backward},
+    {"portable", st_cpu_attention_forward_portable, st_cpu_attention_backward_portable},
+};
+#define NK 3
 
 static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -60,8 +78,8 @@ int main(int argc, char **argv) {
     }
     size_t nq = B * T * nh * hd, nk = B * T * nkv * hd, na = B * nh * T;
     float *q = fill(nq, 1, 1.0f), *k = fill(nk, 2, 1.0f), *v = fill(nk, 3, 1.0f);
-    float *dout = fill(nq, 4, 1.0f), *out[2], *lse[2], *dq[2], *dk[2], *dv[2];
-    for (int i = 0; i < 2; i++) {
+    float *dout = fill(nq, 4, 1.0f), *out[NK], *lse[NK], *dq[NK], *dk[NK], *dv[NK];
+    for (int i = 0; i < NK; i++) {
         out[i] = fill(nq, 5, 0), lse[i] = fill(na, 6, 0), dq[i] = fill(nq, 7, 0);
         dk[i] = fill(nk, 8, 0), dv[i] = fill(nk, 9, 0);
     }
@@ -70,34 +88,35 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < T; i++)
         pairs += window > 0 && i + 1 > (size_t)window ? (double)window : (double)(i + 1);
     double ff = 4.0 * pairs * (double)(hd * nh * B), fb = 2.5 * ff;
-    printf("attention B=%zu T=%zu nh=%zu nkv=%zu hd=%zu window=%d  native=%d\n", B, T, nh, nkv, hd,
-           window, st_cpu_attention_native());
+    printf("attention B=%zu T=%zu nh=%zu nkv=%zu hd=%zu window=%d  avx512=%d avx512bf16=%d\n", B,
+           T, nh, nkv, hd, window, st_cpu_attention_native(), st_bf16_native());
     printf("FLOPs: forward %.3f G (4 V hd nh B), backward %.3f G (10 V hd nh B), V = %.0f visible "
            "pairs per head\n", ff / 1e9, fb / 1e9, pairs);
 
-    double tf[2][REPS], tb[2][REPS];
+    double tf[NK][REPS], tb[NK][REPS];
     for (int r = 0; r < REPS; r++)
-        for (int i = 0; i < 2; i++) { /* 0: the dispatched kernel, 1: the portable one */
+        for (int i = 0; i < NK; i++) {
             double t0 = st_time_now();
-            (i ? st_cpu_attention_forward_portable : st_cpu_attention_forward)(
-                out[i], lse[i], q, k, v, NULL, scale, window, B, T, T, nh, nkv, hd);
+            kern[i].fwd(out[i], lse[i], q, k, v, NULL, scale, window, B, T, T, nh, nkv, hd);
             tf[i][r] = st_time_now() - t0;
             t0 = st_time_now();
-            (i ? st_cpu_attention_backward_portable : st_cpu_attention_backward)(
-                dq[i], dk[i], dv[i], dout, out[i], lse[i], q, k, v, NULL, scale, window, B, T, T,
-                nh, nkv, hd);
+            kern[i].bwd(dq[i], dk[i], dv[i], dout, out[i], lse[i], q, k, v, NULL, scale, window, B,
+                        T, T, nh, nkv, hd);
             tb[i][r] = st_time_now() - t0;
         }
-    double f[2], b[2];
-    for (int i = 0; i < 2; i++) f[i] = best(tf[i]), b[i] = best(tb[i]);
-    printf("forward   new %8.2f ms %7.1f GFLOP/s   old %8.2f ms %7.1f GFLOP/s   speed-up %.2fx\n",
-           f[0] * 1e3, ff / f[0] / 1e9, f[1] * 1e3, ff / f[1] / 1e9, f[1] / f[0]);
-    printf("backward  new %8.2f ms %7.1f GFLOP/s   old %8.2f ms %7.1f GFLOP/s   speed-up %.2fx\n",
-           b[0] * 1e3, fb / b[0] / 1e9, b[1] * 1e3, fb / b[1] / 1e9, b[1] / b[0]);
-    printf("max |new - old|: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n",
-           maxdiff(out[0], out[1], nq), maxdiff(lse[0], lse[1], na), maxdiff(dq[0], dq[1], nq),
-           maxdiff(dk[0], dk[1], nk), maxdiff(dv[0], dv[1], nk));
-    for (int i = 0; i < 2; i++) free(out[i]), free(lse[i]), free(dq[i]), free(dk[i]), free(dv[i]);
+    printf("%-9s %21s %21s   %s\n", "kernel", "forward", "backward", "speed-up over portable (f, b)");
+    for (int i = 0; i < NK; i++) {
+        double f = best(tf[i]), b = best(tb[i]), f0 = best(tf[NK - 1]), b0 = best(tb[NK - 1]);
+        printf("%-9s %8.2f ms %6.1f GF/s %8.2f ms %6.1f GF/s   %.2fx %.2fx\n", kern[i].name,
+               f * 1e3, ff / f / 1e9, b * 1e3, fb / b / 1e9, f0 / f, b0 / b);
+    }
+    for (int i = 0; i < NK; i++)
+        if (i != 1)
+            printf("max |%s - f32|: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", kern[i].name,
+                   maxdiff(out[i], out[1], nq), maxdiff(lse[i], lse[1], na),
+                   maxdiff(dq[i], dq[1], nq), maxdiff(dk[i], dk[1], nk),
+                   maxdiff(dv[i], dv[1], nk));
+    for (int i = 0; i < NK; i++) free(out[i]), free(lse[i]), free(dq[i]), free(dk[i]), free(dv[i]);
     free(q), free(k), free(v), free(dout);
     return 0;
 }

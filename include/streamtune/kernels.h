@@ -117,6 +117,9 @@ struct st_kernels {
 const struct st_kernels *st_kernels_ref(void);
 /* CPU backend: OpenBLAS matmuls, OpenMP loops. */
 const struct st_kernels *st_kernels_cpu(void);
+/* The CPU backend for --compute bf16: attention's matrix products in BF16 (AVX512_BF16), the
+ * rest as st_kernels_cpu(). */
+const struct st_kernels *st_kernels_cpu_bf16(void);
 
 /* Helpers shared by kernels and the sampler. */
 float st_gelu_tanh(float x);

@@ -40,7 +40,8 @@ struct st_model_load_options {
     int keep_embeddings;
     /* compute_bf16: the frozen unquantised projections and head are packed once into BF16 and
      * multiplied with BF16-rounded activations, accumulating in float (AVX512_BF16 when the CPU
-     * has it, a portable loop otherwise); the F32 copies are not kept. Adapters stay F32. */
+     * has it, a portable loop otherwise); the F32 copies are not kept. Adapters stay F32.
+     * Attention's matrix products also run in BF16 (st_kernels_cpu_bf16). */
     int compute_bf16;
     /* pack_f32 (without compute_bf16): the same for F32: frozen unquantised projections and head
      * packed once into F32 panels for the AVX-512 F32 GEMM (f32.h) instead of BLAS calls; the

@@ -377,7 +377,8 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
                                 const struct st_model_load_options *o, struct st_error *err) {
     memset(m, 0, sizeof *m);
     snprintf(m->path, sizeof m->path, "%s", dir);
-    m->k = st_kernels_cpu();
+    /* --compute bf16 also runs attention's products in BF16 */
+    m->k = o && o->compute_bf16 ? st_kernels_cpu_bf16() : st_kernels_cpu();
     enum st_status rc = st_config_load(&m->cfg, dir, err);
     if (rc) return rc;
     const struct st_model_config *c = &m->cfg;

@@ -37,6 +37,7 @@
 #include "../ref/ref.h"
 #include "attention.h"
 #include "fexp.h"
+#include "streamtune/bf16.h"
 
 /* ---------------------------------------------------------------- portable kernel
  * One query row at a time. Keys go in blocks of ATT_BLK: the block's K (and V in the backward) is
@@ -292,6 +293,7 @@ void st_cpu_attention_backward_portable(float *dq, float *dk, float *dv, const f
 #include <immintrin.h>
 #define X86 1
 #define AVX512 __attribute__((target("avx512f")))
+#define AVX512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define INLINE static inline __attribute__((always_inline))
 
 #define MR 6      /* query rows (or keys, for dV/dK) per micro-tile */
@@ -304,11 +306,26 @@ void st_cpu_attention_backward_portable(float *dq, float *dk, float *dv, const f
  * lse), so no clamps; -inf gives NaN, which every caller masks to 0. */
 AVX512 INLINE __m512 exp16(__m512 x) { return fexp16_nc(x); }
 
+/* The micro-kernels' last step: C (+)= the accumulators. mode 0: C = acc; 1: C += acc; 2: C =
+ * cs[r] C + acc. The old C is added after the k loop, so that its loads (rows of out, dq, dk,
+ * dv, often not in L1) do not hold up the first FMAs. */
+AVX512 INLINE void mk_store(const int R, const int NV, const int mode, __m512 acc[MR][4],
+                            float *c, size_t crs, const float *cs) {
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            float *cv = c + r * crs + 16 * v;
+            if (mode == 1) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_loadu_ps(cv));
+            if (mode == 2)
+                acc[r][v] = _mm512_fmadd_ps(_mm512_loadu_ps(cv), _mm512_set1_ps(cs[r]), acc[r][v]);
+            _mm512_storeu_ps(cv, acc[r][v]);
+        }
+}
+
 /* The micro-kernel. C (R, 16 NV) rows at c + r crs; A[r][k] = a[r ars + k aks]; B row k at
- * b + k bks (16 NV floats). mode 0: C = A B; 1: C += A B; 2: C = cs[r] C + A B.
- * R, NV and mode are constants at every call (through the MK_FN dispatchers): the accumulators
- * stay in registers. The old C is added after the loop, so that its loads (rows of out, dq,
- * dk, dv, often not in L1) do not hold up the first FMAs. */
+ * b + k bks (16 NV floats); mode as mk_store. R, NV and mode are constants at every call
+ * (through the MK_FN dispatchers): the accumulators stay in registers. */
 AVX512 INLINE void mk(const int R, const int NV, const int mode, size_t K, const float *a,
                       size_t ars, size_t aks, const float *b, size_t bks, float *c, size_t crs,
                       const float *cs) {
@@ -329,44 +346,65 @@ AVX512 INLINE void mk(const int R, const int NV, const int mode, size_t K, const
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(x, bv[v], acc[r][v]);
         }
     }
+    mk_store(R, NV, mode, acc, c, crs, cs);
+}
+
+/* The BF16 micro-kernel (AVX512_BF16): mk with k in pairs. A[r][k2] is a 32-bit pair of bf16
+ * (k = 2 k2 in the low half, 2 k2 + 1 in the high half) at a[r ars + k2 aks]; B's pair row k2 at
+ * b + k2 bks holds 16 NV such pairs, one per column; one vdpbf16ps per (row, 16 columns, pair):
+ * twice the FMA rate of mk, products summed in float. */
+AVX512BF INLINE void mkb(const int R, const int NV, const int mode, size_t K2, const uint32_t *a,
+                         size_t ars, size_t aks, const uint32_t *b, size_t bks, float *c,
+                         size_t crs, const float *cs) {
+    __m512 acc[MR][4];
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) {
-            float *cv = c + r * crs + 16 * v;
-            if (mode == 1) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_loadu_ps(cv));
-            if (mode == 2)
-                acc[r][v] = _mm512_fmadd_ps(_mm512_loadu_ps(cv), _mm512_set1_ps(cs[r]), acc[r][v]);
-            _mm512_storeu_ps(cv, acc[r][v]);
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (size_t k = 0; k < K2; k++) {
+        const uint32_t *bk = b + k * bks, *ak = a + k * aks;
+        __m512bh bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = (__m512bh)_mm512_loadu_si512(bk + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            __m512bh x = (__m512bh)_mm512_set1_epi32((int)ak[r * ars]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, bv[v]);
         }
+    }
+    mk_store(R, NV, mode, acc, c, crs, cs);
 }
 
-#define MK_CASE(R, NV, MODE)                                                                  \
+#define MK_CASE(F, R, NV, MODE)                                                               \
     case (R) * 4 + (NV) - 1:                                                                  \
-        mk(R, NV, MODE, K, a, ars, aks, b, bks, c, crs, cs);                                  \
+        F(R, NV, MODE, K, a, ars, aks, b, bks, c, crs, cs);                                   \
         break;
-#define MK_ROW(R, MODE)                                                                       \
-    MK_CASE(R, 1, MODE) MK_CASE(R, 2, MODE) MK_CASE(R, 3, MODE) MK_CASE(R, 4, MODE)
-/* name(R in 1..MR, NV in 1..4, ...): mk with constant R, NV and mode */
-#define MK_FN(name, MODE)                                                                     \
-    AVX512 static void name(size_t R, size_t NV, size_t K, const float *a, size_t ars,        \
-                            size_t aks, const float *b, size_t bks, float *c, size_t crs,     \
-                            const float *cs) {                                                \
+#define MK_ROW(F, R, MODE)                                                                    \
+    MK_CASE(F, R, 1, MODE) MK_CASE(F, R, 2, MODE) MK_CASE(F, R, 3, MODE) MK_CASE(F, R, 4, MODE)
+/* name(R in 1..MR, NV in 1..4, ...): micro-kernel F (mk, or mkb with T = uint32_t) with
+ * constant R, NV and mode */
+#define MK_FN(ATTR, name, F, T, MODE)                                                         \
+    ATTR static void name(size_t R, size_t NV, size_t K, const T *a, size_t ars, size_t aks,  \
+                          const T *b, size_t bks, float *c, size_t crs, const float *cs) {    \
         switch (R * 4 + NV - 1) {                                                             \
-            MK_ROW(1, MODE)                                                                   \
-            MK_ROW(2, MODE)                                                                   \
-            MK_ROW(3, MODE)                                                                   \
-            MK_ROW(4, MODE)                                                                   \
-            MK_ROW(5, MODE)                                                                   \
-            MK_ROW(6, MODE)                                                                   \
+            MK_ROW(F, 1, MODE)                                                                \
+            MK_ROW(F, 2, MODE)                                                                \
+            MK_ROW(F, 3, MODE)                                                                \
+            MK_ROW(F, 4, MODE)                                                                \
+            MK_ROW(F, 5, MODE)                                                                \
+            MK_ROW(F, 6, MODE)                                                                \
         default:                                                                              \
             break;                                                                            \
         }                                                                                     \
     }
 _Static_assert(MR == 6, "MK_FN lists R = 1..6");
-MK_FN(mk_set, 0)
-MK_FN(mk_add, 1)
-MK_FN(mk_scale_add, 2)
+MK_FN(AVX512, mk_set, mk, float, 0)
+MK_FN(AVX512, mk_add, mk, float, 1)
+MK_FN(AVX512, mk_scale_add, mk, float, 2)
+MK_FN(AVX512BF, mkb_set, mkb, uint32_t, 0)
+MK_FN(AVX512BF, mkb_add, mkb, uint32_t, 1)
+MK_FN(AVX512BF, mkb_scale_add, mkb, uint32_t, 2)
 
 /* C (rows, hd) (+)= A (rows, K) B (K, hd) in strips of 64 columns (hd % 16 == 0) */
 AVX512 static void mk_strips(int mode, size_t R, size_t hd, size_t K, const float *a, size_t ars,
@@ -412,6 +450,69 @@ AVX512 static void transpose_kb(float *kt, const float *x, size_t n, size_t kvs,
                 _mm512_storeu_ps(o + (size_t)(12 + c) * KB, _mm512_shuffle_f32x4(u1, u3, 0xDD));
             }
         }
+}
+
+/* ---- the BF16 path (st_cpu_attention_*_bf16): the five products through mkb, softmax and
+ * everything else in float. Operands are rounded to bf16 (round to nearest even) as they are
+ * packed, once per key block (K, V) or per tile/panel (Q, dO rows, P, dS): A operands as pairs
+ * along their k (rows_bf), B operands as pair rows (pairs_bf, or K^T through transpose_kb). */
+
+/* mkb_strips: mk_strips for mkb (K2 pairs; b's pair rows have bks units, one per column) */
+AVX512BF static void mkb_strips(int mode, size_t R, size_t hd, size_t K2, const uint32_t *a,
+                                size_t ars, size_t aks, const uint32_t *b, size_t bks, float *c,
+                                size_t crs, const float *cs) {
+    for (size_t d0 = 0; d0 < hd; d0 += 64) {
+        size_t nv = hd - d0 >= 64 ? 4 : (hd - d0) / 16;
+        if (mode == 1)
+            mkb_add(R, nv, K2, a, ars, aks, b + d0, bks, c + d0, crs, cs);
+        else
+            mkb_scale_add(R, nv, K2, a, ars, aks, b + d0, bks, c + d0, crs, cs);
+    }
+}
+
+/* d row i (stride ds units) = row i of x (stride xs) as w / 2 pairs (2 j, 2 j + 1), for
+ * i < n; w % 16 == 0 */
+AVX512BF static void rows_bf(uint32_t *d, size_t ds, const float *x, size_t n, size_t xs,
+                             size_t w) {
+    for (size_t i = 0; i < n; i++) {
+        const float *r = x + i * xs;
+        uint32_t *o = d + i * ds;
+        size_t j = 0;
+        for (; j + 32 <= w; j += 32) /* cvtne2ps_pbh(a, b): b's values in the low half */
+            _mm512_storeu_si512(o + j / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r + j + 16),
+                                                                       _mm512_loadu_ps(r + j)));
+        if (j < w)
+            _mm256_storeu_si256((__m256i *)(o + j / 2),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r + j)));
+    }
+}
+
+/* d pair row p (stride ds units) for p < np: unit j = (bf16 of x[2p][j], of x[2p + 1][j]) for
+ * j < w (rows of x at stride xs; rows >= n read as 0); w % 16 == 0. */
+AVX512BF static void pairs_bf(uint32_t *d, size_t ds, const float *x, size_t n, size_t xs,
+                              size_t np, size_t w) {
+    /* cvtne2ps gives row 2p's 16 values then row 2p + 1's; vpermw interleaves them */
+    const __m512i il = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                        24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                        16, 0);
+    for (size_t p = 0; p < np; p++) {
+        const float *r0 = x + 2 * p * xs, *r1 = r0 + xs;
+        int h0 = 2 * p < n, h1 = 2 * p + 1 < n;
+        for (size_t j = 0; j < w; j += 16) {
+            __m512 a = h0 ? _mm512_loadu_ps(r0 + j) : _mm512_setzero_ps();
+            __m512 b = h1 ? _mm512_loadu_ps(r1 + j) : _mm512_setzero_ps();
+            __m512i v = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+            _mm512_storeu_si512(d + p * ds + j, _mm512_permutexvar_epi16(il, v));
+        }
+    }
+}
+
+/* kt2 (hd / 2 pair rows x KB) = the block's rows 0..n-1 of x (stride kvs) as pairs along hd,
+ * transposed (columns >= n zero): the B operand of Q K^T and dO V^T. xb: KB x hd / 2 scratch. */
+AVX512BF static void pack_kt_bf(uint32_t *kt2, uint32_t *xb, const float *x, size_t n,
+                                size_t kvs, size_t hd) {
+    rows_bf(xb, hd / 2, x, n, kvs, hd);
+    transpose_kb((float *)kt2, (const float *)xb, n, hd / 2, hd / 2); /* moves bits only */
 }
 
 /* Bit t set iff query position p sees key jb + t by causality and window (t < n). */
@@ -464,13 +565,28 @@ AVX512 static float dot16(const float *x, const float *y, size_t hd) {
     return _mm512_reduce_add_ps(s);
 }
 
+/* A key block's B operands: F32 K^T (and V^T in the backward), or the BF16 path's K^T and V^T
+ * pair-interleaved (kt2, vt2: hd / 2 x KB), K or V paired over keys (kv2: KB / 2 x hd) and the
+ * rows_bf scratch of pack_kt_bf. */
+union blk {
+    struct {
+        float kt[ATT_HD_MAX * KB], vt[ATT_HD_MAX * KB];
+    } f;
+    struct {
+        uint32_t kt2[ATT_HD_MAX / 2 * KB], vt2[ATT_HD_MAX / 2 * KB], kv2[KB / 2 * ATT_HD_MAX],
+            xb[KB * ATT_HD_MAX / 2];
+    } b;
+};
+
 /* One (batch, head) of the forward: q, out rows i at + i qs; kb, vb rows j at + j kvs; L (Tq).
- * out =, L =. */
+ * out =, L =. bf: the BF16 path (hd % 32 == 0). */
 AVX512 static void forward_task(float *out, float *L, const float *q, const float *kb,
                                 const float *vb, const int32_t *sg, float scale, int window,
-                                size_t Tq, size_t Tk, size_t qs, size_t kvs, size_t hd) {
-    _Alignas(64) float kt[ATT_HD_MAX * KB];
+                                size_t Tq, size_t Tk, size_t qs, size_t kvs, size_t hd, int bf) {
+    _Alignas(64) union blk u;
     _Alignas(64) float P[MR * KB];
+    _Alignas(64) uint32_t qb[MR * ATT_HD_MAX / 2], pb[MR * KB / 2];
+    float *kt = u.f.kt;
     float M[QC], lsum[QC], cf[MR]; /* running max and sum per row of the chunk */
     size_t off = Tk - Tq;
     const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
@@ -486,14 +602,24 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
             size_t n = Tk - jb < KB ? Tk - jb : KB, ra, rb;
             block_rows(&ra, &rb, i0, i0 + ni, off, jb, n, window);
             if (ra >= rb) continue;
-            transpose_kb(kt, kb + jb * kvs, n, kvs, hd);
+            if (bf) {
+                pack_kt_bf(u.b.kt2, u.b.xb, kb + jb * kvs, n, kvs, hd);
+                pairs_bf(u.b.kv2, hd, vb + jb * kvs, n, kvs, KB / 2, hd);
+            } else {
+                transpose_kb(kt, kb + jb * kvs, n, kvs, hd);
+            }
             __m512i sv[4];
             seg_load(sv, sg, jb, n);
             for (size_t r0 = ra; r0 < rb; r0 += MR) {
                 size_t rc = rb - r0 < MR ? rb - r0 : MR, tlo, thi;
                 tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
                 size_t nv = (thi + 15) / 16; /* S (rc x 16 nv): the keys up to the tile's last */
-                mk_set(rc, nv, hd, q + r0 * qs, qs, 1, kt, KB, P, KB, NULL);
+                if (bf) {
+                    rows_bf(qb, hd / 2, q + r0 * qs, rc, qs, hd);
+                    mkb_set(rc, nv, hd / 2, qb, hd / 2, 1, u.b.kt2, KB, P, KB, NULL);
+                } else {
+                    mk_set(rc, nv, hd, q + r0 * qs, qs, 1, kt, KB, P, KB, NULL);
+                }
                 int any = 0;
                 for (size_t r = 0; r < rc; r++) {
                     size_t i = r0 + r, p = off + i;
@@ -526,8 +652,15 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                     any = 1;
                 }
                 if (!any) continue; /* O (rc x hd) = cf O + P V over the keys the tile sees */
-                mk_strips(2, rc, hd, thi - tlo, P + tlo, KB, 1, vb + (jb + tlo) * kvs, kvs,
-                          out + r0 * qs, qs, cf);
+                if (bf) { /* in whole pairs of keys: P is 0 at the keys added (no row sees them) */
+                    size_t t2 = tlo / 2, n2 = (thi + 1) / 2 - t2;
+                    rows_bf(pb, KB / 2, P, rc, KB, 16 * nv);
+                    mkb_strips(2, rc, hd, n2, pb + t2, KB / 2, 1, u.b.kv2 + t2 * hd, hd,
+                               out + r0 * qs, qs, cf);
+                } else {
+                    mk_strips(2, rc, hd, thi - tlo, P + tlo, KB, 1, vb + (jb + tlo) * kvs, kvs,
+                              out + r0 * qs, qs, cf);
+                }
             }
         }
         for (size_t i = 0; i < ni; i++) {
@@ -543,7 +676,7 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
 AVX512 static void attention_forward_avx512(float *out, float *lse, const float *q,
                                             const float *k, const float *v, const int32_t *seg,
                                             float scale, int window, size_t B, size_t Tq,
-                                            size_t Tk, size_t nh, size_t nkv, size_t hd) {
+                                            size_t Tk, size_t nh, size_t nkv, size_t hd, int bf) {
     size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
@@ -551,7 +684,7 @@ AVX512 static void attention_forward_avx512(float *out, float *lse, const float 
             size_t kh = h / group, o = b * Tq * qs + h * hd;
             forward_task(out + o, lse + (b * nh + h) * Tq, q + o, k + b * Tk * kvs + kh * hd,
                          v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale, window, Tq,
-                         Tk, qs, kvs, hd);
+                         Tk, qs, kvs, hd, bf);
         }
 }
 
@@ -562,9 +695,16 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                                  const float *out, const float *lse, const float *q,
                                  const float *kb, const float *vb, const int32_t *sg, float scale,
                                  int window, size_t group, size_t Tq, size_t Tk, size_t qs,
-                                 size_t kvs, size_t hd) {
-    _Alignas(64) float kt[ATT_HD_MAX * KB], vt[ATT_HD_MAX * KB];
+                                 size_t kvs, size_t hd, int bf) {
+    _Alignas(64) union blk u;
     _Alignas(64) float P[QS * KB], dS[QS * KB];
+    /* BF16 path: a tile's Q and dO rows (qb, db); the panel's P and dS rows paired over rows (pp,
+     * sp: QS / 2 x KB), dS rows as pairs of keys (sb: QS x KB / 2), Q and dO rows paired (qp, dp:
+     * QS / 2 x hd) */
+    _Alignas(64) uint32_t qb[MR * ATT_HD_MAX / 2], db[MR * ATT_HD_MAX / 2];
+    _Alignas(64) uint32_t pp[QS / 2 * KB], sp[QS / 2 * KB], sb[QS * KB / 2];
+    _Alignas(64) uint32_t qp[QS / 2 * ATT_HD_MAX], dp[QS / 2 * ATT_HD_MAX];
+    float *kt = u.f.kt, *vt = u.f.vt;
     float D[DMAX];
     size_t off = Tk - Tq, QCb = DMAX / group < QC ? DMAX / group : QC;
     if (QCb < 1) QCb = 1; /* group > DMAX: D is computed per row and block instead (Dh NULL) */
@@ -591,8 +731,14 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
             if (ra >= rb) continue;
             const float *kj = kb + jb * kvs, *vj = vb + jb * kvs;
             float *dkj = dkb + jb * kvs, *dvj = dvb + jb * kvs;
-            transpose_kb(kt, kj, n, kvs, hd);
-            transpose_kb(vt, vj, n, kvs, hd);
+            if (bf) {
+                pack_kt_bf(u.b.kt2, u.b.xb, kj, n, kvs, hd);
+                pack_kt_bf(u.b.vt2, u.b.xb, vj, n, kvs, hd);
+                pairs_bf(u.b.kv2, hd, kj, n, kvs, KB / 2, hd);
+            } else {
+                transpose_kb(kt, kj, n, kvs, hd);
+                transpose_kb(vt, vj, n, kvs, hd);
+            }
             __m512i sv[4];
             seg_load(sv, sg, jb, n);
             for (size_t h = 0; h < group; h++) {
@@ -607,8 +753,15 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
                         size_t nv = (thi + 15) / 16; /* columns from 16 nv on: zero */
                         float *pr0 = P + (r0 - s0) * KB, *dr0 = dS + (r0 - s0) * KB;
-                        mk_set(rc, nv, hd, qh + r0 * qs, qs, 1, kt, KB, pr0, KB, NULL);
-                        mk_set(rc, nv, hd, dyh + r0 * qs, qs, 1, vt, KB, dr0, KB, NULL);
+                        if (bf) {
+                            rows_bf(qb, hd / 2, qh + r0 * qs, rc, qs, hd);
+                            rows_bf(db, hd / 2, dyh + r0 * qs, rc, qs, hd);
+                            mkb_set(rc, nv, hd / 2, qb, hd / 2, 1, u.b.kt2, KB, pr0, KB, NULL);
+                            mkb_set(rc, nv, hd / 2, db, hd / 2, 1, u.b.vt2, KB, dr0, KB, NULL);
+                        } else {
+                            mk_set(rc, nv, hd, qh + r0 * qs, qs, 1, kt, KB, pr0, KB, NULL);
+                            mk_set(rc, nv, hd, dyh + r0 * qs, qs, 1, vt, KB, dr0, KB, NULL);
+                        }
                         for (size_t r = 0; r < rc; r++) {
                             size_t i = r0 + r, p = off + i;
                             float *pr = pr0 + r * KB, *dr = dr0 + r * KB, Li = Lh[i];
@@ -639,21 +792,44 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         }
                     }
                     if (!any) continue;
-                    /* dV (keys t0.., hd) += P^T dO, dK += dS^T Q over the rows that see the keys */
+                    if (bf) { /* the panel's operands; a row past ns reads as 0 */
+                        size_t np = (ns + 1) / 2;
+                        pairs_bf(pp, KB, P, ns, KB, np, KB);
+                        pairs_bf(sp, KB, dS, ns, KB, np, KB);
+                        pairs_bf(dp, hd, dyh + s0 * qs, ns, qs, np, hd);
+                        pairs_bf(qp, hd, qh + s0 * qs, ns, qs, np, hd);
+                        rows_bf(sb, KB / 2, dS, ns, KB, KB);
+                    }
+                    /* dV (keys t0.., hd) += P^T dO, dK += dS^T Q over the rows that see the keys
+                     * (BF16: in whole pairs of rows from s0; P and dS are 0 at the rows added) */
                     for (size_t t0 = 0; t0 < n; t0 += MR) {
                         size_t kc = n - t0 < MR ? n - t0 : MR, ka, kz;
                         block_rows(&ka, &kz, s0, s0 + ns, off, jb + t0, kc, window);
                         if (ka >= kz) continue;
+                        if (bf) {
+                            size_t a2 = (ka - s0) / 2, n2 = (kz - s0 + 1) / 2 - a2;
+                            mkb_strips(1, kc, hd, n2, pp + a2 * KB + t0, 1, KB, dp + a2 * hd, hd,
+                                       dvj + t0 * kvs, kvs, NULL);
+                            mkb_strips(1, kc, hd, n2, sp + a2 * KB + t0, 1, KB, qp + a2 * hd, hd,
+                                       dkj + t0 * kvs, kvs, NULL);
+                            continue;
+                        }
                         size_t pa = (ka - s0) * KB + t0;
                         mk_strips(1, kc, hd, kz - ka, P + pa, 1, KB, dyh + ka * qs, qs,
                                   dvj + t0 * kvs, kvs, NULL);
                         mk_strips(1, kc, hd, kz - ka, dS + pa, 1, KB, qh + ka * qs, qs,
                                   dkj + t0 * kvs, kvs, NULL);
                     }
-                    /* dQ (rows, hd) += dS K over the keys the rows see */
+                    /* dQ (rows, hd) += dS K over the keys the rows see (BF16: whole pairs) */
                     for (size_t r0 = s0; r0 < s0 + ns; r0 += MR) {
                         size_t rc = s0 + ns - r0 < MR ? s0 + ns - r0 : MR, tlo, thi;
                         tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
+                        if (bf) {
+                            size_t t2 = tlo / 2, n2 = (thi + 1) / 2 - t2;
+                            mkb_strips(1, rc, hd, n2, sb + (r0 - s0) * KB / 2 + t2, KB / 2, 1,
+                                       u.b.kv2 + t2 * hd, hd, dqh + r0 * qs, qs, NULL);
+                            continue;
+                        }
                         mk_strips(1, rc, hd, thi - tlo, dS + (r0 - s0) * KB + tlo, KB, 1,
                                   kj + tlo * kvs, kvs, dqh + r0 * qs, qs, NULL);
                     }
@@ -667,7 +843,8 @@ AVX512 static void attention_backward_avx512(float *dq, float *dk, float *dv, co
                                              const float *out, const float *lse, const float *q,
                                              const float *k, const float *v, const int32_t *seg,
                                              float scale, int window, size_t B, size_t Tq,
-                                             size_t Tk, size_t nh, size_t nkv, size_t hd) {
+                                             size_t Tk, size_t nh, size_t nkv, size_t hd,
+                                             int bf) {
     size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
@@ -675,7 +852,8 @@ AVX512 static void attention_backward_avx512(float *dq, float *dk, float *dv, co
             size_t o = b * Tq * qs + kh * group * hd, ko = b * Tk * kvs + kh * hd;
             backward_task(dq + o, dk + ko, dv + ko, dout + o, out + o,
                           lse + (b * nh + kh * group) * Tq, q + o, k + ko, v + ko,
-                          seg ? seg + b * Tk : NULL, scale, window, group, Tq, Tk, qs, kvs, hd);
+                          seg ? seg + b * Tk : NULL, scale, window, group, Tq, Tk, qs, kvs, hd,
+                          bf);
         }
 }
 #endif
@@ -697,30 +875,62 @@ static int use_avx512(size_t hd) {
     return hd > 0 && hd % 16 == 0 && hd <= ATT_HD_MAX && st_cpu_attention_native();
 }
 
-void st_cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
-                              const float *v, const int32_t *seg, float scale, int window,
-                              size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
+/* bf: the BF16 path where asked for and the CPU has AVX512_BF16 and hd % 32 == 0 */
+static void forward(int bf, float *out, float *lse, const float *q, const float *k, const float *v,
+                    const int32_t *seg, float scale, int window, size_t B, size_t Tq, size_t Tk,
+                    size_t nh, size_t nkv, size_t hd) {
 #ifdef X86
     if (use_avx512(hd)) {
-        attention_forward_avx512(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
+        attention_forward_avx512(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd,
+                                 bf && hd % 32 == 0 && st_bf16_native());
         return;
     }
 #endif
+    (void)bf;
     st_cpu_attention_forward_portable(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv,
                                       hd);
+}
+
+static void backward(int bf, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                     const float *lse, const float *q, const float *k, const float *v,
+                     const int32_t *seg, float scale, int window, size_t B, size_t Tq, size_t Tk,
+                     size_t nh, size_t nkv, size_t hd) {
+#ifdef X86
+    if (use_avx512(hd)) {
+        attention_backward_avx512(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq,
+                                  Tk, nh, nkv, hd, bf && hd % 32 == 0 && st_bf16_native());
+        return;
+    }
+#endif
+    (void)bf;
+    st_cpu_attention_backward_portable(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B,
+                                       Tq, Tk, nh, nkv, hd);
+}
+
+void st_cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
+                              const float *v, const int32_t *seg, float scale, int window,
+                              size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
+    forward(0, out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
 }
 
 void st_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                const float *out, const float *lse, const float *q, const float *k,
                                const float *v, const int32_t *seg, float scale, int window,
                                size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv, size_t hd) {
-#ifdef X86
-    if (use_avx512(hd)) {
-        attention_backward_avx512(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq,
-                                  Tk, nh, nkv, hd);
-        return;
-    }
-#endif
-    st_cpu_attention_backward_portable(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B,
-                                       Tq, Tk, nh, nkv, hd);
+    backward(0, dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
+}
+
+void st_cpu_attention_forward_bf16(float *out, float *lse, const float *q, const float *k,
+                                   const float *v, const int32_t *seg, float scale, int window,
+                                   size_t B, size_t Tq, size_t Tk, size_t nh, size_t nkv,
+                                   size_t hd) {
+    forward(1, out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
+}
+
+void st_cpu_attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout,
+                                    const float *out, const float *lse, const float *q,
+                                    const float *k, const float *v, const int32_t *seg,
+                                    float scale, int window, size_t B, size_t Tq, size_t Tk,
+                                    size_t nh, size_t nkv, size_t hd) {
+    backward(1, dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd);
 }

@@ -306,24 +306,31 @@ static void lora_backward(float *dinp, float *da, float *db, float *dxa, const f
                     (int)r, a, (int)C, 1.0f, dinp, (int)C);
 }
 
+/* Every entry but the name and attention (which --compute bf16 swaps for its BF16 path) */
+#define CPU_ENTRIES                                                                           \
+    .embedding_forward = st_ref_embedding_forward,                                            \
+    .embedding_backward = st_ref_embedding_backward, .rmsnorm_forward = rmsnorm_forward,      \
+    .rmsnorm_backward = rmsnorm_backward, .rope_forward = rope_forward,                       \
+    .rope_backward = rope_backward, .glu_forward = glu_forward, .glu_backward = glu_backward, \
+    .linear_forward = linear_forward, .linear_backward = linear_backward,                     \
+    .lora_forward = lora_forward, .lora_backward = lora_backward,                             \
+    .crossentropy_forward = crossentropy_forward,                                             \
+    .crossentropy_backward = crossentropy_backward
+
 static const struct st_kernels cpu_table = {
     .name = "cpu",
-    .embedding_forward = st_ref_embedding_forward,
-    .embedding_backward = st_ref_embedding_backward,
-    .rmsnorm_forward = rmsnorm_forward,
-    .rmsnorm_backward = rmsnorm_backward,
-    .rope_forward = rope_forward,
-    .rope_backward = rope_backward,
     .attention_forward = st_cpu_attention_forward,
     .attention_backward = st_cpu_attention_backward,
-    .glu_forward = glu_forward,
-    .glu_backward = glu_backward,
-    .linear_forward = linear_forward,
-    .linear_backward = linear_backward,
-    .lora_forward = lora_forward,
-    .lora_backward = lora_backward,
-    .crossentropy_forward = crossentropy_forward,
-    .crossentropy_backward = crossentropy_backward,
+    CPU_ENTRIES,
+};
+
+/* --compute bf16: attention's products in BF16 (attention.h) */
+static const struct st_kernels cpu_bf16_table = {
+    .name = "cpu-bf16",
+    .attention_forward = st_cpu_attention_forward_bf16,
+    .attention_backward = st_cpu_attention_backward_bf16,
+    CPU_ENTRIES,
 };
 
 const struct st_kernels *st_kernels_cpu(void) { return &cpu_table; }
+const struct st_kernels *st_kernels_cpu_bf16(void) { return &cpu_bf16_table; }
