@@ -871,9 +871,11 @@ int st_cpu_attention_native(void) {
 #endif
 }
 
+#ifdef X86
 static int use_avx512(size_t hd) {
     return hd > 0 && hd % 16 == 0 && hd <= ATT_HD_MAX && st_cpu_attention_native();
 }
+#endif
 
 /* bf: the BF16 path where asked for and the CPU has AVX512_BF16 and hd % 32 == 0 */
 static void forward(int bf, float *out, float *lse, const float *q, const float *k, const float *v,

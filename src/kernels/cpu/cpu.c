@@ -1,4 +1,4 @@
-/* cpu.c: the CPU backend. Matmuls go to OpenBLAS (sgemm); row-wise ops run the reference code on
+/* cpu.c: the CPU backend. Plain matmuls go to OpenBLAS (sgemm), LoRA to lora.c; row-wise ops run the reference code on
  * OpenMP-parallel chunks of rows, so they stay identical to ref. Attention splits (batch, head)
  * pairs across threads. Faster fused kernels replace entries here as the profile asks. */
 #include <cblas.h>
@@ -8,6 +8,7 @@
 
 #include "../ref/ref.h"
 #include "attention.h"
+#include "lora.h"
 #include "fexp.h"
 
 
@@ -280,32 +281,6 @@ static void crossentropy_backward(float *dlogits, const float *logits, const int
     }
 }
 
-/* LoRA with BLAS: xa = inp a^T (N x r), out += scale xa b^T. */
-static void lora_forward(float *out, float *xa, const float *inp, const float *a, const float *b,
-                         float scale, size_t N, size_t C, size_t OC, size_t r) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)r, (int)C, 1.0f, inp, (int)C,
-                a, (int)C, 0.0f, xa, (int)r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, xa,
-                (int)r, b, (int)r, 1.0f, out, (int)OC);
-}
-
-static void lora_backward(float *dinp, float *da, float *db, float *dxa, const float *dout,
-                          const float *inp, const float *xa, const float *a, const float *b,
-                          float scale, size_t N, size_t C, size_t OC, size_t r) {
-    // db (OC, r) += scale dout^T (OC, N) xa (N, r)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)r, (int)N, scale, dout,
-                (int)OC, xa, (int)r, 1.0f, db, (int)r);
-    // dxa (N, r) = scale dout (N, OC) b (OC, r)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)r, (int)OC, scale, dout,
-                (int)OC, b, (int)r, 0.0f, dxa, (int)r);
-    // da (r, C) += dxa^T (r, N) inp (N, C)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)C, (int)N, 1.0f, dxa, (int)r,
-                inp, (int)C, 1.0f, da, (int)C);
-    if (dinp) // dinp (N, C) += dxa (N, r) a (r, C)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)r, 1.0f, dxa,
-                    (int)r, a, (int)C, 1.0f, dinp, (int)C);
-}
-
 /* Every entry but the name and attention (which --compute bf16 swaps for its BF16 path) */
 #define CPU_ENTRIES                                                                           \
     .embedding_forward = st_ref_embedding_forward,                                            \
@@ -313,7 +288,7 @@ static void lora_backward(float *dinp, float *da, float *db, float *dxa, const f
     .rmsnorm_backward = rmsnorm_backward, .rope_forward = rope_forward,                       \
     .rope_backward = rope_backward, .glu_forward = glu_forward, .glu_backward = glu_backward, \
     .linear_forward = linear_forward, .linear_backward = linear_backward,                     \
-    .lora_forward = lora_forward, .lora_backward = lora_backward,                             \
+    .lora_forward = st_cpu_lora_forward, .lora_backward = st_cpu_lora_backward,                             \
     .crossentropy_forward = crossentropy_forward,                                             \
     .crossentropy_backward = crossentropy_backward
 
