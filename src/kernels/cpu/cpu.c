@@ -1,6 +1,6 @@
-/* cpu.c: the CPU backend. Plain matmuls go to OpenBLAS (sgemm), LoRA to lora.c; row-wise ops run the reference code on
- * OpenMP-parallel chunks of rows, so they stay identical to ref. Attention splits (batch, head)
- * pairs across threads. Faster fused kernels replace entries here as the profile asks. */
+/* cpu.c: the CPU backend. Plain matmuls go to OpenBLAS (sgemm), LoRA to lora.c, attention to
+ * attention.c; row-wise ops run the reference code on OpenMP-parallel chunks of rows, so they
+ * stay identical to ref. Faster fused kernels replace entries here as the profile asks. */
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
