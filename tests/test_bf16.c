@@ -91,7 +91,7 @@ TEST(gemm) {
     gemm_case(17, 100, 33, 0, 0, 1, 5);    /* the dY W packing */
     gemm_case(64, 576, 192, 1, 1, 0, 0);   /* a transformer-ish shape */
     gemm_case(3, 1031, 7, 0, 1, 1, 1);
-    gemm_case(300, 1100, 70, 1, 1, 0, 2);  /* 3 row blocks, 3 k blocks, bias started in block 1 */
+    gemm_case(300, 1500, 70, 1, 1, 0, 2);  /* 3 row blocks, 3 k blocks (750 pairs), bias in block 1 */
     gemm_case(260, 600, 65, 0, 0, 0, 0);   /* 3 row blocks, zero start, ragged last panel */
 }
 

@@ -49,7 +49,8 @@
 
 #define NR GEMM_NR
 #define MR GEMM_MR
-#define KC 256 /* pairs of k per block: a panel block of 32 KiB stays in L1 */
+#define KC 288 /* at most this many pairs of k per block (balanced: gemm_kc): panel blocks of
+                * up to 36 KiB stay in L1, and K = 576 is one block */
 
 int st_bf16_native(void);
 
@@ -280,45 +281,55 @@ static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, const uint1
 }
 
 #ifdef X86
-__attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) static void
-kernel_avx512(float *c, size_t ldc, const uint32_t *xp, const uint16_t *bp,
-              size_t nq, size_t mr, size_t nr, const float *init) {
-    __m512 acc[MR][2];
-    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? 0xffff : (__mmask16)((1u << (nr - 16)) - 1);
-    for (size_t r = 0; r < MR; r++) {
-        const float *src = init ? init : c + r * ldc;
-        acc[r][0] = r < mr ? _mm512_maskz_loadu_ps(m0, src) : _mm512_setzero_ps();
-        acc[r][1] = r < mr ? _mm512_maskz_loadu_ps(m1, src + 16) : _mm512_setzero_ps();
-    }
-    if (mr == MR) {
-        for (size_t q = 0; q < nq; q++) {
-            __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2);
-            __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2 + 32);
-#define ROW(r)                                                                                     \
-    do {                                                                                           \
-        __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[q * MR + (r)]);                        \
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);                                            \
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);                                            \
+#define BF16_TARGET __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
+/* The tile's k loop over nq pairs for R rows (R constant at each call: the 2 R accumulators stay
+ * in registers from the loads of c (or init) to the stores, with no stack copies between). */
+#define TILE_BODY(R)                                                                              \
+    do {                                                                                          \
+        __m512 acc[R][2];                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                                   \
+            const float *src = init ? init : c + r * ldc;                                         \
+            acc[r][0] = _mm512_maskz_loadu_ps(m0, src);                                           \
+            acc[r][1] = _mm512_maskz_loadu_ps(m1, src + 16);                                      \
+        }                                                                                         \
+        for (size_t q = 0; q < nq; q++) {                                                         \
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2);                          \
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2 + 32);                     \
+            _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                               \
+                __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[q * MR + r]);                    \
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);                                   \
+                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);                                   \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                                   \
+            _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);                                    \
+            _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);                               \
+        }                                                                                         \
     } while (0)
-            ROW(0); ROW(1); ROW(2); ROW(3); ROW(4); ROW(5); ROW(6); ROW(7);
-#undef ROW
-        }
-    } else {
-        for (size_t q = 0; q < nq; q++) {
-            __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2);
-            __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * NR * 2 + 32);
-            for (size_t r = 0; r < mr; r++) {
-                __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[q * MR + r]);
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
-                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
-            }
-        }
-    }
-    for (size_t r = 0; r < mr; r++) {
-        _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
-        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
-    }
+
+BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t *xp,
+                                           const uint16_t *bp, size_t nq, __mmask16 m0,
+                                           __mmask16 m1, const float *init) {
+    TILE_BODY(MR);
+}
+
+/* 1..MR - 1 rows: one case per row count, so that each keeps its accumulators in registers */
+BF16_TARGET static void kernel_avx512_part(float *c, size_t ldc, const uint32_t *xp,
+                                           const uint16_t *bp, size_t nq, size_t mr,
+                                           __mmask16 m0, __mmask16 m1, const float *init) {
+    GEMM_PARTIAL_ROWS(mr, TILE_BODY)
+}
+
+BF16_TARGET static void kernel_avx512(float *c, size_t ldc, const uint32_t *xp,
+                                      const uint16_t *bp, size_t nq, size_t mr, size_t nr,
+                                      const float *init) {
+    /* valid columns of the panel's two 16-float halves */
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xffffu : (1u << (nr - 16)) - 1);
+    if (mr == MR)
+        kernel_avx512_full(c, ldc, xp, bp, nq, m0, m1, init);
+    else
+        kernel_avx512_part(c, ldc, xp, bp, nq, mr, m0, m1, init);
 }
 #endif
 
@@ -424,5 +435,5 @@ static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t q
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
                      const float *bias, size_t M, size_t K, size_t N, int accumulate) {
     struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native()};
-    gemm_drive(out, ldo, bias, M, g.kp, N, KC, accumulate, bf16_tile, &g);
+    gemm_drive(out, ldo, bias, M, g.kp, N, gemm_kc(g.kp, KC), accumulate, bf16_tile, &g);
 }

@@ -18,6 +18,27 @@
 #define GEMM_MR 8   /* rows per micro-tile */
 #define GEMM_MC 128 /* rows per block */
 
+/* BODY(R) with R = mr in 1..GEMM_MR - 1 a constant in each case (tile kernels for the last rows:
+ * constant row counts keep their accumulators in registers) */
+#define GEMM_PARTIAL_ROWS(mr, BODY)                                                           \
+    switch (mr) {                                                                             \
+    case 1: BODY(1); break;                                                                   \
+    case 2: BODY(2); break;                                                                   \
+    case 3: BODY(3); break;                                                                   \
+    case 4: BODY(4); break;                                                                   \
+    case 5: BODY(5); break;                                                                   \
+    case 6: BODY(6); break;                                                                   \
+    default: BODY(7); break;                                                                  \
+    }
+_Static_assert(GEMM_MR == 8, "GEMM_PARTIAL_ROWS lists 1..7 rows");
+
+/* k block size for K units and at most kc_max per block: the blocks balanced (K = 288 pairs and
+ * kc_max 288 is one block, not 256 + 32: each extra block reloads and stores the C tiles) */
+static inline size_t gemm_kc(size_t K, size_t kc_max) {
+    size_t nb = K > kc_max ? (K + kc_max - 1) / kc_max : 1;
+    return (K + nb - 1) / nb;
+}
+
 /* One micro-tile: c (mr rows of stride ldc, nr valid columns of panel p) = init + X rows
  * [m0, m0 + mr) @ panel p's k units [k0, k0 + nk), or += when init is NULL. */
 typedef void (*gemm_tile_fn)(const void *ctx, float *c, size_t ldc, size_t m0, size_t k0,

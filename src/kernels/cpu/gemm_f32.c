@@ -6,7 +6,8 @@
  * columns' values (zero-padded at the right edge). X is read in place (row stride ldx). The
  * micro-kernel keeps an MR x NR tile of float accumulators in 16 zmm registers and, per k,
  * broadcasts X's value of each row and issues one FMA per (row, 16 columns); k goes in blocks of
- * KC (a panel block of 32 KiB stays in L1). Threads and blocks: gemm_driver.h.
+ * up to KC, balanced (a panel block of up to 36 KiB stays in L1). Threads and blocks:
+ * gemm_driver.h.
  *
  * On AArch64 (Advanced SIMD is mandatory there, so no run-time check) the 8 x 32 tile does not
  * fit in 32 registers of 4 floats: the NEON kernel walks the panel in strips of 8 columns
@@ -39,7 +40,7 @@
 
 #define NR GEMM_NR
 #define MR GEMM_MR
-#define KC 256
+#define KC 288 /* at most this many k per block (balanced: gemm_kc); panel blocks <= 36 KiB */
 
 size_t st_f32_panels_bytes(size_t K, size_t N) {
     return (N + NR - 1) / NR * K * NR * sizeof(float);
@@ -87,48 +88,55 @@ static void kernel_generic(float *c, size_t ldc, const float *x, size_t ldx, con
 }
 
 #ifdef X86
+/* The tile's k loop for R rows (R constant at each call: the 2 R accumulators stay in registers
+ * from the loads of c (or init) to the stores, with no stack copies between). */
+#define TILE_BODY(R)                                                                              \
+    do {                                                                                          \
+        __m512 acc[R][2];                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                                   \
+            const float *src = init ? init : c + r * ldc;                                         \
+            acc[r][0] = _mm512_maskz_loadu_ps(m0, src);                                           \
+            acc[r][1] = _mm512_maskz_loadu_ps(m1, src + 16);                                      \
+        }                                                                                         \
+        for (size_t k = 0; k < nk; k++) {                                                         \
+            __m512 b0 = _mm512_loadu_ps(bp + k * NR), b1 = _mm512_loadu_ps(bp + k * NR + 16);     \
+            _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                               \
+                __m512 a = _mm512_set1_ps(x[r * ldx + k]);                                        \
+                acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                    \
+                acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                    \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                                   \
+            _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);                                    \
+            _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);                               \
+        }                                                                                         \
+    } while (0)
+
+__attribute__((target("avx512f"))) static void
+kernel_avx512_full(float *c, size_t ldc, const float *x, size_t ldx, const float *bp, size_t nk,
+                   __mmask16 m0, __mmask16 m1, const float *init) {
+    TILE_BODY(MR);
+}
+
+/* 1..MR - 1 rows: one case per row count, so that each keeps its accumulators in registers */
+__attribute__((target("avx512f"))) static void
+kernel_avx512_part(float *c, size_t ldc, const float *x, size_t ldx, const float *bp, size_t nk,
+                   size_t mr, __mmask16 m0, __mmask16 m1, const float *init) {
+    GEMM_PARTIAL_ROWS(mr, TILE_BODY)
+}
+
 __attribute__((target("avx512f"))) static void kernel_avx512(float *c, size_t ldc,
                                                              const float *x, size_t ldx,
                                                              const float *bp, size_t nk,
                                                              size_t mr, size_t nr,
                                                              const float *init) {
-    __m512 acc[MR][2];
-    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? 0xffff : (__mmask16)((1u << (nr - 16)) - 1);
-    for (size_t r = 0; r < MR; r++) {
-        const float *src = init ? init : c + r * ldc;
-        acc[r][0] = r < mr ? _mm512_maskz_loadu_ps(m0, src) : _mm512_setzero_ps();
-        acc[r][1] = r < mr ? _mm512_maskz_loadu_ps(m1, src + 16) : _mm512_setzero_ps();
-    }
-    if (mr == MR) {
-        const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
-        const float *x4 = x + 4 * ldx, *x5 = x + 5 * ldx, *x6 = x + 6 * ldx, *x7 = x + 7 * ldx;
-        for (size_t k = 0; k < nk; k++) {
-            __m512 b0 = _mm512_loadu_ps(bp + k * NR), b1 = _mm512_loadu_ps(bp + k * NR + 16);
-#define ROW(r, xr)                                                                                 \
-    do {                                                                                           \
-        __m512 a = _mm512_set1_ps(xr[k]);                                                          \
-        acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                             \
-        acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                             \
-    } while (0)
-            ROW(0, x0); ROW(1, x1); ROW(2, x2); ROW(3, x3);
-            ROW(4, x4); ROW(5, x5); ROW(6, x6); ROW(7, x7);
-#undef ROW
-        }
-    } else {
-        for (size_t k = 0; k < nk; k++) {
-            __m512 b0 = _mm512_loadu_ps(bp + k * NR), b1 = _mm512_loadu_ps(bp + k * NR + 16);
-            for (size_t r = 0; r < mr; r++) {
-                __m512 a = _mm512_set1_ps(x[r * ldx + k]);
-                acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-            }
-        }
-    }
-    for (size_t r = 0; r < mr; r++) {
-        _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
-        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
-    }
+    /* valid columns of the panel's two 16-float halves */
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xffffu : (1u << (nr - 16)) - 1);
+    if (mr == MR)
+        kernel_avx512_full(c, ldc, x, ldx, bp, nk, m0, m1, init);
+    else
+        kernel_avx512_part(c, ldc, x, ldx, bp, nk, mr, m0, m1, init);
 }
 #endif
 
@@ -229,5 +237,5 @@ static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t k0
 void st_f32_gemm(float *out, size_t ldo, const float *x, size_t ldx, const float *panels,
                  const float *bias, size_t M, size_t K, size_t N, int accumulate) {
     struct f32_args g = {x, panels, ldx, K, st_f32_native()};
-    gemm_drive(out, ldo, bias, M, K, N, KC, accumulate, f32_tile, &g);
+    gemm_drive(out, ldo, bias, M, K, N, gemm_kc(K, KC), accumulate, f32_tile, &g);
 }
