@@ -756,14 +756,32 @@ struct lin {
     int layer;
 };
 
-/* out (N, OC) = inp W^T + bias (+ LoRA of module mod when attached) */
-static void lin_forward(const struct lin *c, int mod, float *out, const float *inp, const float *w,
-                        const float *bias, size_t N, size_t C, size_t OC) {
+/* inp (N, C) rounded to BF16 once for the matmuls of modules mods[0..n) (q, k, v; gate, up),
+ * which share it; NULL (each matmul rounds it itself) unless all of them have BF16 panels (a
+ * quantised one rounds X into the same scratch) and all N rows fit the scratch. */
+static const uint32_t *shared_x(const struct lin *c, const int *mods, int n, const float *inp,
+                                size_t N, size_t C) {
+    const struct st_model *m = c->m;
+    const struct st_layer_weights *w = &m->layers[c->layer];
+    if (!m->bf16 || st_bf16_x_bytes(N, C) > m->bscratch_bytes) return NULL;
+    for (int i = 0; i < n; i++)
+        if (w->q[mods[i]].kind || !w->bf[mods[i]]) return NULL;
+    st_bf16_pack_x(m->bscratch, inp, N, C, C);
+    return m->bscratch;
+}
+
+/* out (N, OC) = inp W^T + bias (+ LoRA of module mod when attached); xp: inp already rounded
+ * (shared_x) or NULL */
+static void lin_forward(const struct lin *c, int mod, float *out, const float *inp,
+                        const uint32_t *xp, const float *w, const float *bias, size_t N, size_t C,
+                        size_t OC) {
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const void *bf = m->layers[c->layer].bf[mod];
     if (qw->kind)
         q_forward(m, out, inp, qw, bias, N);
+    else if (bf && xp)
+        st_bf16_gemm_px(out, OC, xp, bf, bias, N, C, OC, 0);
     else if (bf)
         panel_mm(m, out, inp, bf, bias, N, C, OC, 0);
     else
@@ -868,23 +886,26 @@ void st_block_forward(const struct st_model *m, int l, struct st_layer_acts *la,
 
     // attention
     k->rmsnorm_forward(la->xn1, la->rstd1, x_in, w->in_norm, c->norm_eps, c->norm_offset, N, D);
-    lin_forward(&lc, ST_LIN_Q, la->q, la->xn1, w->wq, w->bq, N, D, QD);
-    lin_forward(&lc, ST_LIN_K, knew, la->xn1, w->wk, w->bk, N, D, KD);
-    lin_forward(&lc, ST_LIN_V, vnew, la->xn1, w->wv, w->bv, N, D, KD);
+    static const int qkv[] = {ST_LIN_Q, ST_LIN_K, ST_LIN_V}, gu[] = {ST_LIN_GATE, ST_LIN_UP};
+    const uint32_t *xp = shared_x(&lc, qkv, 3, la->xn1, N, D);
+    lin_forward(&lc, ST_LIN_Q, la->q, la->xn1, xp, w->wq, w->bq, N, D, QD);
+    lin_forward(&lc, ST_LIN_K, knew, la->xn1, xp, w->wk, w->bk, N, D, KD);
+    lin_forward(&lc, ST_LIN_V, vnew, la->xn1, xp, w->wv, w->bv, N, D, KD);
     k->rope_forward(la->q, la->q, cos_t, sin_t, pos, N, nh, hd);
     k->rope_forward(knew, knew, cos_t, sin_t, pos, N, nkv, hd);
     k->attention_forward(la->ay, la->lse, la->q, kall, vall, seg, 1.0f / sqrtf((float)hd),
                          st_config_layer_window(c, l), B, Tq, Tk, nh, nkv, hd);
-    lin_forward(&lc, ST_LIN_O, tmp, la->ay, w->wo, w->bo, N, QD, D);
+    lin_forward(&lc, ST_LIN_O, tmp, la->ay, NULL, w->wo, w->bo, N, QD, D);
     for (size_t i = 0; i < N * D; i++) la->res_mid[i] = x_in[i] + tmp[i];
 
     // MLP
     k->rmsnorm_forward(la->xn2, la->rstd2, la->res_mid, w->post_norm, c->norm_eps,
                        c->norm_offset, N, D);
-    lin_forward(&lc, ST_LIN_GATE, la->gate, la->xn2, w->wg, w->bg, N, D, H);
-    lin_forward(&lc, ST_LIN_UP, la->up, la->xn2, w->wu, w->bu, N, D, H);
+    xp = shared_x(&lc, gu, 2, la->xn2, N, D);
+    lin_forward(&lc, ST_LIN_GATE, la->gate, la->xn2, xp, w->wg, w->bg, N, D, H);
+    lin_forward(&lc, ST_LIN_UP, la->up, la->xn2, xp, w->wu, w->bu, N, D, H);
     k->glu_forward(la->g, la->gate, la->up, c->act, N, H);
-    lin_forward(&lc, ST_LIN_DOWN, tmp, la->g, w->wd, w->bd, N, H, D);
+    lin_forward(&lc, ST_LIN_DOWN, tmp, la->g, NULL, w->wd, w->bd, N, H, D);
     for (size_t i = 0; i < N * D; i++) x_out[i] = la->res_mid[i] + tmp[i];
 }
 
