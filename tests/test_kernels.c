@@ -1126,7 +1126,9 @@ TEST(lora_large) {
     const struct st_kernels *cpu = st_kernels_cpu(), *ref = st_kernels_ref();
     const struct {
         size_t N, C, OC, r;
-    } cases[] = {{131, 200, 77, 8}, {70, 65, 130, 3}, {33, 97, 64, 17}, {100, 576, 192, 64}};
+    } cases[] = {{131, 200, 77, 8},    {70, 65, 130, 3},  {33, 97, 64, 17},
+                 {100, 576, 192, 64}, {300, 700, 333, 9}, /* above the kernels' threading size */
+                 {37, 9, 5, 300}};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         size_t N = cases[ci].N, C = cases[ci].C, OC = cases[ci].OC, r = cases[ci].r;
         float *inp = fnew(N * C), *a = fnew(r * C), *b = fnew(OC * r), *dout = fnew(N * OC);

@@ -313,7 +313,7 @@ static void crossentropy_backward(float *dlogits, const float *logits, const int
     .rmsnorm_backward = rmsnorm_backward, .rope_forward = rope_forward,                       \
     .rope_backward = rope_backward, .glu_forward = glu_forward, .glu_backward = glu_backward, \
     .linear_forward = linear_forward, .linear_backward = linear_backward,                     \
-    .lora_forward = st_cpu_lora_forward, .lora_backward = st_cpu_lora_backward,                             \
+    .lora_forward = st_cpu_lora_forward, .lora_backward = st_cpu_lora_backward,               \
     .crossentropy_forward = crossentropy_forward,                                             \
     .crossentropy_backward = crossentropy_backward
 

@@ -49,8 +49,8 @@
 
 #define NR GEMM_NR
 #define MR GEMM_MR
-#define KC 288 /* at most this many pairs of k per block (balanced: gemm_kc): panel blocks of
-                * up to 36 KiB stay in L1, and K = 576 is one block */
+#define KC 288 /* at most this many pairs of k per block (balanced: gemm_kc): K = 576 is one
+                * block; a panel block of up to 36 KiB (48 KiB L1 on Zen 5) */
 
 int st_bf16_native(void);
 

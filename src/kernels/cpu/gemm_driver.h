@@ -28,13 +28,15 @@
     case 4: BODY(4); break;                                                                   \
     case 5: BODY(5); break;                                                                   \
     case 6: BODY(6); break;                                                                   \
-    default: BODY(7); break;                                                                  \
+    case 7: BODY(7); break;                                                                   \
+    default: break; /* callers pass 1..7 */                                                   \
     }
 _Static_assert(GEMM_MR == 8, "GEMM_PARTIAL_ROWS lists 1..7 rows");
 
 /* k block size for K units and at most kc_max per block: the blocks balanced (K = 288 pairs and
  * kc_max 288 is one block, not 256 + 32: each extra block reloads and stores the C tiles) */
 static inline size_t gemm_kc(size_t K, size_t kc_max) {
+    if (K == 0) return 1; /* one empty block: the tiles get their start (zeros or the bias) */
     size_t nb = K > kc_max ? (K + kc_max - 1) / kc_max : 1;
     return (K + nb - 1) / nb;
 }

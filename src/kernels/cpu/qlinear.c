@@ -1,7 +1,7 @@
 /* qlinear.c: quantised frozen weights (quant.h): dequantise tiles of rows into a bounded scratch
  * and multiply them with OpenBLAS; chunked quantisation of safetensors tensors at load.
  *
- * The tile is a few hundred KiB to a few MiB (about 1 MiB of floats, at least 16 rows), so the
+ * The tile is up to a few MiB (about 1M weights, 4 MiB of floats, at least 16 rows), so the
  * dequantisation (one pass over the codes per matmul) is cheap next to the GEMM for the batch
  * sizes of training, and memory never holds a whole dequantised layer. */
 #include <cblas.h>
