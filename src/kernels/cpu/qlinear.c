@@ -3,7 +3,8 @@
  *
  * The tile is up to a few MiB (about 1M weights, 4 MiB of floats, at least 16 rows), so the
  * dequantisation (one pass over the codes per matmul) is cheap next to the GEMM for the batch
- * sizes of training, and memory never holds a whole dequantised layer. */
+ * sizes of training, and memory holds at most one tile of a dequantised matrix (a small model's
+ * matrices are one tile each). */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -83,8 +84,8 @@ void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, 
 
 /* Tiles of about 1M weights (4 MiB of floats, 2 MiB of BF16 panels): a 135M model's matrices
  * are one tile each, an 8B model's 14336 x 4096 ones 56. Each tile is one GEMM pass, and in the
- * backward one more read and write of the whole input gradient (with 256K-weight tiles that
- * cost QLoRA 4-5% of a step against bf16 LoRA). */
+ * backward one more read and write of the whole input gradient (256K-weight tiles made an NF4
+ * step 15-20% slower). */
 size_t st_qweight_tile_rows(const struct st_qweight *w) {
     size_t rows = ((size_t)1 << 20) / (w->cols ? w->cols : 1);
     if (rows < 16) rows = 16;
