@@ -80,11 +80,11 @@ class Peer(torch.nn.Module):
         self.hd = cfg.get("head_dim") or self.D // self.nh
         self.eps = cfg.get("rms_norm_eps", 1e-5)
         self.theta = cfg.get("rope_theta", 10000.0)
-        self.scale = alpha / r
+        self.scale = alpha / r if r else 0.0
         self.w = w  # frozen base: plain tensors, requires_grad False
         self.lm_head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
         self.lora = torch.nn.ModuleDict()
-        for i in range(self.L):
+        for i in range(self.L if r else 0):
             for p, n_in, n_out in (("q", self.D, self.nh * self.hd), ("k", self.D, self.nkv * self.hd),
                                    ("v", self.D, self.nkv * self.hd), ("o", self.nh * self.hd, self.D)):
                 self.lora[f"{i}_{p}"] = Lora(n_in, n_out, r, gen)
@@ -97,6 +97,8 @@ class Peer(torch.nn.Module):
 
     def lin(self, x, i, p, name):
         y = F.linear(x, self.w[f"model.layers.{i}.self_attn.{name}.weight"])
+        if not self.lora:  # r = 0: the base model alone (bench/infer_cpu)
+            return y
         lo = self.lora[f"{i}_{p}"]
         return y + F.linear(F.linear(x, lo.a), lo.b) * self.scale
 

@@ -179,7 +179,8 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
                                  struct st_lora *lo, struct st_error *err);
 
 /* Mean next-token cross-entropy of one sequence: *loss_sum += sum of -log p(ids[t+1] | ids[..t]),
- * *count += T - 1. Uses a (B = 1, T >= n). */
+ * *count += n - 1. Uses a (B = 1, T >= n), chunked head or not: the head and the loss run
+ * head_rows rows at a time, so ST_ACTS_CHUNKED_HEAD never holds the whole logits. */
 enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const int32_t *ids,
                               size_t n, double *loss_sum, size_t *count, struct st_error *err);
 

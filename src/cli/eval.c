@@ -162,7 +162,10 @@ int cmd_eval(int argc, char **argv) {
     double sum = 0, secs = 0;
     size_t count = 0;
     struct st_acts a = {0};
-    if (!rc) rc = st_acts_init(&a, &m, 1, maxlen < 2 ? 2 : maxlen, 0, &err);
+    /* the head and the loss go head_rows rows at a time (16 MiB of logits, not 100 MB per
+     * 512-token record on a 49k vocabulary); a quantised head in bigger chunks (model.h) */
+    int mode = ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD | (m.q_head.kind ? ST_ACTS_WIDE_HEAD : 0);
+    if (!rc) rc = st_acts_init(&a, &m, 1, maxlen < 2 ? 2 : maxlen, mode, &err);
     /* pass 2: score */
     if (!rc) {
         rewind(f);

@@ -1107,11 +1107,17 @@ enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const
     /* run on exactly n tokens: use a view of the planned buffers with T = n */
     size_t T = a->T;
     a->T = n;
-    enum st_status rc = st_model_forward(m, a, ids, NULL, err);
+    enum st_status rc = forward_body(m, a, ids, NULL, err);
     a->T = T;
     if (rc) return rc;
-    size_t V = (size_t)m->cfg.vocab_size;
-    m->k->crossentropy_forward(a->losses, a->logits, ids + 1, n - 1, V);
+    /* rows 0..n-2 predict ids[1..n-1]; the last row predicts nothing and skips the head. With a
+     * chunked head the logits of head_rows rows at a time, each scored while in cache. */
+    size_t V = (size_t)m->cfg.vocab_size, D = (size_t)m->cfg.dim, R = a->head_rows;
+    for (size_t r0 = 0; r0 + 1 < n; r0 += R) {
+        size_t nr = n - 1 - r0 < R ? n - 1 - r0 : R;
+        st_model_head(m, a->logits, a->xf + r0 * D, nr);
+        m->k->crossentropy_forward(a->losses + r0, a->logits, ids + 1 + r0, nr, V);
+    }
     for (size_t i = 0; i + 1 < n; i++) *loss_sum += a->losses[i];
     *count += n - 1;
     return ST_OK;

@@ -487,6 +487,15 @@ AVX512BF static void rows_bf(uint32_t *d, size_t ds, const float *x, size_t n, s
     }
 }
 
+/* The first 16 nv values of a row of P (nv <= 4 vectors) as bf16 pairs: rows_bf for one row
+ * in registers (the forward's P never goes to memory as float). */
+AVX512BF static void p_row_bf(uint32_t *d, const __m512 *e, size_t nv) {
+    size_t v = 0;
+    for (; v + 2 <= nv; v += 2)
+        _mm512_storeu_si512(d + 8 * v, (__m512i)_mm512_cvtne2ps_pbh(e[v + 1], e[v]));
+    if (v < nv) _mm256_storeu_si256((__m256i *)(d + 8 * v), (__m256i)_mm512_cvtneps_pbh(e[v]));
+}
+
 /* d pair row p (stride ds units) for p < np: unit j = (bf16 of x[2p][j], of x[2p + 1][j]) for
  * j < w (rows of x at stride xs; rows >= n read as 0); w % 16 == 0. */
 AVX512BF static void pairs_bf(uint32_t *d, size_t ds, const float *x, size_t n, size_t xs,
@@ -628,7 +637,10 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                     if (sg && vm) vm &= seg_mask(sv, sg[p]);
                     cf[r] = 1;
                     if (!vm) {
-                        memset(pr, 0, KB * sizeof(float));
+                        if (bf)
+                            memset(pb + r * (KB / 2), 0, KB / 2 * sizeof(uint32_t));
+                        else
+                            memset(pr, 0, KB * sizeof(float));
                         continue;
                     }
                     __m512 s[4], mx = ninf;
@@ -641,10 +653,13 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                     __m512 mnv = _mm512_set1_ps(mn), sum = _mm512_setzero_ps();
                     for (size_t v = 0; v < nv; v++) {
                         __mmask16 mv = (__mmask16)(vm >> (16 * v));
-                        __m512 e = _mm512_maskz_mov_ps(mv, exp16(_mm512_sub_ps(s[v], mnv)));
-                        _mm512_storeu_ps(pr + 16 * v, e);
-                        sum = _mm512_add_ps(sum, e);
+                        s[v] = _mm512_maskz_mov_ps(mv, exp16(_mm512_sub_ps(s[v], mnv)));
+                        sum = _mm512_add_ps(sum, s[v]);
                     }
+                    if (bf) /* P's row straight to bf16 pairs of keys (rows_bf's layout) */
+                        p_row_bf(pb + r * (KB / 2), s, nv);
+                    else
+                        for (size_t v = 0; v < nv; v++) _mm512_storeu_ps(pr + 16 * v, s[v]);
                     float c = mo == mn ? 1.0f : mo == -INFINITY ? 0.0f : fexp(mo - mn);
                     lsum[i - i0] = lsum[i - i0] * c + _mm512_reduce_add_ps(sum);
                     M[i - i0] = mn;
@@ -654,7 +669,6 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                 if (!any) continue; /* O (rc x hd) = cf O + P V over the keys the tile sees */
                 if (bf) { /* in whole pairs of keys: P is 0 at the keys added (no row sees them) */
                     size_t t2 = tlo / 2, n2 = (thi + 1) / 2 - t2;
-                    rows_bf(pb, KB / 2, P, rc, KB, 16 * nv);
                     mkb_strips(2, rc, hd, n2, pb + t2, KB / 2, 1, u.b.kv2 + t2 * hd, hd,
                                out + r0 * qs, qs, cf);
                 } else {

@@ -307,10 +307,11 @@ static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, const uint1
         }                                                                                         \
     } while (0)
 
-BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t *xp,
-                                           const uint16_t *bp, size_t nq, __mmask16 m0,
-                                           __mmask16 m1, const float *init) {
-    TILE_BODY(MR);
+/* nt full tiles, one after another down the rows (X tiles xts units apart) */
+BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t *xp, size_t xts,
+                                           size_t nt, const uint16_t *bp, size_t nq,
+                                           __mmask16 m0, __mmask16 m1, const float *init) {
+    for (size_t t = 0; t < nt; t++, c += MR * ldc, xp += xts) TILE_BODY(MR);
 }
 
 /* 1..MR - 1 rows: one case per row count, so that each keeps its accumulators in registers */
@@ -320,16 +321,18 @@ BF16_TARGET static void kernel_avx512_part(float *c, size_t ldc, const uint32_t 
     GEMM_PARTIAL_ROWS(mr, TILE_BODY)
 }
 
-BF16_TARGET static void kernel_avx512(float *c, size_t ldc, const uint32_t *xp,
-                                      const uint16_t *bp, size_t nq, size_t mr, size_t nr,
+/* rows rows of c (X tiles xts units apart) */
+BF16_TARGET static void kernel_avx512(float *c, size_t ldc, const uint32_t *xp, size_t xts,
+                                      const uint16_t *bp, size_t nq, size_t rows, size_t nr,
                                       const float *init) {
     /* valid columns of the panel's two 16-float halves */
     __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
     __mmask16 m1 = (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xffffu : (1u << (nr - 16)) - 1);
-    if (mr == MR)
-        kernel_avx512_full(c, ldc, xp, bp, nq, m0, m1, init);
-    else
-        kernel_avx512_part(c, ldc, xp, bp, nq, mr, m0, m1, init);
+    size_t nt = rows / MR;
+    if (nt) kernel_avx512_full(c, ldc, xp, xts, nt, bp, nq, m0, m1, init);
+    if (rows % MR)
+        kernel_avx512_part(c + nt * MR * ldc, ldc, xp + nt * xts, bp, nq, rows % MR, m0, m1,
+                           init);
 }
 #endif
 
@@ -413,23 +416,27 @@ struct bf16_args {
     int native;
 };
 
-static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t q0, size_t nq,
-                      size_t mr, size_t p, size_t nr, const float *init) {
+static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1, size_t q0,
+                      size_t nq, size_t p, size_t nr, const float *init) {
     const struct bf16_args *g = ctx;
-    const uint32_t *xp = g->xp + m0 * g->kp + q0 * MR;
+    const uint32_t *xp = g->xp + m0 * g->kp + q0 * MR; /* X tiles MR * kp units apart */
     const uint16_t *bp = g->panels + (p * g->kp + q0) * NR * 2;
 #ifdef X86
     if (g->native) {
-        kernel_avx512(c, ldc, xp, bp, nq, mr, nr, init);
-        return;
-    }
-#elif defined(A64)
-    if (g->native) {
-        kernel_bfdot(c, ldc, xp, bp, nq, mr, nr, init);
+        kernel_avx512(c, ldc, xp, MR * g->kp, bp, nq, m1 - m0, nr, init);
         return;
     }
 #endif
-    kernel_generic(c, ldc, xp, bp, nq, mr, nr, init);
+    for (size_t m = m0; m < m1; m += MR, c += MR * ldc, xp += MR * g->kp) {
+        size_t mr = m1 - m < MR ? m1 - m : MR;
+#ifdef A64
+        if (g->native) {
+            kernel_bfdot(c, ldc, xp, bp, nq, mr, nr, init);
+            continue;
+        }
+#endif
+        kernel_generic(c, ldc, xp, bp, nq, mr, nr, init);
+    }
 }
 
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,

@@ -112,10 +112,11 @@ static void kernel_generic(float *c, size_t ldc, const float *x, size_t ldx, con
         }                                                                                         \
     } while (0)
 
+/* nt full tiles, one after another down the rows */
 __attribute__((target("avx512f"))) static void
-kernel_avx512_full(float *c, size_t ldc, const float *x, size_t ldx, const float *bp, size_t nk,
-                   __mmask16 m0, __mmask16 m1, const float *init) {
-    TILE_BODY(MR);
+kernel_avx512_full(float *c, size_t ldc, const float *x, size_t ldx, size_t nt, const float *bp,
+                   size_t nk, __mmask16 m0, __mmask16 m1, const float *init) {
+    for (size_t t = 0; t < nt; t++, c += MR * ldc, x += MR * ldx) TILE_BODY(MR);
 }
 
 /* 1..MR - 1 rows: one case per row count, so that each keeps its accumulators in registers */
@@ -128,15 +129,16 @@ kernel_avx512_part(float *c, size_t ldc, const float *x, size_t ldx, const float
 __attribute__((target("avx512f"))) static void kernel_avx512(float *c, size_t ldc,
                                                              const float *x, size_t ldx,
                                                              const float *bp, size_t nk,
-                                                             size_t mr, size_t nr,
+                                                             size_t rows, size_t nr,
                                                              const float *init) {
     /* valid columns of the panel's two 16-float halves */
     __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
     __mmask16 m1 = (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xffffu : (1u << (nr - 16)) - 1);
-    if (mr == MR)
-        kernel_avx512_full(c, ldc, x, ldx, bp, nk, m0, m1, init);
-    else
-        kernel_avx512_part(c, ldc, x, ldx, bp, nk, mr, m0, m1, init);
+    size_t nt = rows / MR;
+    if (nt) kernel_avx512_full(c, ldc, x, ldx, nt, bp, nk, m0, m1, init);
+    if (rows % MR)
+        kernel_avx512_part(c + nt * MR * ldc, ldc, x + nt * MR * ldx, ldx, bp, nk, rows % MR,
+                           m0, m1, init);
 }
 #endif
 
@@ -216,22 +218,26 @@ struct f32_args {
     int native;
 };
 
-static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t k0, size_t nk,
-                     size_t mr, size_t p, size_t nr, const float *init) {
+static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1, size_t k0,
+                     size_t nk, size_t p, size_t nr, const float *init) {
     const struct f32_args *g = ctx;
     const float *x = g->x + m0 * g->ldx + k0, *bp = g->panels + (p * g->K + k0) * NR;
 #ifdef X86
     if (g->native) {
-        kernel_avx512(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
-        return;
-    }
-#elif defined(A64)
-    if (g->native) {
-        kernel_neon(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+        kernel_avx512(c, ldc, x, g->ldx, bp, nk, m1 - m0, nr, init);
         return;
     }
 #endif
-    kernel_generic(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+    for (size_t m = m0; m < m1; m += MR, c += MR * ldc, x += MR * g->ldx) {
+        size_t mr = m1 - m < MR ? m1 - m : MR;
+#ifdef A64
+        if (g->native) {
+            kernel_neon(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+            continue;
+        }
+#endif
+        kernel_generic(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+    }
 }
 
 void st_f32_gemm(float *out, size_t ldo, const float *x, size_t ldx, const float *panels,
