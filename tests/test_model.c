@@ -79,7 +79,8 @@ TEST(golden_logits) {
             double sum = 0;
             size_t count = 0;
             for (size_t b = 0; b < g.B; b++)
-                CHECK(st_model_score(&m, &a1, g.ids + b * g.T, g.T, &sum, &count, &err) == ST_OK);
+                CHECK(st_model_score(&m, &a1, g.ids + b * g.T, NULL, g.T, &sum, &count, &err) ==
+                      ST_OK);
             CHECK(count == g.B * (g.T - 1));
             double loss = sum / (double)count;
             CHECKF(fabs(loss - g.loss) <= 1e-4 * fabs(g.loss), "%s loss %.7f vs %.7f",
@@ -94,12 +95,33 @@ TEST(golden_logits) {
             double sum2 = 0;
             size_t count2 = 0;
             for (size_t b = 0; b < g.B; b++)
-                CHECK(st_model_score(&m, &a2, g.ids + b * g.T, g.T, &sum2, &count2, &err) ==
+                CHECK(st_model_score(&m, &a2, g.ids + b * g.T, NULL, g.T, &sum2, &count2, &err) ==
                       ST_OK);
             CHECK(count2 == count);
             CHECKF(fabs(sum2 - sum) <= 1e-6 * fabs(sum), "%s chunked score %.7f vs %.7f",
                    variants[vi], sum2, sum);
             st_acts_free(&a2);
+            /* packed: a 5-token record (row 0's start, so key blocks fall elsewhere), then the B
+             * rows, in one row with a segment id per record, scores as the records alone */
+            size_t np = 5 + g.B * g.T;
+            int32_t *pids = malloc(np * sizeof *pids), *pseg = malloc(np * sizeof *pseg);
+            memcpy(pids, g.ids, 5 * sizeof *pids);
+            memcpy(pids + 5, g.ids, g.B * g.T * sizeof *pids);
+            for (size_t i = 0; i < np; i++) pseg[i] = i < 5 ? 7 : 8 + (int32_t)((i - 5) / g.T);
+            double s5 = 0, sp = 0;
+            size_t c5 = 0, cp = 0;
+            CHECK(st_model_score(&m, &a1, g.ids, NULL, 5, &s5, &c5, &err) == ST_OK);
+            struct st_acts a3;
+            CHECK(st_acts_init(&a3, &m, 1, np, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, &err) ==
+                  ST_OK);
+            a3.head_rows = 16; /* chunks that straddle records */
+            CHECK(st_model_score(&m, &a3, pids, pseg, np, &sp, &cp, &err) == ST_OK);
+            CHECK(cp == count + c5);
+            CHECKF(fabs(sp - (sum + s5)) <= 2e-6 * fabs(sum + s5), "%s packed score %.7f vs %.7f",
+                   variants[vi], sp, sum + s5);
+            st_acts_free(&a3);
+            free(pids);
+            free(pseg);
             st_acts_free(&a1);
             st_acts_free(&a);
         }
@@ -252,7 +274,7 @@ TEST(stories260k) {
         CHECK(st_acts_init(&a, &m, 1, (size_t)n, 0, &err) == ST_OK);
         double sum = 0;
         size_t cnt = 0;
-        CHECK(st_model_score(&m, &a, prompt, (size_t)n, &sum, &cnt, &err) == ST_OK);
+        CHECK(st_model_score(&m, &a, prompt, NULL, (size_t)n, &sum, &cnt, &err) == ST_OK);
         st_acts_free(&a);
         CHECKF(fabs(sum / cnt - want_ce) < 1e-5 * want_ce + 1e-6, "CE %.6f vs %.6f", sum / cnt,
                want_ce);

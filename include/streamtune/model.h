@@ -137,6 +137,7 @@ struct st_acts {
     float *cos, *sin;         // (T, hd/2)
     int32_t *pos;             // (N)
     float *losses;            // (N)
+    int32_t *targets;         // (N) st_model_score's next-token targets
     float *xd;                // (N, max(D, H)) LoRA dropout input scratch
     /* gradient buffers (training modes only) */
     float *dres0, *dres1, *dxn;       // (N, D)
@@ -178,11 +179,15 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
                                  const int32_t *targets, const int32_t *seg, float grad_scale,
                                  struct st_lora *lo, struct st_error *err);
 
-/* Mean next-token cross-entropy of one sequence: *loss_sum += sum of -log p(ids[t+1] | ids[..t]),
- * *count += n - 1. Uses a (B = 1, T >= n), chunked head or not: the head and the loss run
- * head_rows rows at a time, so ST_ACTS_CHUNKED_HEAD never holds the whole logits. */
+/* Next-token cross-entropy of n tokens in a (B = 1, T >= n): *loss_sum += -log p(ids[t+1] |
+ * ids[..t]) summed over the t whose next token is in the same segment, *count += their number.
+ * seg (n) NULL: one sequence (n - 1 predictions). Otherwise a segment id per token: several
+ * records packed in one row score as if each ran alone (positions restart per segment and
+ * attention stays within it), so short records share one forward. The head and the loss run
+ * head_rows rows at a time: with ST_ACTS_CHUNKED_HEAD the whole logits never exist. */
 enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const int32_t *ids,
-                              size_t n, double *loss_sum, size_t *count, struct st_error *err);
+                              const int32_t *seg, size_t n, double *loss_sum, size_t *count,
+                              struct st_error *err);
 
 /* ---- inference with a KV cache ---- */
 struct st_kv_state;

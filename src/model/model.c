@@ -611,6 +611,7 @@ static size_t make_plan(struct plan_item *items, struct st_acts *a, const struct
     ITEM(&a->sin, T * hd2);
     ITEM(&a->pos, N);
     ITEM(&a->losses, N);
+    ITEM(&a->targets, N);
     if (r) ITEM(&a->xd, N * DH);
     if (mode != ST_ACTS_INFER) {
         ITEM(&a->dres0, N * D);
@@ -1099,7 +1100,8 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
 }
 
 enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const int32_t *ids,
-                              size_t n, double *loss_sum, size_t *count, struct st_error *err) {
+                              const int32_t *seg, size_t n, double *loss_sum, size_t *count,
+                              struct st_error *err) {
     if (a->B != 1 || n > a->T)
         return st_errorf(err, ST_ERR_ARG, "sequence of %zu tokens does not fit the planned %zu",
                          n, a->T);
@@ -1107,18 +1109,26 @@ enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const
     /* run on exactly n tokens: use a view of the planned buffers with T = n */
     size_t T = a->T;
     a->T = n;
-    enum st_status rc = forward_body(m, a, ids, NULL, err);
+    enum st_status rc = forward_body(m, a, ids, seg, err);
     a->T = T;
     if (rc) return rc;
-    /* rows 0..n-2 predict ids[1..n-1]; the last row predicts nothing and skips the head. With a
-     * chunked head the logits of head_rows rows at a time, each scored while in cache. */
-    size_t V = (size_t)m->cfg.vocab_size, D = (size_t)m->cfg.dim, R = a->head_rows;
+    /* row t predicts ids[t + 1] within its segment; the last row predicts nothing and skips the
+     * head. With a chunked head the logits of head_rows rows at a time, each scored in cache. */
+    for (size_t t = 0; t + 1 < n; t++)
+        a->targets[t] = !seg || seg[t + 1] == seg[t] ? ids[t + 1] : -100;
+    size_t V = (size_t)m->cfg.vocab_size, D = (size_t)m->cfg.dim, R = a->head_rows, c = 0;
     for (size_t r0 = 0; r0 + 1 < n; r0 += R) {
         size_t nr = n - 1 - r0 < R ? n - 1 - r0 : R;
         st_model_head(m, a->logits, a->xf + r0 * D, nr);
-        m->k->crossentropy_forward(a->losses + r0, a->logits, ids + 1 + r0, nr, V);
+        m->k->crossentropy_forward(a->losses + r0, a->logits, a->targets + r0, nr, V);
     }
-    for (size_t i = 0; i + 1 < n; i++) *loss_sum += a->losses[i];
-    *count += n - 1;
+    double s = 0;
+    for (size_t t = 0; t + 1 < n; t++)
+        if (a->targets[t] >= 0) {
+            s += a->losses[t];
+            c++;
+        }
+    *loss_sum += s;
+    *count += c;
     return ST_OK;
 }

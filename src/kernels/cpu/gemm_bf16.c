@@ -281,7 +281,7 @@ static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, const uint1
 }
 
 #ifdef X86
-#define BF16_TARGET __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
+#define BF16_TARGET __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl,prfchw")))
 /* The tile's k loop over nq pairs for R rows (R constant at each call: the 2 R accumulators stay
  * in registers from the loads of c (or init) to the stores, with no stack copies between). */
 #define TILE_BODY(R)                                                                              \
@@ -311,7 +311,15 @@ static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, const uint1
 BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t *xp, size_t xts,
                                            size_t nt, const uint16_t *bp, size_t nq,
                                            __mmask16 m0, __mmask16 m1, const float *init) {
-    for (size_t t = 0; t < nt; t++, c += MR * ldc, xp += xts) TILE_BODY(MR);
+    for (size_t t = 0; t < nt; t++, c += MR * ldc, xp += xts) {
+        if (t + 1 < nt) /* the next tile's rows of c, for writing: their misses overlap this
+                         * tile's k loop instead of stalling its stores (or its loads) */
+            for (int r = 0; r < MR; r++) {
+                __builtin_prefetch(c + (MR + r) * ldc, 1, 3);
+                __builtin_prefetch(c + (MR + r) * ldc + 16, 1, 3);
+            }
+        TILE_BODY(MR);
+    }
 }
 
 /* 1..MR - 1 rows: one case per row count, so that each keeps its accumulators in registers */
