@@ -102,15 +102,11 @@ void st_model_free(struct st_model *m);
  *   (gradient checkpointing: less memory, one extra forward, identical gradients).
  * LoRA buffers are sized for the adapter attached to the model (m->lora) at init. */
 enum st_acts_mode { ST_ACTS_INFER = 0, ST_ACTS_TRAIN = 1, ST_ACTS_CHECKPOINT = 2 };
-/* Or'ed into a mode: logits are never held whole; only st_model_forward_loss runs (a chunk of
- * rows at a time through the head and the cross-entropy), which keeps a 128k vocabulary's logits
- * (N x V floats) out of memory. */
+/* Or'ed into a mode: logits are never held whole; st_model_forward_loss and st_model_score run a
+ * chunk of rows at a time through the head and the cross-entropy (at most 256 MiB of logits,
+ * whole blocks of 512 rows where they fit), which keeps a 128k vocabulary's N x V logits out of
+ * memory while each chunk streams the head's weights (or dequantises a quantised head) once. */
 #define ST_ACTS_CHUNKED_HEAD 4
-/* Or'ed in with ST_ACTS_CHUNKED_HEAD for a quantised head: chunks of up to 256 MiB of logits
- * instead of 16 MiB, because every chunk dequantises the whole head again (forward and backward):
- * with 16 MiB chunks of a 49k vocabulary that was 50 dequantisations of the head per 2048-token
- * step, most of a QLoRA step's extra time. */
-#define ST_ACTS_WIDE_HEAD 8
 struct st_layer_acts {
     float *res_mid;           // (N, D) residual after attention
     float *rstd1, *rstd2;     // (N)

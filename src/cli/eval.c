@@ -174,10 +174,8 @@ int cmd_eval(int argc, char **argv) {
                                                                     : (size_t)m.cfg.max_seq_len;
     if (T < maxlen) T = maxlen;
     int32_t *row = NULL, *seg = NULL;
-    /* the head and the loss go head_rows rows at a time (16 MiB of logits, not 100 MB per
-     * 512-token record on a 49k vocabulary); a quantised head in bigger chunks (model.h) */
-    int mode = ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD | (m.q_head.kind ? ST_ACTS_WIDE_HEAD : 0);
-    if (!rc) rc = st_acts_init(&a, &m, 1, T, mode, &err);
+    /* the head and the loss go head_rows rows at a time (model.h: at most 256 MiB of logits) */
+    if (!rc) rc = st_acts_init(&a, &m, 1, T, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, &err);
     if (!rc && (!(row = st_malloc(T * sizeof *row)) || !(seg = st_malloc(T * sizeof *seg))))
         rc = st_errorf(&err, ST_ERR_NOMEM, "out of memory");
     /* pass 2: score */

@@ -581,13 +581,19 @@ struct plan_item {
 
 #define MAX_PLAN_ITEMS(L, sets) (32 + (size_t)(sets) * (13 + ST_LIN_COUNT))
 
-/* Rows of the logits buffer with ST_ACTS_CHUNKED_HEAD: about 16 MiB of logits (256 MiB with
- * ST_ACTS_WIDE_HEAD), a multiple of 8 where possible (the GEMMs' row tiles: 85 rows of a 49k
- * vocabulary left a 5-row tile per chunk, 1.5% of a bf16 step in the slower partial kernel). */
+/* Rows of the logits buffer with ST_ACTS_CHUNKED_HEAD: at most 256 MiB of logits, in whole
+ * blocks of 512 rows where that fits (the BF16 GEMM's row block for a matrix as big as a head:
+ * each block streams the head's panels from memory once, and a quantised head is dequantised once
+ * per chunk), else a multiple of 8 (the row tiles). 16 MiB chunks (80-128 rows) streamed the head
+ * 16-26 times per 2048-token step each way: 2-3% of a bf16 step; QLoRA's head dequantisation was
+ * most of its extra time with them. */
 static size_t head_rows(const struct st_model_config *c, size_t N, int mode) {
     if (!(mode & ST_ACTS_CHUNKED_HEAD)) return N;
-    size_t r = ((size_t)1 << (mode & ST_ACTS_WIDE_HEAD ? 26 : 22)) / (size_t)c->vocab_size;
-    if (r > 8) r -= r % 8;
+    size_t r = ((size_t)1 << 26) / (size_t)c->vocab_size;
+    if (r >= 512)
+        r -= r % 512;
+    else if (r > 8)
+        r -= r % 8;
     if (r < 1) r = 1;
     return r < N ? r : N;
 }

@@ -726,8 +726,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     m.lora = &lo;
 
     /* the memory plan */
-    int head_flags = ST_ACTS_CHUNKED_HEAD | (m.q_head.kind ? ST_ACTS_WIDE_HEAD : 0);
-    int mode = (o->grad_checkpoint ? ST_ACTS_CHECKPOINT : ST_ACTS_TRAIN) | head_flags;
+    int mode = (o->grad_checkpoint ? ST_ACTS_CHECKPOINT : ST_ACTS_TRAIN) | ST_ACTS_CHUNKED_HEAD;
     size_t b_weights = m.converted.size + m.qarena.size + m.parena.size + m.mapped_bytes;
     size_t b_lora = lo.n_params * 4 * 4; /* params, grads, two moments */
     size_t b_acts = st_acts_bytes(&m.cfg, B, T, mode, lo.cfg.rank);
@@ -797,7 +796,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
                   (double)(total - b_acts + st_acts_bytes(&m.cfg, 1, T, mode, lo.cfg.rank)));
         fmt_bytes(ck1, sizeof ck1,
                   (double)(total - b_acts + st_acts_bytes(&m.cfg, B, T,
-                                                          ST_ACTS_CHECKPOINT | head_flags,
+                                                          ST_ACTS_CHECKPOINT | ST_ACTS_CHUNKED_HEAD,
                                                           lo.cfg.rank)));
         rc = st_errorf(err, ST_ERR_NOMEM,
                        "the run needs %s but the limit is %s: lower --batch-size (batch 1: "

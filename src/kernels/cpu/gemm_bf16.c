@@ -450,5 +450,8 @@ static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
                      const float *bias, size_t M, size_t K, size_t N, int accumulate) {
     struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native()};
-    gemm_drive(out, ldo, bias, M, g.kp, N, gemm_kc(g.kp, KC), accumulate, bf16_tile, &g);
+    /* rows per block: GEMM_MC, or up to 512 when the panels are big (an LM head: 49 MB of BF16
+     * for 32000 x 768), so that they stream from memory once per 512 rows, not per 128 */
+    size_t mc = N * g.kp * 4 >= ((size_t)16 << 20) ? 512 : GEMM_MC;
+    gemm_drive(out, ldo, bias, M, g.kp, N, gemm_kc(g.kp, KC), mc, accumulate, bf16_tile, &g);
 }

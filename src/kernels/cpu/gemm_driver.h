@@ -1,7 +1,7 @@
 /* gemm_driver.h: the loop nest shared by the panel GEMMs (gemm_bf16.c, gemm_f32.c).
  *
- * out (M, N) = start + X @ B, B packed in panels of GEMM_NR columns. Rows go in blocks of
- * GEMM_MC (their copy of X stays in L2) outside; panels are split over threads inside, so every
+ * out (M, N) = start + X @ B, B packed in panels of GEMM_NR columns. Rows go in blocks of mc
+ * (GEMM_MC: their copy of X stays in L2; more for panels too big to stay in cache) outside; panels are split over threads inside, so every
  * panel is streamed once per row block, not once per row tile. The static schedule gives a thread
  * the same panels in every row block and row blocks write disjoint outputs, so no barrier is
  * needed between them (nowait: with passive waiting each barrier cost a futex wake-up, about 6% of
@@ -16,7 +16,7 @@
 
 #define GEMM_NR 32  /* columns per panel */
 #define GEMM_MR 8   /* rows per micro-tile */
-#define GEMM_MC 128 /* rows per block */
+#define GEMM_MC 128 /* rows per block (the usual mc) */
 
 /* BODY(R) with R = mr in 1..GEMM_MR - 1 a constant in each case (tile kernels for the last rows:
  * constant row counts keep their accumulators in registers) */
@@ -50,12 +50,12 @@ typedef void (*gemm_tile_fn)(const void *ctx, float *c, size_t ldc, size_t m0, s
                              size_t k0, size_t nk, size_t p, size_t nr, const float *init);
 
 static inline void gemm_drive(float *out, size_t ldo, const float *bias, size_t M, size_t K,
-                              size_t N, size_t kc, int accumulate, gemm_tile_fn tile,
+                              size_t N, size_t kc, size_t mc, int accumulate, gemm_tile_fn tile,
                               const void *ctx) {
     size_t np = (N + GEMM_NR - 1) / GEMM_NR;
 #pragma omp parallel
-    for (size_t mb = 0; mb < M; mb += GEMM_MC) {
-        size_t me = M - mb < GEMM_MC ? M : mb + GEMM_MC;
+    for (size_t mb = 0; mb < M; mb += mc) {
+        size_t me = M - mb < mc ? M : mb + mc;
 #pragma omp for schedule(static) nowait
         for (size_t p = 0; p < np; p++) {
             size_t n0 = p * GEMM_NR, nr = N - n0 < GEMM_NR ? N - n0 : GEMM_NR;

@@ -243,5 +243,5 @@ static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1
 void st_f32_gemm(float *out, size_t ldo, const float *x, size_t ldx, const float *panels,
                  const float *bias, size_t M, size_t K, size_t N, int accumulate) {
     struct f32_args g = {x, panels, ldx, K, st_f32_native()};
-    gemm_drive(out, ldo, bias, M, K, N, gemm_kc(K, KC), accumulate, f32_tile, &g);
+    gemm_drive(out, ldo, bias, M, K, N, gemm_kc(K, KC), GEMM_MC, accumulate, f32_tile, &g);
 }
