@@ -70,6 +70,34 @@ with tempfile.TemporaryDirectory() as t:
     open(bad, "w").write('{"ids": [1, 2, 3]}\n{"ids": [1, "a"]}\n')
     rc, _, err = run("eval", "--model", d, "--data", bad)
     check(rc == 1 and "bad.jsonl:2" in err, "eval: bad record names file:line")
+    # eval packs records into shared rows (a segment each): the same loss as each record alone,
+    # with an empty record, a 1-id record and one longer than a packed row among them
+    import random
+    rng = random.Random(7)
+    vocab = json.load(open(os.path.join(d, "config.json")))["vocab_size"]
+    recs = [[rng.randrange(vocab) for _ in range(n)] for n in (40, 0, 1, 300, 17, 700, 2, 90)]
+    allf = os.path.join(t, "all.jsonl")
+    with open(allf, "w") as fh:
+        for r in recs:
+            fh.write(json.dumps({"ids": r}) + "\n")
+    rc, out, err = run("eval", "--model", d, "--data", allf, "--json")
+    total, tokens = 0.0, 0
+    for i, r in enumerate(recs):
+        if len(r) < 2:
+            continue
+        one = os.path.join(t, f"one{i}.jsonl")
+        open(one, "w").write(json.dumps({"ids": r}) + "\n")
+        rc1, o1, _ = run("eval", "--model", d, "--data", one, "--json")
+        j1 = json.loads(o1) if rc1 == 0 else {"loss": float("nan"), "tokens": 0}
+        total += j1["loss"] * j1["tokens"]
+        tokens += j1["tokens"]
+    ok = rc == 0
+    if ok:
+        j = json.loads(out)
+        ok = j["tokens"] == tokens == sum(max(len(r) - 1, 0) for r in recs) and j["records"] == 8 \
+            and abs(j["loss"] - total / tokens) <= 1e-5 * (total / tokens)
+        print(f"     packed eval loss {j['loss']:.7f}, records alone {total / tokens:.7f}")
+    check(ok, "eval: records packed into shared rows score as each record alone")
 
 # the real model: eval and greedy generate against ../shared/data expectations
 model = os.path.join(SHARED, "data", "models", "stories260K")

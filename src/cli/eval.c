@@ -1,8 +1,8 @@
 /* eval.c: `streamtune eval --model DIR --data FILE.jsonl [--json]`: mean next-token cross-entropy
  * over every predicted token of every record ({"ids": [...]} per line), and perplexity.
  * Two passes over the file: the first validates every record and finds the longest, so the
- * activations are planned once; the second packs records into rows (PACK_TOKENS) and scores
- * them a row at a time. Memory does not grow with the file. */
+ * activations are planned once; the second packs records into rows of up to PACK_TOKENS (a
+ * longer record alone) and scores them a row at a time. Memory does not grow with the file. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -19,8 +19,8 @@ static const char *usage =
     CLI_LOAD_HELP;
 
 #define MAX_LINE (64u << 20)
-/* records are packed into rows of at least this many tokens (or the longest record): GEMMs of
- * 512 rows run near the kernel's peak, and the weights stream once per row, not per record */
+/* records are packed into rows of up to this many tokens: GEMMs of 512 rows run near the
+ * kernel's peak, and the weights stream once per row, not per record */
 #define PACK_TOKENS 512u
 
 /* Parse one record's ids into *ids (growing *cap). */
@@ -166,13 +166,14 @@ int cmd_eval(int argc, char **argv) {
     double sum = 0, secs = 0;
     size_t count = 0;
     struct st_acts a = {0};
-    /* Records are packed into rows of up to T tokens (a segment each: positions restart and
+    /* Records are packed into rows of up to `pack` tokens (a segment each: positions restart and
      * attention stays within the record, so each scores as if alone) and scored a row at a
-     * time: short records share one forward instead of one small one each. */
-    size_t T = maxlen < 2 ? 2 : maxlen;
-    if (T < PACK_TOKENS) T = PACK_TOKENS < (size_t)m.cfg.max_seq_len ? PACK_TOKENS
-                                                                    : (size_t)m.cfg.max_seq_len;
-    if (T < maxlen) T = maxlen;
+     * time: short records share one forward instead of one small one each. A longer record is
+     * a row of its own (attention does not skip other segments' keys, so rows stay short). */
+    size_t pack = (size_t)m.cfg.max_seq_len;
+    if (pack > PACK_TOKENS) pack = PACK_TOKENS;
+    size_t T = maxlen > pack ? maxlen : pack;
+    if (T < 2) T = 2;
     int32_t *row = NULL, *seg = NULL;
     /* the head and the loss go head_rows rows at a time (model.h: at most 256 MiB of logits) */
     if (!rc) rc = st_acts_init(&a, &m, 1, T, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, &err);
@@ -198,7 +199,7 @@ int cmd_eval(int argc, char **argv) {
                                &err);
                 if (rc) break;
             }
-            if (used && (len < 0 || used + n > T)) { /* score the row */
+            if (packed && (len < 0 || used + n > pack)) { /* score the row */
                 rc = st_model_score(&m, &a, row, seg, used, &sum, &count, &err);
                 if (rc) break;
                 done += packed;
@@ -217,6 +218,7 @@ int cmd_eval(int argc, char **argv) {
             packed++;
         }
         cli_progress_end(&prog);
+        if (!rc && ferror(f)) rc = st_errorf(&err, ST_ERR_IO, "%s: read error", data);
         secs = st_time_now() - t0;
     }
     st_free(row);
