@@ -1112,29 +1112,13 @@ enum st_status st_model_score(const struct st_model *m, struct st_acts *a, const
         return st_errorf(err, ST_ERR_ARG, "sequence of %zu tokens does not fit the planned %zu",
                          n, a->T);
     if (n < 2) return ST_OK;
-    /* run on exactly n tokens: use a view of the planned buffers with T = n */
+    /* row t predicts ids[t + 1] within its segment; then forward_loss (chunked head or not) on
+     * exactly n tokens: a view of the planned buffers with T = n */
+    for (size_t t = 0; t < n; t++)
+        a->targets[t] = t + 1 < n && (!seg || seg[t + 1] == seg[t]) ? ids[t + 1] : -100;
     size_t T = a->T;
     a->T = n;
-    enum st_status rc = forward_body(m, a, ids, seg, err);
+    enum st_status rc = st_model_forward_loss(m, a, ids, seg, a->targets, 0, loss_sum, count, err);
     a->T = T;
-    if (rc) return rc;
-    /* row t predicts ids[t + 1] within its segment; the last row predicts nothing and skips the
-     * head. With a chunked head the logits of head_rows rows at a time, each scored in cache. */
-    for (size_t t = 0; t + 1 < n; t++)
-        a->targets[t] = !seg || seg[t + 1] == seg[t] ? ids[t + 1] : -100;
-    size_t V = (size_t)m->cfg.vocab_size, D = (size_t)m->cfg.dim, R = a->head_rows, c = 0;
-    for (size_t r0 = 0; r0 + 1 < n; r0 += R) {
-        size_t nr = n - 1 - r0 < R ? n - 1 - r0 : R;
-        st_model_head(m, a->logits, a->xf + r0 * D, nr);
-        m->k->crossentropy_forward(a->losses + r0, a->logits, a->targets + r0, nr, V);
-    }
-    double s = 0;
-    for (size_t t = 0; t + 1 < n; t++)
-        if (a->targets[t] >= 0) {
-            s += a->losses[t];
-            c++;
-        }
-    *loss_sum += s;
-    *count += c;
-    return ST_OK;
+    return rc;
 }
