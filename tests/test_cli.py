@@ -98,6 +98,24 @@ with tempfile.TemporaryDirectory() as t:
             and abs(j["loss"] - total / tokens) <= 1e-5 * (total / tokens)
         print(f"     packed eval loss {j['loss']:.7f}, records alone {total / tokens:.7f}")
     check(ok, "eval: records packed into shared rows score as each record alone")
+    # rows scored in parallel (one per thread, each on its own model view) give the loss of rows
+    # scored one at a time, bit for bit: F32 and BF16, with a longer record between the rows
+    recs = [[rng.randrange(vocab) for _ in range(n)]
+            for n in (200, 300, 250, 400, 100, 700, 30, 480, 5, 300, 290, 0, 60, 511, 512, 3)]
+    many = os.path.join(t, "many.jsonl")
+    with open(many, "w") as fh:
+        for r in recs:
+            fh.write(json.dumps({"ids": r}) + "\n")
+    for compute in ("f32", "bf16"):
+        outs = []
+        for threads in ("1", "2", "3"):
+            rc, out, err = run("--threads", threads, "eval", "--model", d, "--data", many, "--json",
+                               "--compute", compute)
+            outs.append((json.loads(out)["loss"], json.loads(out)["tokens"]) if rc == 0 else err)
+        print(f"     {compute}: threads 1, 2, 3: {outs}")
+        check(len(set(outs)) == 1 and isinstance(outs[0], tuple) and
+              outs[0][1] == sum(max(len(r) - 1, 0) for r in recs),
+              f"eval --compute {compute}: the same loss on 1, 2 and 3 threads (rows in parallel)")
 
 # the real model: eval and greedy generate against ../shared/data expectations
 model = os.path.join(SHARED, "data", "models", "stories260K")

@@ -66,6 +66,7 @@ struct st_model {
     struct st_qweight q_head;    // the LM head when quantised and untied
     struct st_arena qarena;      // codes and scales of matrices quantised at load
     float *qscratch;             // tile scratch of the quantised matmuls (not thread-safe)
+    size_t qscratch_bytes;
     size_t qbytes;               // bytes of quantised storage
     size_t mapped_bytes;         // bytes used straight from the safetensors map (F32 tensors)
     /* packed frozen weights: BF16 compute (bf16.h) or F32 panels (f32.h) */
@@ -83,6 +84,7 @@ struct st_model {
     const struct st_lora *lora;
     int training;           /* apply LoRA dropout */
     uint64_t dropout_seed;  /* per step: masks are a pure function of (seed, layer, module, i) */
+    int view;               /* st_model_view: shares another model's weights, owns its scratch */
 };
 
 /* Load DIR (config.json + safetensors). Validates every tensor's presence, shape and dtype. */
@@ -94,6 +96,12 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
 size_t st_model_weight_bytes(const struct st_model_config *c,
                              const struct st_model_load_options *o);
 void st_model_free(struct st_model *m);
+/* A view of m for another thread: the same weights, config and adapter (shared, read-only), with
+ * its own matmul scratch, so that a forward on the view may run while another runs on m or on
+ * another view. Freed with st_model_free (which then frees only the scratch); m must outlive it
+ * and stay unchanged (no adapter attached or detached) while it is in use. */
+enum st_status st_model_view(struct st_model *view, const struct st_model *m,
+                             struct st_error *err);
 
 /* Activation buffers for a batch of B sequences of T tokens. Modes:
  *   ST_ACTS_INFER: layers share one set of buffers, no gradients.

@@ -10,6 +10,9 @@
 #include <string.h>
 
 #include "cli.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "streamtune/tokenizer.h"
 
 static const char *usage =
@@ -87,6 +90,92 @@ static enum st_status parse_ids(const char *line, size_t len, const char *path, 
     *n = count;
 done:
     cJSON_Delete(root);
+    return rc;
+}
+
+/* Rows are scored MAX_WORKERS at most at a time, one per thread, each on its own model view
+ * (model.h) and activations, when the matmuls are streamtune's own kernels (BF16 or packed F32,
+ * no adapter: BLAS calls from several threads would share OpenBLAS's pool), the --threads allow
+ * it and the extra activations fit WORKER_BYTES. A forward of a few hundred rows split over
+ * threads synchronises them some 200 times (every GEMM, norm and attention call), which left a
+ * core idle ~8% of the time (bench/NOTES.md); rows on separate threads never wait for each
+ * other. Each row's loss is the same on any thread (the kernels give the same result for any
+ * thread count), and the sums are added in row order, so the result does not depend on the
+ * thread count either. A batch of one row, or a longer record, runs on all threads at once. */
+#define MAX_WORKERS 64
+#define WORKER_BYTES ((size_t)1 << 30)
+
+struct row {
+    int32_t *ids, *seg;
+    size_t used, packed; /* tokens, records */
+    double sum;          /* its scoring: loss sum, predicted tokens, status */
+    size_t count;
+    enum st_status rc;
+    struct st_error err;
+};
+
+struct scorer {
+    int nw; /* workers: row slots, model views and activations (slot 0: the model and the main
+             * activations, planned for the longest record) */
+    struct row rows[MAX_WORKERS];
+    struct st_model views[MAX_WORKERS], *m[MAX_WORKERS];
+    struct st_acts acts[MAX_WORKERS], *a[MAX_WORKERS];
+    double sum, t0;
+    size_t count, done;
+    struct cli_progress prog;
+};
+
+static int workers(const struct st_model *m, size_t pack) {
+#ifdef _OPENMP
+    int t = st_threads_get();
+    if (t < 2 || !(m->bf16 || m->f32_panels) || m->lora || (m->quant && !m->bf16)) return 1;
+    size_t per = st_acts_bytes(&m->cfg, 1, pack, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, 0) +
+                 m->bscratch_bytes + m->qscratch_bytes;
+    size_t fit = 1 + WORKER_BYTES / (per ? per : 1);
+    if ((size_t)t > fit) t = (int)fit;
+    return t < MAX_WORKERS ? t : MAX_WORKERS;
+#else
+    (void)m, (void)pack;
+    return 1;
+#endif
+}
+
+/* Score rows [first, first + n) (row first + i on worker i; with first > 0, n is 1 and it runs
+ * on worker 0), then add their losses in row order and advance the progress. */
+static enum st_status score_rows(struct scorer *sc, size_t first, size_t n,
+                                 struct st_error *err) {
+    if (n == 0) return ST_OK;
+    struct row *rows = sc->rows + first;
+    if (n == 1) {
+        rows[0].rc = st_model_score(sc->m[0], sc->a[0], rows[0].ids, rows[0].seg, rows[0].used,
+                                    &rows[0].sum, &rows[0].count, &rows[0].err);
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads((int)n) schedule(static, 1)
+#endif
+        for (size_t i = 0; i < n; i++) {
+#ifdef _OPENMP
+            omp_set_num_threads(1); /* this thread's own kernels' loops: this row alone */
+#endif
+            rows[i].rc = st_model_score(sc->m[i], sc->a[i], rows[i].ids, rows[i].seg,
+                                        rows[i].used, &rows[i].sum, &rows[i].count, &rows[i].err);
+        }
+    }
+    enum st_status rc = ST_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (!rc && rows[i].rc) {
+            rc = rows[i].rc;
+            *err = rows[i].err;
+        }
+        sc->sum += rows[i].sum;
+        sc->count += rows[i].count;
+        sc->done += rows[i].packed;
+        rows[i].used = rows[i].packed = 0;
+        rows[i].sum = 0, rows[i].count = 0;
+    }
+    char extra[64];
+    snprintf(extra, sizeof extra, "%.0f tok/s", (double)sc->count / (st_time_now() - sc->t0 + 1e-9));
+    cli_progress_update(&sc->prog, (double)sc->done, extra);
     return rc;
 }
 
@@ -174,19 +263,28 @@ int cmd_eval(int argc, char **argv) {
     if (pack > PACK_TOKENS) pack = PACK_TOKENS;
     size_t T = maxlen > pack ? maxlen : pack;
     if (T < 2) T = 2;
-    int32_t *row = NULL, *seg = NULL;
     /* the head and the loss go head_rows rows at a time (model.h: at most 256 MiB of logits) */
     if (!rc) rc = st_acts_init(&a, &m, 1, T, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, &err);
-    if (!rc && (!(row = st_malloc(T * sizeof *row)) || !(seg = st_malloc(T * sizeof *seg))))
-        rc = st_errorf(&err, ST_ERR_NOMEM, "out of memory");
+    struct scorer *sc = st_calloc(1, sizeof *sc);
+    if (!sc && !rc) rc = st_errorf(&err, ST_ERR_NOMEM, "out of memory");
+    if (sc) sc->nw = rc ? 0 : workers(&m, pack);
+    for (int w = 0; !rc && w < sc->nw; w++) {
+        if (!(sc->rows[w].ids = st_malloc(T * sizeof(int32_t))) ||
+            !(sc->rows[w].seg = st_malloc(T * sizeof(int32_t))))
+            rc = st_errorf(&err, ST_ERR_NOMEM, "out of memory");
+        if (!rc && w > 0 && (rc = st_model_view(&sc->views[w], &m, &err)) == ST_OK)
+            rc = st_acts_init(&sc->acts[w], &sc->views[w], 1, pack,
+                              ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, &err);
+        sc->m[w] = w ? &sc->views[w] : &m;
+        sc->a[w] = w ? &sc->acts[w] : &a;
+    }
     /* pass 2: score */
     if (!rc) {
         rewind(f);
         lineno = 0;
-        size_t done = 0, used = 0, packed = 0;
-        struct cli_progress prog;
-        cli_progress_start(&prog, "eval", (double)records);
-        double t0 = st_time_now();
+        size_t nb = 0; /* rows[0..nb) are complete, rows[nb] is being filled */
+        cli_progress_start(&sc->prog, "eval", (double)records);
+        sc->t0 = st_time_now();
         for (;;) {
             len = getline(&line, &lcap, f);
             n = 0;
@@ -199,30 +297,45 @@ int cmd_eval(int argc, char **argv) {
                                &err);
                 if (rc) break;
             }
-            if (packed && (len < 0 || used + n > pack)) { /* score the row */
-                rc = st_model_score(&m, &a, row, seg, used, &sum, &count, &err);
+            struct row *r = &sc->rows[nb];
+            if (r->packed && (len < 0 || r->used + n > pack)) { /* rows[nb] is complete */
+                if (r->used > pack) { /* a long record: the rows before it, then it alone on the
+                                       * main activations (planned for the longest) */
+                    rc = score_rows(sc, 0, nb, &err);
+                    if (!rc) rc = score_rows(sc, nb, 1, &err);
+                    nb = 0;
+                } else if (++nb == (size_t)sc->nw) {
+                    rc = score_rows(sc, 0, nb, &err);
+                    nb = 0;
+                }
                 if (rc) break;
-                done += packed;
-                used = packed = 0;
-                char extra[64];
-                snprintf(extra, sizeof extra, "%.0f tok/s",
-                         (double)count / (st_time_now() - t0 + 1e-9));
-                cli_progress_update(&prog, (double)done, extra);
             }
-            if (len < 0) break;
+            if (len < 0) {
+                rc = score_rows(sc, 0, nb, &err);
+                break;
+            }
+            r = &sc->rows[nb];
             for (size_t i = 0; i < n; i++) {
-                row[used + i] = ids[i];
-                seg[used + i] = (int32_t)packed;
+                r->ids[r->used + i] = ids[i];
+                r->seg[r->used + i] = (int32_t)r->packed;
             }
-            used += n;
-            packed++;
+            r->used += n;
+            r->packed++;
         }
-        cli_progress_end(&prog);
+        cli_progress_end(&sc->prog);
         if (!rc && ferror(f)) rc = st_errorf(&err, ST_ERR_IO, "%s: read error", data);
-        secs = st_time_now() - t0;
+        secs = st_time_now() - sc->t0;
     }
-    st_free(row);
-    st_free(seg);
+    for (int w = 0; sc && w < sc->nw; w++) {
+        st_free(sc->rows[w].ids);
+        st_free(sc->rows[w].seg);
+        if (w > 0 && sc->views[w].view) {
+            st_acts_free(&sc->acts[w]);
+            st_model_free(&sc->views[w]);
+        }
+    }
+    if (sc) sum = sc->sum, count = sc->count;
+    st_free(sc);
     st_acts_free(&a);
     free(line);
     st_free(ids);

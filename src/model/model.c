@@ -506,6 +506,7 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
             rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
         if (!rc) {
             m->qscratch = st_arena_take(&m->qarena, (scratch ? scratch : 1) * 4);
+            m->qscratch_bytes = (scratch ? scratch : 1) * 4;
             rc = bnb_bytes ? bnb_load(m, req, n, err) : ST_OK;
             if (!rc) rc = quantize_all(m, req, n, qk, dq, chunk, amt, err);
         }
@@ -562,6 +563,12 @@ fail:
 }
 
 void st_model_free(struct st_model *m) {
+    if (m->view) {
+        st_free(m->qscratch);
+        st_free(m->bscratch);
+        memset(m, 0, sizeof *m);
+        return;
+    }
     st_safetensors_close(m->st);
     st_arena_free(&m->converted);
     st_arena_free(&m->qarena);
@@ -569,6 +576,19 @@ void st_model_free(struct st_model *m) {
     st_free(m->layers);
     st_free(m->inv_freq);
     memset(m, 0, sizeof *m);
+}
+
+enum st_status st_model_view(struct st_model *v, const struct st_model *m,
+                             struct st_error *err) {
+    *v = *m;
+    v->view = 1;
+    v->qscratch = NULL, v->bscratch = NULL;
+    if ((m->qscratch && !(v->qscratch = st_malloc(m->qscratch_bytes))) ||
+        (m->bscratch && !(v->bscratch = st_malloc(m->bscratch_bytes)))) {
+        st_model_free(v);
+        return st_errorf(err, ST_ERR_NOMEM, "out of memory for a model view's scratch");
+    }
+    return ST_OK;
 }
 
 /* ---------------------------------------------------------------- activations */
