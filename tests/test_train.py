@@ -123,6 +123,23 @@ def fast():
             ok = abs(l1 - l2) <= 1e-4 * abs(l1)
             print(f"     base+adapter loss {l1}, fused {l2}")
         check(ok, "fuse: fused model scores as base + adapter")
+        # eval with the adapter scores rows in parallel (one per thread, the adapter's BLAS calls
+        # on one thread each): the same loss on 1 and 3 threads, F32 and BF16
+        rows = os.path.join(t, "rows.jsonl")
+        make_data(rows, 12, 5)
+        with open(rows, "a") as f:  # rows of up to 512 tokens: several, and one longer record
+            rng = random.Random(9)
+            for k in (400, 300, 700, 450, 200):
+                f.write(json.dumps({"ids": [rng.randrange(67) for _ in range(k)]}) + "\n")
+        for compute in ("f32", "bf16"):
+            outs = set()
+            for threads in ("1", "3"):
+                e = run("--threads", threads, "eval", "--model", MODEL, "--adapter", a, "--data", rows,
+                        "--json", "--compute", compute)
+                j = json.loads(e.stdout) if e.returncode == 0 else {}
+                outs.add((j["loss"], j["tokens"]) if j else "error: " + e.stderr)
+            check(len(outs) == 1 and isinstance(next(iter(outs)), tuple),
+                  f"eval --adapter --compute {compute}: the same loss on 1 and 3 threads: {sorted(outs)}")
         # QLoRA: an NF4 base trains (differently from the F32 base), and fuse dequantises, merges
         # and writes BF16 that scores as the quantised base + adapter (to BF16 rounding)
         q = os.path.join(t, "q")

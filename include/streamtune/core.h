@@ -108,6 +108,9 @@ double st_rng_normal(struct st_rng *r);    /* standard normal (Box-Muller) */
 /* Set the number of compute threads (OpenMP and BLAS). n <= 0 picks the number of cores. */
 void st_threads_set(int n);
 int st_threads_get(void);
+/* BLAS calls on n threads (OpenBLAS; no-op with another BLAS), leaving OpenMP's count alone: 1
+ * while several threads make BLAS calls of their own; st_threads_get() to restore. */
+void st_blas_threads(int n);
 
 /* ---- small checked parsing helpers (no atoi/strtol surprises) ---- */
 /* Parse a whole string as a base-10 integer in [lo, hi]. Returns 0 on success. */

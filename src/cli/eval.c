@@ -94,9 +94,9 @@ done:
 }
 
 /* Rows are scored MAX_WORKERS at most at a time, one per thread, each on its own model view
- * (model.h) and activations, when the matmuls are streamtune's own kernels (BF16 or packed F32,
- * no adapter: BLAS calls from several threads would share OpenBLAS's pool), the --threads allow
- * it and the extra activations fit WORKER_BYTES. A forward of a few hundred rows split over
+ * (model.h) and activations, when the base model's matmuls are streamtune's own kernels (BF16 or
+ * packed F32 panels; an adapter's small BLAS calls then run on one thread each), the --threads
+ * allow it and the extra activations fit WORKER_BYTES. A forward of a few hundred rows split over
  * threads synchronises them some 200 times (every GEMM, norm and attention call), which left a
  * core idle ~8% of the time (bench/NOTES.md); rows on separate threads never wait for each
  * other. Each row's loss is the same on any thread (the kernels give the same result for any
@@ -128,8 +128,9 @@ struct scorer {
 static int workers(const struct st_model *m, size_t pack) {
 #ifdef _OPENMP
     int t = st_threads_get();
-    if (t < 2 || !(m->bf16 || m->f32_panels) || m->lora || (m->quant && !m->bf16)) return 1;
-    size_t per = st_acts_bytes(&m->cfg, 1, pack, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, 0) +
+    if (t < 2 || !(m->bf16 || m->f32_panels) || (m->quant && !m->bf16)) return 1;
+    int rank = m->lora ? m->lora->cfg.rank : 0;
+    size_t per = st_acts_bytes(&m->cfg, 1, pack, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, rank) +
                  m->bscratch_bytes + m->qscratch_bytes;
     size_t fit = 1 + WORKER_BYTES / (per ? per : 1);
     if ((size_t)t > fit) t = (int)fit;
@@ -150,6 +151,7 @@ static enum st_status score_rows(struct scorer *sc, size_t first, size_t n,
         rows[0].rc = st_model_score(sc->m[0], sc->a[0], rows[0].ids, rows[0].seg, rows[0].used,
                                     &rows[0].sum, &rows[0].count, &rows[0].err);
     } else {
+        st_blas_threads(1); /* an adapter's BLAS calls: on each row's own thread */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads((int)n) schedule(static, 1)
 #endif
@@ -160,6 +162,7 @@ static enum st_status score_rows(struct scorer *sc, size_t first, size_t n,
             rows[i].rc = st_model_score(sc->m[i], sc->a[i], rows[i].ids, rows[i].seg,
                                         rows[i].used, &rows[i].sum, &rows[i].count, &rows[i].err);
         }
+        st_blas_threads(st_threads_get());
     }
     enum st_status rc = ST_OK;
     for (size_t i = 0; i < n; i++) {

@@ -93,6 +93,10 @@ void st_threads_set(int n) {
 
 int st_threads_get(void) { return n_threads; }
 
+void st_blas_threads(int n) {
+    if (openblas_set_num_threads) openblas_set_num_threads(n);
+}
+
 /* ---- parsing ---- */
 int st_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     if (!s || !*s) return 1;
