@@ -109,12 +109,16 @@ with tempfile.TemporaryDirectory() as t:
     for compute in ("f32", "bf16"):
         outs = []
         for threads in ("1", "2", "3"):
-            rc, out, err = run("--threads", threads, "eval", "--model", d, "--data", many, "--json",
-                               "--compute", compute)
-            outs.append((json.loads(out)["loss"], json.loads(out)["tokens"]) if rc == 0 else err)
+            rc, out, err = run("--threads", threads, "--verbose", "eval", "--model", d, "--data",
+                               many, "--json", "--compute", compute)
+            # loss and ppl (= exp(loss), printed to ~9 significant digits): the sums to the bit
+            outs.append((json.loads(out)["loss"], json.loads(out)["ppl"], json.loads(out)["tokens"])
+                        if rc == 0 else err)
+            check(rc == 0 and f"eval: {threads} row{'s' if threads != '1' else ''} at a time" in err,
+                  f"eval --compute {compute} --threads {threads}: scores {threads} row(s) at a time")
         print(f"     {compute}: threads 1, 2, 3: {outs}")
         check(len(set(outs)) == 1 and isinstance(outs[0], tuple) and
-              outs[0][1] == sum(max(len(r) - 1, 0) for r in recs),
+              outs[0][2] == sum(max(len(r) - 1, 0) for r in recs),
               f"eval --compute {compute}: the same loss on 1, 2 and 3 threads (rows in parallel)")
 
 # the real model: eval and greedy generate against ../shared/data expectations

@@ -1101,6 +1101,33 @@ static void attention_threads_of(const struct st_kernels *cpu) {
     for (int i = 0; i < 2; i++) free(o[i]), free(l[i]), free(dq[i]), free(dk[i]), free(dv[i]);
     free(q), free(k), free(v), free(dout);
 }
+
+/* Three forwards side by side, each on a thread of its own (nested regions of one thread, as
+ * eval runs rows), give the bits of one forward alone; T past the forward's 512-row query
+ * chunk. */
+static void attention_nested_of(const struct st_kernels *cpu) {
+    const size_t B = 1, T = 600, nh = 4, nkv = 2, hd = 64;
+    size_t nq = B * T * nh * hd, nk = B * T * nkv * hd, na = B * nh * T;
+    int32_t seg[600];
+    make_segments(seg, B, T);
+    float *q = fnew(nq), *k = fnew(nk), *v = fnew(nk), *o[4], *l[4];
+    fill_uniform(q, nq, -2, 2);
+    fill_uniform(k, nk, -2, 2);
+    fill_uniform(v, nk, -1, 1);
+    for (int i = 0; i < 4; i++) o[i] = fnew(nq), l[i] = fnew(na);
+    cpu->attention_forward(o[0], l[0], q, k, v, seg, 0.125f, 0, B, T, T, nh, nkv, hd);
+#pragma omp parallel for num_threads(3) schedule(static, 1)
+    for (int i = 1; i < 4; i++) {
+        omp_set_num_threads(1);
+        cpu->attention_forward(o[i], l[i], q, k, v, seg, 0.125f, 0, B, T, T, nh, nkv, hd);
+    }
+    for (int i = 1; i < 4; i++) {
+        CHECKF(memcmp(o[0], o[i], nq * sizeof(float)) == 0, "%s nested %d: out", cpu->name, i);
+        CHECKF(memcmp(l[0], l[i], na * sizeof(float)) == 0, "%s nested %d: lse", cpu->name, i);
+    }
+    for (int i = 0; i < 4; i++) free(o[i]), free(l[i]);
+    free(q), free(k), free(v);
+}
 #endif
 TEST(attention_threads) {
 #ifndef _OPENMP
@@ -1108,6 +1135,8 @@ TEST(attention_threads) {
 #else
     attention_threads_of(st_kernels_cpu());
     attention_threads_of(st_kernels_cpu_bf16());
+    attention_nested_of(st_kernels_cpu());
+    attention_nested_of(st_kernels_cpu_bf16());
 #endif
 }
 

@@ -137,7 +137,7 @@ def fast():
                 e = run("--threads", threads, "eval", "--model", MODEL, "--adapter", a, "--data", rows,
                         "--json", "--compute", compute)
                 j = json.loads(e.stdout) if e.returncode == 0 else {}
-                outs.add((j["loss"], j["tokens"]) if j else "error: " + e.stderr)
+                outs.add((j["loss"], j["ppl"], j["tokens"]) if j else "error: " + e.stderr)
             check(len(outs) == 1 and isinstance(next(iter(outs)), tuple),
                   f"eval --adapter --compute {compute}: the same loss on 1 and 3 threads: {sorted(outs)}")
         # QLoRA: an NF4 base trains (differently from the F32 base), and fuse dequantises, merges

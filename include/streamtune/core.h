@@ -108,8 +108,9 @@ double st_rng_normal(struct st_rng *r);    /* standard normal (Box-Muller) */
 /* Set the number of compute threads (OpenMP and BLAS). n <= 0 picks the number of cores. */
 void st_threads_set(int n);
 int st_threads_get(void);
-/* BLAS calls on n threads (OpenBLAS; no-op with another BLAS), leaving OpenMP's count alone: 1
- * while several threads make BLAS calls of their own; st_threads_get() to restore. */
+/* BLAS calls on n threads (OpenBLAS's openblas_set_num_threads; no-op with another BLAS): 1
+ * while several threads make BLAS calls of their own (OpenBLAS >= 0.3.7 takes concurrent calls),
+ * st_threads_get() to restore. An OpenMP build of OpenBLAS sets OpenMP's count too. */
 void st_blas_threads(int n);
 
 /* ---- small checked parsing helpers (no atoi/strtol surprises) ---- */

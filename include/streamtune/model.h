@@ -65,7 +65,8 @@ struct st_model {
     struct st_qweight q_embed;   // the embedding when quantised (kind NONE otherwise)
     struct st_qweight q_head;    // the LM head when quantised and untied
     struct st_arena qarena;      // codes and scales of matrices quantised at load
-    float *qscratch;             // tile scratch of the quantised matmuls (not thread-safe)
+    float *qscratch;             // tile scratch of the quantised matmuls (one forward at a
+                                 // time: other threads use st_model_view)
     size_t qscratch_bytes;
     size_t qbytes;               // bytes of quantised storage
     size_t mapped_bytes;         // bytes used straight from the safetensors map (F32 tensors)
@@ -74,7 +75,7 @@ struct st_model {
     int f32_panels;
     const void *head_bf, *head_bb;     // the head packed (NULL: plain F32 or quantised head)
     struct st_arena parena;            // packed panels and the activation scratch
-    uint32_t *bscratch;                // BF16 copy of a chunk of activation rows (not thread-safe)
+    uint32_t *bscratch;                // BF16 copy of a chunk of activation rows (as qscratch)
     size_t bscratch_bytes;
     size_t n_params;
     size_t bytes_on_disk;      // sum of the tensors' stored bytes

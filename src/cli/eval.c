@@ -2,12 +2,14 @@
  * over every predicted token of every record ({"ids": [...]} per line), and perplexity.
  * Two passes over the file: the first validates every record and finds the longest, so the
  * activations are planned once; the second packs records into rows of up to PACK_TOKENS (a
- * longer record alone) and scores them a row at a time. Memory does not grow with the file. */
+ * longer record alone) and scores them, several rows at a time on as many threads (see
+ * score_rows). Memory does not grow with the file. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #ifdef _OPENMP
@@ -101,7 +103,8 @@ done:
  * core idle ~8% of the time (bench/NOTES.md); rows on separate threads never wait for each
  * other. Each row's loss is the same on any thread (the kernels give the same result for any
  * thread count), and the sums are added in row order, so the result does not depend on the
- * thread count either. A batch of one row, or a longer record, runs on all threads at once. */
+ * thread count either. A batch of one row, or a longer record, runs on all threads at once.
+ * The extra workers' memory is at most WORKER_BYTES, and at most an eighth of the RAM. */
 #define MAX_WORKERS 64
 #define WORKER_BYTES ((size_t)1 << 30)
 
@@ -130,9 +133,14 @@ static int workers(const struct st_model *m, size_t pack) {
     int t = st_threads_get();
     if (t < 2 || !(m->bf16 || m->f32_panels) || (m->quant && !m->bf16)) return 1;
     int rank = m->lora ? m->lora->cfg.rank : 0;
-    size_t per = st_acts_bytes(&m->cfg, 1, pack, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, rank) +
-                 m->bscratch_bytes + m->qscratch_bytes;
-    size_t fit = 1 + WORKER_BYTES / (per ? per : 1);
+    size_t per = st_acts_bytes(&m->cfg, 1, pack, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, rank);
+    if (per == SIZE_MAX) return 1; /* too big to plan */
+    per += m->bscratch_bytes + m->qscratch_bytes;
+    size_t budget = WORKER_BYTES;
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psz > 0 && (size_t)pages / 8 * (size_t)psz < budget)
+        budget = (size_t)pages / 8 * (size_t)psz;
+    size_t fit = 1 + budget / (per ? per : 1);
     if ((size_t)t > fit) t = (int)fit;
     return t < MAX_WORKERS ? t : MAX_WORKERS;
 #else
@@ -259,9 +267,9 @@ int cmd_eval(int argc, char **argv) {
     size_t count = 0;
     struct st_acts a = {0};
     /* Records are packed into rows of up to `pack` tokens (a segment each: positions restart and
-     * attention stays within the record, so each scores as if alone) and scored a row at a
-     * time: short records share one forward instead of one small one each. A longer record is
-     * a row of its own (attention does not skip other segments' keys, so rows stay short). */
+     * attention stays within the record, so each scores as if alone), a forward per row: short
+     * records share one forward instead of one small one each. A longer record is a row of its
+     * own (attention does not skip other segments' keys, so rows stay short). */
     size_t pack = (size_t)m.cfg.max_seq_len;
     if (pack > PACK_TOKENS) pack = PACK_TOKENS;
     size_t T = maxlen > pack ? maxlen : pack;
@@ -280,7 +288,22 @@ int cmd_eval(int argc, char **argv) {
                               ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, &err);
         sc->m[w] = w ? &sc->views[w] : &m;
         sc->a[w] = w ? &sc->acts[w] : &a;
+        if (rc && w > 0) { /* no memory for one more worker: go on with those there are */
+            st_log(ST_LOG_DEBUG, "eval: worker %d: %s: scoring %d rows at a time", w, err.msg, w);
+            st_free(sc->rows[w].ids);
+            st_free(sc->rows[w].seg);
+            if (sc->views[w].view) {
+                st_acts_free(&sc->acts[w]);
+                st_model_free(&sc->views[w]);
+            }
+            memset(&sc->rows[w], 0, sizeof sc->rows[w]);
+            sc->nw = w;
+            rc = ST_OK;
+            memset(&err, 0, sizeof err);
+            break;
+        }
     }
+    if (!rc) st_log(ST_LOG_DEBUG, "eval: %d row%s at a time", sc->nw, sc->nw > 1 ? "s" : "");
     /* pass 2: score */
     if (!rc) {
         rewind(f);
@@ -298,6 +321,9 @@ int cmd_eval(int argc, char **argv) {
                 if (k == 0) continue;
                 rc = parse_ids(line, k, data, lineno, m.cfg.vocab_size, tok, dir, &ids, &icap, &n,
                                &err);
+                if (!rc && n > T)
+                    rc = st_errorf(&err, ST_ERR_FORMAT, "%s:%ld: record has %zu ids: the file "
+                                   "changed while it was read", data, lineno, n);
                 if (rc) break;
             }
             struct row *r = &sc->rows[nb];

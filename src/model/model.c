@@ -563,9 +563,8 @@ fail:
 }
 
 void st_model_free(struct st_model *m) {
-    if (m->view) {
-        st_free(m->qscratch);
-        st_free(m->bscratch);
+    if (m->view) { /* its scratch only (parena: the view's own arena) */
+        st_arena_free(&m->parena);
         memset(m, 0, sizeof *m);
         return;
     }
@@ -583,11 +582,22 @@ enum st_status st_model_view(struct st_model *v, const struct st_model *m,
     *v = *m;
     v->view = 1;
     v->qscratch = NULL, v->bscratch = NULL;
-    if ((m->qscratch && !(v->qscratch = st_malloc(m->qscratch_bytes))) ||
-        (m->bscratch && !(v->bscratch = st_malloc(m->bscratch_bytes)))) {
-        st_model_free(v);
-        return st_errorf(err, ST_ERR_NOMEM, "out of memory for a model view's scratch");
+    /* the model's arenas stay the model's; the view's own holds its scratch (aligned as the
+     * model's, so the kernels' loads of it split no cache lines) */
+    memset(&v->converted, 0, sizeof v->converted);
+    memset(&v->qarena, 0, sizeof v->qarena);
+    memset(&v->parena, 0, sizeof v->parena);
+    size_t qb = m->qscratch ? st_arena_round(m->qscratch_bytes) : 0;
+    size_t bb = m->bscratch ? st_arena_round(m->bscratch_bytes) : 0;
+    if (qb + bb == 0) return ST_OK;
+    enum st_status rc = st_arena_init(&v->parena, qb + bb, err);
+    if (rc) {
+        memset(v, 0, sizeof *v);
+        st_error_prefix(err, "a model view's scratch: ");
+        return rc;
     }
+    if (qb) v->qscratch = st_arena_take(&v->parena, m->qscratch_bytes);
+    if (bb) v->bscratch = st_arena_take(&v->parena, m->bscratch_bytes);
     return ST_OK;
 }
 

@@ -40,6 +40,7 @@
 #include "attention.h"
 #include "fexp.h"
 #include "streamtune/bf16.h"
+#include "streamtune/core.h"
 
 /* ---------------------------------------------------------------- portable kernel
  * One query row at a time. Keys go in blocks of ATT_BLK: the block's K (and V in the backward) is
@@ -698,18 +699,22 @@ AVX512 static void attention_forward_avx512(float *out, float *lse, const float 
                                             const float *k, const float *v, const int32_t *seg,
                                             float scale, int window, size_t B, size_t Tq,
                                             size_t Tk, size_t nh, size_t nkv, size_t hd, int bf) {
-    size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd, qn = QC * (hd / 2);
+    size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd;
+    size_t qn = (Tq < QC ? Tq : QC) * (hd / 2), nt = (size_t)omp_get_max_threads();
+    if (nt > B * nh) nt = B * nh; /* a team never has more threads than omp_get_max_threads() */
     /* each thread's rounded query rows (forward_task's qall; without them, per tile) */
-    uint32_t *qall = bf ? malloc((size_t)omp_get_max_threads() * qn * sizeof *qall) : NULL;
+    uint32_t *qall = bf && nt > 0 && qn > 0 ? st_malloc(nt * qn * sizeof *qall) : NULL;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < nh; h++) {
             size_t kh = h / group, o = b * Tq * qs + h * hd;
             forward_task(out + o, lse + (b * nh + h) * Tq, q + o, k + b * Tk * kvs + kh * hd,
                          v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale, window, Tq,
-                         Tk, qs, kvs, hd, bf, qall ? qall + omp_get_thread_num() * qn : NULL);
+                         Tk, qs, kvs, hd, bf,
+                         qall && (size_t)omp_get_thread_num() < nt ? qall + omp_get_thread_num() * qn
+                                                                    : NULL);
         }
-    free(qall);
+    st_free(qall);
 }
 
 /* One (batch, kv head) of the backward, with the group query heads that read it: row i of head h

@@ -11,6 +11,8 @@
 #include "attention.h"
 #include "lora.h"
 #include "fexp.h"
+#include "streamtune/bf16.h"
+#include "streamtune/f32.h"
 
 
 static void linear_forward(float *out, const float *inp, const float *w, const float *bias,
@@ -332,5 +334,21 @@ static const struct st_kernels cpu_bf16_table = {
     CPU_ENTRIES,
 };
 
-const struct st_kernels *st_kernels_cpu(void) { return &cpu_table; }
-const struct st_kernels *st_kernels_cpu_bf16(void) { return &cpu_bf16_table; }
+/* The CPU checks cache their answer in a static on first use; make that first use here, at model
+ * load on one thread, rather than in threads that run forwards side by side (eval's rows). */
+static void detect_once(void) {
+    (void)have_avx512();
+    (void)st_cpu_attention_native();
+    (void)st_cpu_lora_native();
+    (void)st_f32_native();
+    (void)st_bf16_native();
+}
+
+const struct st_kernels *st_kernels_cpu(void) {
+    detect_once();
+    return &cpu_table;
+}
+const struct st_kernels *st_kernels_cpu_bf16(void) {
+    detect_once();
+    return &cpu_bf16_table;
+}

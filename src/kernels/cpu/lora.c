@@ -129,11 +129,12 @@ AVX512 static void reduce_avx512(float *z, size_t zj, size_t zc, const float *x,
 }
 
 /* the AVX-512 kernels run (else sgemm) */
-static int own_kernels(void) {
+int st_cpu_lora_native(void) {
     static int v = -1;
     if (v < 0) v = st_f32_native() && __builtin_cpu_supports("avx512vl");
     return v;
 }
+#define own_kernels st_cpu_lora_native
 
 #ifdef _OPENMP
 #include <omp.h>

@@ -6,6 +6,8 @@
 #define ST_KERNELS_CPU_LORA_H
 #include <stddef.h>
 
+/* 1 when the AVX-512 kernels run (else sgemm); cached after the first call */
+int st_cpu_lora_native(void);
 void st_cpu_lora_forward(float *out, float *xa, const float *inp, const float *a, const float *b,
                          float scale, size_t N, size_t C, size_t OC, size_t r);
 void st_cpu_lora_backward(float *dinp, float *da, float *db, float *dxa, const float *dout,
