@@ -103,6 +103,27 @@ def fast():
         fb = open(os.path.join(b, "adapter_model.safetensors"), "rb").read()
         check(fa == fb, "final adapter identical byte for byte")
         print(f"     (killed after step {killed_at}; leftover temp checkpoints {leftovers})")
+        # rows in parallel (groups of rows on their own threads, gradients added in group order):
+        # the same training as the batch on one thread, to float summation order, F32 and BF16
+        # (BF16 rounding of activations amplifies the summation order's last bits: 1e-3)
+        for compute in ("f32", "bf16"):
+            base = list(common)
+            i = base.index("--threads")
+            del base[i:i + 2]
+            base[base.index("--dropout") + 1] = "0"
+            res = {}
+            for threads in ("1", "3"):
+                out = os.path.join(t, f"g{compute}{threads}")
+                r = run("--verbose", "train", *base, "--threads", threads, "--batch-size", "4",
+                        "--steps", "12", "--compute", compute, "--out", out)
+                res[threads] = (r.returncode, losses(out) if r.returncode == 0 else {}, r.stderr)
+            (r1, l1, _), (r3, l3, e3) = res["1"], res["3"]
+            worst = max((abs(float(l1[k][0]) - float(l3[k][0])) / abs(float(l1[k][0])) for k in l1),
+                        default=1.0) if l1 and set(l1) == set(l3) else 1.0
+            print(f"     {compute}: threads 1 vs 3 (2 groups of 2 rows), largest relative loss difference {worst:.2e}")
+            check(r1 == 0 and r3 == 0 and "rows in 2 groups of 2" in e3 and
+                  worst < (1e-5 if compute == "f32" else 1e-3),
+                  f"--compute {compute}: rows in parallel train as the batch on one thread")
         # gradient checkpointing: same numbers
         c = os.path.join(t, "c")
         rc = run("train", *common, "--out", c, "--grad-checkpoint")

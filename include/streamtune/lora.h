@@ -55,6 +55,12 @@ enum st_status st_lora_init(struct st_lora *lo, const struct st_model_config *c,
                             const struct st_lora_config *lc, uint64_t seed, struct st_error *err);
 void st_lora_free(struct st_lora *lo);
 void st_lora_zero_grads(struct st_lora *lo);
+/* A gradient view of lo: the same adapters (a, b point at lo's params) with gradients of its own
+ * (zeroed), for a backward on another thread whose gradients are added to lo's afterwards. Free
+ * it with st_lora_grad_view_free; lo must outlive it. */
+enum st_status st_lora_grad_view(struct st_lora *g, const struct st_lora *lo,
+                                 struct st_error *err);
+void st_lora_grad_view_free(struct st_lora *g);
 
 /* PEFT files: DIR/adapter_config.json + DIR/adapter_model.safetensors, written atomically
  * (each file: temp, fsync, rename). base_model names the base in adapter_config.json. */

@@ -85,6 +85,33 @@ void st_lora_zero_grads(struct st_lora *lo) {
     memset(lo->grads, 0, lo->n_params * sizeof(float));
 }
 
+enum st_status st_lora_grad_view(struct st_lora *g, const struct st_lora *lo,
+                                 struct st_error *err) {
+    size_t nm = (size_t)lo->n_layers * ST_LIN_COUNT;
+    *g = *lo;
+    g->params = NULL;
+    g->mod = st_malloc((nm ? nm : 1) * sizeof *g->mod);
+    g->grads = st_calloc(lo->n_params ? lo->n_params : 1, sizeof(float));
+    if (!g->mod || !g->grads) {
+        st_lora_grad_view_free(g);
+        return st_errorf(err, ST_ERR_NOMEM, "out of memory for adapter gradients");
+    }
+    for (size_t i = 0; i < nm; i++) {
+        g->mod[i] = lo->mod[i];
+        if (lo->mod[i].ga) {
+            g->mod[i].ga = g->grads + (lo->mod[i].ga - lo->grads);
+            g->mod[i].gb = g->grads + (lo->mod[i].gb - lo->grads);
+        }
+    }
+    return ST_OK;
+}
+
+void st_lora_grad_view_free(struct st_lora *g) {
+    st_free(g->mod);
+    st_free(g->grads);
+    memset(g, 0, sizeof *g);
+}
+
 static float lora_scale(const struct st_lora_config *lc) {
     return lc->rslora ? lc->alpha / sqrtf((float)lc->rank) : lc->alpha / (float)lc->rank;
 }

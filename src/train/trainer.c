@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <pthread.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include "streamtune/bf16.h"
@@ -615,6 +616,88 @@ static enum st_status evaluate(struct st_model *m, struct st_acts *a, const stru
     return rc;
 }
 
+/* ---------------------------------------------------------------- rows in parallel */
+
+/* A micro-batch's rows split into groups of `per` consecutive rows, one group per thread, each
+ * on its own model view (model.h), activations and adapter gradients (a gradient view of lo),
+ * when the frozen matmuls are streamtune's own unquantised kernels (BF16 or packed F32 panels)
+ * and there are threads and rows to share. A batch split over threads inside every kernel call
+ * synchronises them some 600 times a step, and one of two cores sat idle ~5% of it; two
+ * one-thread processes side by side made 813-820 tok/s against 731-747 for one two-thread process
+ * (Llama 110M bf16, bench/NOTES.md). Group 0 runs on the model and the main activations; the
+ * other groups' gradients and losses are added to lo's after the group, in group order, so a run
+ * is reproducible for a given thread count (not across thread counts: the sums split
+ * differently). Quantised bases keep the whole batch on all threads: each group would
+ * dequantise every weight again, which ate the gain (QLoRA Llama 110M: 720-741 tok/s either way). */
+#define DP_MAX 64
+
+struct dp {
+    int nw;     /* groups (1: the batch on all threads at once) */
+    size_t per; /* rows per group */
+    struct st_model view[DP_MAX];
+    struct st_acts acts[DP_MAX];
+    struct st_lora grads[DP_MAX];
+    double loss[DP_MAX];
+    size_t count[DP_MAX];
+    enum st_status rc[DP_MAX];
+    struct st_error err[DP_MAX];
+};
+
+/* free groups 1.. (those set up, or partly) */
+static void dp_clear(struct dp *d) {
+    for (int w = 1; w < d->nw; w++) {
+        if (d->view[w].view) {
+            st_acts_free(&d->acts[w]);
+            st_model_free(&d->view[w]);
+        }
+        st_lora_grad_view_free(&d->grads[w]);
+    }
+}
+
+/* One micro-batch (B rows of T) forward and backward in groups (d->nw > 1, B > per). */
+static enum st_status dp_step(struct dp *d, struct st_model *m, struct st_acts *a,
+                              struct st_lora *lo, const struct st_batch *b, uint64_t seed,
+                              float scale, double *loss_sum, size_t *count, struct st_error *err) {
+    size_t B = b->B, T = b->T, ng = (B + d->per - 1) / d->per;
+    st_blas_threads(1); /* the adapters' BLAS calls: one thread each */
+#pragma omp parallel for num_threads((int)ng) schedule(static, 1)
+    for (size_t w = 0; w < ng; w++) {
+        omp_set_num_threads(1); /* this group's kernels: this thread */
+        size_t r0 = w * d->per, nr = B - r0 < d->per ? B - r0 : d->per;
+        struct st_model *mw = w ? &d->view[w] : m;
+        struct st_acts *aw = w ? &d->acts[w] : a;
+        struct st_lora *gw = w ? &d->grads[w] : lo;
+        if (w) {
+            st_lora_zero_grads(gw);
+            mw->training = m->training;
+            mw->dropout_seed = mix(seed, w); /* group 0: seed itself (the batch's masks) */
+        }
+        size_t saveB = aw->B, saveT = aw->T;
+        aw->B = nr, aw->T = T;
+        const int32_t *seg = b->seg ? b->seg + r0 * T : NULL;
+        d->loss[w] = 0, d->count[w] = 0;
+        d->rc[w] = st_model_forward_loss(mw, aw, b->ids + r0 * T, seg, b->targets + r0 * T, scale,
+                                         &d->loss[w], &d->count[w], &d->err[w]);
+        if (!d->rc[w])
+            d->rc[w] = st_model_backward(mw, aw, b->ids + r0 * T, b->targets + r0 * T, seg, scale,
+                                         gw, &d->err[w]);
+        aw->B = saveB, aw->T = saveT;
+    }
+    st_blas_threads(st_threads_get());
+    enum st_status rc = ST_OK;
+    for (size_t w = 0; w < ng; w++) {
+        if (d->rc[w] && !rc) {
+            rc = d->rc[w];
+            *err = d->err[w];
+        }
+        *loss_sum += d->loss[w];
+        *count += d->count[w];
+        if (w)
+            for (size_t i = 0; i < lo->n_params; i++) lo->grads[i] += d->grads[w].grads[i];
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------- the loop */
 
 static void fmt_bytes(char *buf, size_t n, double b) {
@@ -666,6 +749,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     pthread_mutex_init(&L.mu, NULL);
     pthread_cond_init(&L.cv, NULL);
     struct qitem *micro = NULL;
+    struct dp *dp = NULL;
     struct state s = {0};
     FILE *mf = NULL;
     int have_model = 0;
@@ -738,7 +822,34 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     size_t live = st_alloc_live_bytes(), counted = live_model + lo.n_params * 16 + b_valb;
     size_t b_tok = live > counted ? live - counted : 0; /* tokenizer, template, shard lists */
     size_t total = rss0 + b_weights + b_lora + b_acts + b_batches + b_stream + b_tok;
-    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32], wdesc[160];
+    /* no --max-memory: never plan beyond 90% of this machine's RAM (an over-committed plan would
+     * otherwise end in the kernel's OOM killer, not in a message) */
+    size_t limit = o->max_memory;
+    int limit_is_ram = 0;
+    if (!limit) {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && psz > 0) {
+            limit = (size_t)((double)pages * (double)psz * 0.9);
+            limit_is_ram = 1;
+        }
+    }
+    /* rows in parallel (struct dp): the other groups' activations, gradients and scratch, when
+     * they fit the limit */
+    int nw = 1;
+    size_t per = B, b_dp = 0;
+    if (st_threads_get() > 1 && B > 1 && (m.bf16 || m.f32_panels) && !m.quant) {
+        nw = st_threads_get() < (int)B ? st_threads_get() : (int)B;
+        if (nw > DP_MAX) nw = DP_MAX;
+        per = (B + (size_t)nw - 1) / (size_t)nw;
+        nw = (int)((B + per - 1) / per);
+        size_t ab = st_acts_bytes(&m.cfg, per, T, mode, lo.cfg.rank);
+        b_dp = ab == SIZE_MAX ? SIZE_MAX
+                              : (size_t)(nw - 1) * (ab + lo.n_params * 4 + m.bscratch_bytes +
+                                                    m.qscratch_bytes);
+        if (b_dp == SIZE_MAX || (limit && total + b_dp > limit)) nw = 1, per = B, b_dp = 0;
+    }
+    total += b_dp;
+    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32], x8[32], wdesc[160];
     if (m.quant)
         snprintf(wdesc, sizeof wdesc, "%s%s base, %s, F32 compute", st_quant_name(m.quant),
                  m.quant == ST_QUANT_NF4 && o->load.double_quant ? " double-quantised" : "",
@@ -756,13 +867,18 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     fmt_bytes(x5, sizeof x5, (double)rss0);
     fmt_bytes(x6, sizeof x6, (double)total);
     fmt_bytes(x7, sizeof x7, (double)b_stream);
+    fmt_bytes(x8, sizeof x8, (double)b_dp);
+    char par[96] = "";
+    if (nw > 1)
+        snprintf(par, sizeof par, "; %d groups of %zu rows on their own threads: + %s", nw, per,
+                 x8);
     int nmod = 0;
     for (int i = 0; i < m.cfg.n_layers * ST_LIN_COUNT; i++) nmod += lo.mod[i].a != NULL;
     snprintf(plan, sizeof plan,
              "memory plan: batch %zu x %zu tokens (%s), LoRA rank %d on %d modules (%zu params)\n"
              "  model weights      %s (%s)\n"
              "  LoRA + grads + AdamW %s\n"
-             "  activations        %s (gradient checkpointing %s)\n"
+             "  activations        %s (gradient checkpointing %s%s)\n"
              "  stream buffers     %s (at most: --stream-memory)\n"
              "  batches, tokenizer %s (%d train shards, %d validation shards, %zu validation "
              "records)\n"
@@ -770,23 +886,12 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
              "  total              %s",
              B, T, o->pack ? "packed" : "padded", lo.cfg.rank, nmod, lo.n_params, x1,
              wdesc, x2, x3,
-             o->grad_checkpoint ? "on" : "off", x7, x4, src.n_train, src.n_val, val_records, x5,
+             o->grad_checkpoint ? "on" : "off", par, x7, x4, src.n_train, src.n_val, val_records, x5,
              x6);
     if (cb) {
         struct st_train_event ev = {.kind = "plan", .plan_text = plan, .plan_bytes = total,
                                     .total_steps = o->steps};
         cb(ctx, &ev);
-    }
-    /* no --max-memory: never plan beyond 90% of this machine's RAM (an over-committed plan would
-     * otherwise end in the kernel's OOM killer, not in a message) */
-    size_t limit = o->max_memory;
-    int limit_is_ram = 0;
-    if (!limit) {
-        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-        if (pages > 0 && psz > 0) {
-            limit = (size_t)((double)pages * (double)psz * 0.9);
-            limit_is_ram = 1;
-        }
     }
     if (limit && total > limit) {
         char lim[48], b1[32], ck1[32];
@@ -807,6 +912,25 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     }
     if (o->dry_run) goto done;
     if ((rc = st_acts_init(&a, &m, B, T, mode, err))) goto done;
+    if (!(dp = st_calloc(1, sizeof *dp))) {
+        rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    dp->nw = nw, dp->per = per;
+    for (int w = 1; w < dp->nw; w++) { /* a group that cannot be set up: the batch on all
+                                         * threads at once, as without groups */
+        struct st_error werr;
+        if (st_model_view(&dp->view[w], &m, &werr) ||
+            st_acts_init(&dp->acts[w], &dp->view[w], per, T, mode, &werr) ||
+            st_lora_grad_view(&dp->grads[w], &lo, &werr)) {
+            st_log(ST_LOG_WARN, "train: the batch on all threads at once, not in %d groups: %s",
+                   dp->nw, werr.msg);
+            dp_clear(dp);
+            dp->nw = 1, dp->per = B;
+            break;
+        }
+    }
+    if (dp->nw > 1) st_log(ST_LOG_DEBUG, "train: rows in %d groups of %zu", dp->nw, dp->per);
 
     /* the training stream and its loader thread */
     struct st_stream_options so = o->stream;
@@ -887,7 +1011,10 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
             struct st_batch *b = &micro[k].b;
             a.T = b->T;
             m.dropout_seed = mix(mix(o->seed, (uint64_t)s.step), (uint64_t)k);
-            if (step_count) {
+            if (step_count && dp->nw > 1 && b->B > dp->per) {
+                rc = dp_step(dp, &m, &a, &lo, b, m.dropout_seed, (float)(1.0 / step_count),
+                             &loss_sum, &count, err);
+            } else if (step_count) {
                 /* the head and the cross-entropy run a chunk of rows at a time, their backward
                  * too: the logits are never held whole */
                 rc = st_model_forward_loss(&m, &a, b->ids, b->seg, b->targets,
@@ -958,6 +1085,8 @@ done:
     sources_free(&src);
     st_free(m1);
     st_free(m2);
+    if (dp) dp_clear(dp);
+    st_free(dp);
     st_acts_free(&a);
     st_lora_free(&lo);
     st_chat_template_free(tmpl);
