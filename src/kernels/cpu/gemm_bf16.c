@@ -50,7 +50,8 @@
 #define NR GEMM_NR
 #define MR GEMM_MR
 #define KC 288 /* at most this many pairs of k per block (balanced: gemm_kc): K = 576 is one
-                * block; a panel block of up to 36 KiB (48 KiB L1 on Zen 5) */
+                * block; a panel block of up to 36 KiB: 48 KiB L1d on Zen 5, 32 KiB on the
+                * Zen 4 dev VM, where blocks of 384 measured the same) */
 
 int st_bf16_native(void);
 
