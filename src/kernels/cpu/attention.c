@@ -695,6 +695,15 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
     }
 }
 
+/* The segment ids of one sequence, or NULL when they are all the same (one document: nothing to
+ * mask, and the per-row segment masks are skipped) */
+static const int32_t *seg_or_null(const int32_t *seg, size_t n) {
+    if (!seg) return NULL;
+    for (size_t i = 1; i < n; i++)
+        if (seg[i] != seg[0]) return seg;
+    return NULL;
+}
+
 AVX512 static void attention_forward_avx512(float *out, float *lse, const float *q,
                                             const float *k, const float *v, const int32_t *seg,
                                             float scale, int window, size_t B, size_t Tq,
@@ -709,8 +718,8 @@ AVX512 static void attention_forward_avx512(float *out, float *lse, const float 
         for (size_t h = 0; h < nh; h++) {
             size_t kh = h / group, o = b * Tq * qs + h * hd;
             forward_task(out + o, lse + (b * nh + h) * Tq, q + o, k + b * Tk * kvs + kh * hd,
-                         v + b * Tk * kvs + kh * hd, seg ? seg + b * Tk : NULL, scale, window, Tq,
-                         Tk, qs, kvs, hd, bf,
+                         v + b * Tk * kvs + kh * hd, seg_or_null(seg ? seg + b * Tk : NULL, Tk),
+                         scale, window, Tq, Tk, qs, kvs, hd, bf,
                          qall && (size_t)omp_get_thread_num() < nt ? qall + omp_get_thread_num() * qn
                                                                     : NULL);
         }
@@ -881,8 +890,8 @@ AVX512 static void attention_backward_avx512(float *dq, float *dk, float *dv, co
             size_t o = b * Tq * qs + kh * group * hd, ko = b * Tk * kvs + kh * hd;
             backward_task(dq + o, dk + ko, dv + ko, dout + o, out + o,
                           lse + (b * nh + kh * group) * Tq, q + o, k + ko, v + ko,
-                          seg ? seg + b * Tk : NULL, scale, window, group, Tq, Tk, qs, kvs, hd,
-                          bf);
+                          seg_or_null(seg ? seg + b * Tk : NULL, Tk), scale, window, group, Tq, Tk,
+                          qs, kvs, hd, bf);
         }
 }
 #endif
