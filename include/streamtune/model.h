@@ -85,6 +85,7 @@ struct st_model {
     const struct st_lora *lora;
     int training;           /* apply LoRA dropout */
     uint64_t dropout_seed;  /* per step: masks are a pure function of (seed, layer, module, i) */
+    size_t dropout_tok0;    /* i counts from this many tokens in (a group of rows run alone) */
     int view;               /* st_model_view: shares another model's weights, owns its scratch */
 };
 
@@ -178,8 +179,9 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
                                      const int32_t *targets, float grad_scale, double *loss_sum,
                                      size_t *count, struct st_error *err);
 /* After st_model_forward (and st_model_loss): backward of grad_scale * sum of the losses into
- * m's attached adapter's gradients (lo->grads, `+=`). The base model is frozen. Overwrites the
- * logits. Needs a TRAIN or CHECKPOINT acts. */
+ * the adapter gradients of lo (lo->grads, `+=`): m's attached adapter, or a gradient view of it
+ * (st_lora_grad_view). The base model is frozen. Overwrites the logits. Needs a TRAIN or
+ * CHECKPOINT acts. */
 enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
                                  const int32_t *targets, const int32_t *seg, float grad_scale,
                                  struct st_lora *lo, struct st_error *err);

@@ -104,7 +104,8 @@ done:
  * other. Each row's loss is the same on any thread (the kernels give the same result for any
  * thread count), and the sums are added in row order, so the result does not depend on the
  * thread count either. A batch of one row, or a longer record, runs on all threads at once.
- * The extra workers' memory is at most WORKER_BYTES, and at most an eighth of the RAM. */
+ * The extra workers' memory is at most WORKER_BYTES, and at most an eighth of the RAM; when a row
+ * per thread does not fit, every row runs on all threads at once. */
 #define MAX_WORKERS 64
 #define WORKER_BYTES ((size_t)1 << 30)
 
@@ -140,9 +141,9 @@ static int workers(const struct st_model *m, size_t pack) {
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     if (pages > 0 && psz > 0 && (size_t)pages / 8 * (size_t)psz < budget)
         budget = (size_t)pages / 8 * (size_t)psz;
+    /* a row per thread, or none: fewer workers than threads would leave threads idle */
     size_t fit = 1 + budget / (per ? per : 1);
-    if ((size_t)t > fit) t = (int)fit;
-    return t < MAX_WORKERS ? t : MAX_WORKERS;
+    return (size_t)t <= fit && t <= MAX_WORKERS ? t : 1;
 #else
     (void)m, (void)pack;
     return 1;

@@ -780,10 +780,13 @@ static inline int dropout_keep(uint64_t seed, int l, int mod, size_t i, float p)
     return (float)(z >> 40) * 0x1.0p-24f >= p;
 }
 
-static void dropout_apply(float *dst, const float *src, size_t n, uint64_t seed, int l, int mod,
-                          float p) {
+/* elements [i0, i0 + n) of the mask (i0: m->dropout_tok0 tokens in, so that a group of rows run
+ * on its own draws the masks of the same rows in the whole micro-batch) */
+static void dropout_apply(float *dst, const float *src, size_t n, size_t i0, uint64_t seed, int l,
+                          int mod, float p) {
     float inv = 1.0f / (1.0f - p);
-    for (size_t i = 0; i < n; i++) dst[i] = dropout_keep(seed, l, mod, i, p) ? src[i] * inv : 0.0f;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = dropout_keep(seed, l, mod, i0 + i, p) ? src[i] * inv : 0.0f;
 }
 
 struct lin {
@@ -828,7 +831,7 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
     const float *x = inp;
     float p = m->lora->cfg.dropout;
     if (m->training && p > 0) {
-        dropout_apply(c->xd, inp, N * C, m->dropout_seed, c->layer, mod, p);
+        dropout_apply(c->xd, inp, N * C, m->dropout_tok0 * C, m->dropout_seed, c->layer, mod, p);
         x = c->xd;
     }
     m->k->lora_forward(out, c->la->xa[mod], x, lm->a, lm->b, m->lora->scale, N, C, OC,
@@ -856,13 +859,14 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
     size_t r = (size_t)lo->cfg.rank;
     float p = lo->cfg.dropout;
     if (m->training && p > 0) {
-        dropout_apply(c->xd, inp, N * C, m->dropout_seed, c->layer, mod, p);
+        dropout_apply(c->xd, inp, N * C, m->dropout_tok0 * C, m->dropout_seed, c->layer, mod, p);
         memset(c->dxd, 0, N * C * sizeof(float));
         m->k->lora_backward(c->dxd, lm->ga, lm->gb, c->dxa, dout, c->xd, c->la->xa[mod], lm->a,
                             lm->b, lo->scale, N, C, OC, r);
         float inv = 1.0f / (1.0f - p);
         for (size_t i = 0; i < N * C; i++)
-            if (dropout_keep(m->dropout_seed, c->layer, mod, i, p)) dinp[i] += c->dxd[i] * inv;
+            if (dropout_keep(m->dropout_seed, c->layer, mod, m->dropout_tok0 * C + i, p))
+                dinp[i] += c->dxd[i] * inv;
     } else {
         m->k->lora_backward(dinp, lm->ga, lm->gb, c->dxa, dout, inp, c->la->xa[mod], lm->a, lm->b,
                             lo->scale, N, C, OC, r);

@@ -4,7 +4,8 @@
  * record order of epoch e is a seeded permutation, LoRA dropout masks are hashed from (seed,
  * step, micro-batch), the learning rate from the step. A checkpoint therefore needs only the
  * adapter, the AdamW moments, the step and the data position, and a resumed run repeats an
- * uninterrupted one bit for bit (same thread count). Memory is planned before the first step
+ * uninterrupted one bit for bit (same thread count: it decides the row groups below and how
+ * BLAS splits its sums). Memory is planned before the first step
  * (weights, adapter + gradients + moments, activations, data) and printed; --max-memory refuses
  * a plan that does not fit and names the knob that helps. The token-weighted mean loss over all
  * micro-batches of a step is what is minimised (gradient scale 1 / tokens of the whole step). */
@@ -604,10 +605,15 @@ static enum st_status evaluate(struct st_model *m, struct st_acts *a, const stru
     enum st_status rc = ST_OK;
     for (size_t i = 0; i < nvb && !rc; i++) {
         if (max_batches > 0 && (long)i >= max_batches) break;
-        a->B = vb[i].B;
-        a->T = vb[i].T;
-        rc = st_model_forward_loss(m, a, vb[i].ids, vb[i].seg, vb[i].targets, 0, &sum, &count,
-                                   err);
+        /* at most the planned rows at a time (fewer than a batch with row groups) */
+        size_t T = vb[i].T;
+        for (size_t r0 = 0; r0 < vb[i].B && !rc; r0 += saveB) {
+            a->B = vb[i].B - r0 < saveB ? vb[i].B - r0 : saveB;
+            a->T = T;
+            rc = st_model_forward_loss(m, a, vb[i].ids + r0 * T,
+                                       vb[i].seg ? vb[i].seg + r0 * T : NULL,
+                                       vb[i].targets + r0 * T, 0, &sum, &count, err);
+        }
     }
     a->B = saveB;
     a->T = saveT;
@@ -670,7 +676,8 @@ static enum st_status dp_step(struct dp *d, struct st_model *m, struct st_acts *
         if (w) {
             st_lora_zero_grads(gw);
             mw->training = m->training;
-            mw->dropout_seed = mix(seed, w); /* group 0: seed itself (the batch's masks) */
+            mw->dropout_seed = seed; /* and its rows' token offset: the batch's masks */
+            mw->dropout_tok0 = r0 * T;
         }
         size_t saveB = aw->B, saveT = aw->T;
         aw->B = nr, aw->T = T;
@@ -835,21 +842,26 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     }
     /* rows in parallel (struct dp): the other groups' activations, gradients and scratch, when
      * they fit the limit */
-    int nw = 1;
+    int nw = 1, th = st_threads_get();
     size_t per = B, b_dp = 0;
-    if (st_threads_get() > 1 && B > 1 && (m.bf16 || m.f32_panels) && !m.quant) {
-        nw = st_threads_get() < (int)B ? st_threads_get() : (int)B;
-        if (nw > DP_MAX) nw = DP_MAX;
-        per = (B + (size_t)nw - 1) / (size_t)nw;
-        nw = (int)((B + per - 1) / per);
-        size_t ab = st_acts_bytes(&m.cfg, per, T, mode, lo.cfg.rank);
-        b_dp = ab == SIZE_MAX ? SIZE_MAX
-                              : (size_t)(nw - 1) * (ab + lo.n_params * 4 + m.bscratch_bytes +
-                                                    m.qscratch_bytes);
-        if (b_dp == SIZE_MAX || (limit && total + b_dp > limit)) nw = 1, per = B, b_dp = 0;
+    /* one group per thread, all of the same size (a thread without a group, or with fewer rows,
+     * would sit idle: then the batch goes on all threads at once); the groups' activations
+     * replace the batch's, plus one set of scratch and adapter gradients per extra group */
+    if (th > 1 && th <= DP_MAX && B % (size_t)th == 0 && (m.bf16 || m.f32_panels) && !m.quant) {
+        size_t ab = st_acts_bytes(&m.cfg, B / (size_t)th, T, mode, lo.cfg.rank), extra = 0;
+        int ok = ab != SIZE_MAX && !st_mul_size((size_t)th, ab, &b_dp) &&
+                 !st_mul_size((size_t)(th - 1),
+                              lo.n_params * 4 + m.bscratch_bytes + m.qscratch_bytes, &extra) &&
+                 !st_add_size(b_dp, extra, &b_dp);
+        size_t with = total - b_acts + b_dp;
+        if (ok && !(with < total - b_acts) && (!limit || with <= limit)) {
+            nw = th, per = B / (size_t)th;
+            total = with;
+        } else {
+            b_dp = 0;
+        }
     }
-    total += b_dp;
-    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32], x8[32], wdesc[160];
+    char plan[2048], x1[32], x2[32], x3[32], x4[32], x5[32], x6[32], x7[32], wdesc[160];
     if (m.quant)
         snprintf(wdesc, sizeof wdesc, "%s%s base, %s, F32 compute", st_quant_name(m.quant),
                  m.quant == ST_QUANT_NF4 && o->load.double_quant ? " double-quantised" : "",
@@ -862,16 +874,15 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
                  m.dtype == ST_F32 ? "F32, memory-mapped" : "converted to F32");
     fmt_bytes(x1, sizeof x1, (double)b_weights);
     fmt_bytes(x2, sizeof x2, (double)b_lora);
-    fmt_bytes(x3, sizeof x3, (double)b_acts);
+    fmt_bytes(x3, sizeof x3, (double)(nw > 1 ? b_dp : b_acts));
     fmt_bytes(x4, sizeof x4, (double)(b_batches + b_tok));
     fmt_bytes(x5, sizeof x5, (double)rss0);
     fmt_bytes(x6, sizeof x6, (double)total);
     fmt_bytes(x7, sizeof x7, (double)b_stream);
-    fmt_bytes(x8, sizeof x8, (double)b_dp);
-    char par[96] = "";
+    char par[128] = "";
     if (nw > 1)
-        snprintf(par, sizeof par, "; %d groups of %zu rows on their own threads: + %s", nw, per,
-                 x8);
+        snprintf(par, sizeof par, "; rows in %d groups of %zu, one per thread, each with its own "
+                 "scratch and adapter gradients", nw, per);
     int nmod = 0;
     for (int i = 0; i < m.cfg.n_layers * ST_LIN_COUNT; i++) nmod += lo.mod[i].a != NULL;
     snprintf(plan, sizeof plan,
@@ -911,26 +922,27 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         goto done;
     }
     if (o->dry_run) goto done;
-    if ((rc = st_acts_init(&a, &m, B, T, mode, err))) goto done;
-    if (!(dp = st_calloc(1, sizeof *dp))) {
-        rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    dp->nw = nw, dp->per = per;
-    for (int w = 1; w < dp->nw; w++) { /* a group that cannot be set up: the batch on all
-                                         * threads at once, as without groups */
+    if (nw > 1 && !(dp = st_calloc(1, sizeof *dp))) nw = 1, per = B;
+    if (dp) dp->nw = nw, dp->per = per;
+    for (int w = 1; w < nw; w++) { /* a group that cannot be set up: the batch on all threads at
+                                    * once, as without groups */
         struct st_error werr;
         if (st_model_view(&dp->view[w], &m, &werr) ||
             st_acts_init(&dp->acts[w], &dp->view[w], per, T, mode, &werr) ||
             st_lora_grad_view(&dp->grads[w], &lo, &werr)) {
             st_log(ST_LOG_WARN, "train: the batch on all threads at once, not in %d groups: %s",
-                   dp->nw, werr.msg);
+                   nw, werr.msg);
             dp_clear(dp);
-            dp->nw = 1, dp->per = B;
+            st_free(dp);
+            dp = NULL;
+            nw = 1, per = B;
             break;
         }
     }
-    if (dp->nw > 1) st_log(ST_LOG_DEBUG, "train: rows in %d groups of %zu", dp->nw, dp->per);
+    if (nw > 1) st_log(ST_LOG_INFO, "train: rows in %d groups of %zu, one per thread", nw, per);
+    /* group 0's activations are the main ones (validation runs through them too, per rows at a
+     * time) */
+    if ((rc = st_acts_init(&a, &m, per, T, mode, err))) goto done;
 
     /* the training stream and its loader thread */
     struct st_stream_options so = o->stream;
@@ -1011,7 +1023,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
             struct st_batch *b = &micro[k].b;
             a.T = b->T;
             m.dropout_seed = mix(mix(o->seed, (uint64_t)s.step), (uint64_t)k);
-            if (step_count && dp->nw > 1 && b->B > dp->per) {
+            if (step_count && dp && b->B > dp->per) {
                 rc = dp_step(dp, &m, &a, &lo, b, m.dropout_seed, (float)(1.0 / step_count),
                              &loss_sum, &count, err);
             } else if (step_count) {
