@@ -289,16 +289,20 @@ int cmd_eval(int argc, char **argv) {
                               ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, &err);
         sc->m[w] = w ? &sc->views[w] : &m;
         sc->a[w] = w ? &sc->acts[w] : &a;
-        if (rc && w > 0) { /* no memory for one more worker: go on with those there are */
-            st_log(ST_LOG_DEBUG, "eval: worker %d: %s: scoring %d rows at a time", w, err.msg, w);
-            st_free(sc->rows[w].ids);
-            st_free(sc->rows[w].seg);
-            if (sc->views[w].view) {
-                st_acts_free(&sc->acts[w]);
-                st_model_free(&sc->views[w]);
+        if (rc && w > 0) { /* no memory for one more worker: every row on all threads (fewer
+                              * workers than threads would leave threads idle) */
+            st_log(ST_LOG_WARN, "eval: a row per thread does not fit (%s): one row at a time",
+                   err.msg);
+            for (int v = 1; v <= w; v++) {
+                st_free(sc->rows[v].ids);
+                st_free(sc->rows[v].seg);
+                if (sc->views[v].view) {
+                    st_acts_free(&sc->acts[v]);
+                    st_model_free(&sc->views[v]);
+                }
+                memset(&sc->rows[v], 0, sizeof sc->rows[v]);
             }
-            memset(&sc->rows[w], 0, sizeof sc->rows[w]);
-            sc->nw = w;
+            sc->nw = 1;
             rc = ST_OK;
             memset(&err, 0, sizeof err);
             break;
