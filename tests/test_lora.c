@@ -180,6 +180,75 @@ TEST(checkpointing_identical) {
     }
 }
 
+/* A model view with a gradient view of the adapter (what train's row groups run on another
+ * thread): the same loss and gradients, bit for bit, into the view's own gradients only; and both
+ * fail cleanly (out of memory, a zeroed struct that frees) when an allocation fails. */
+TEST(views) {
+    for (int vi = 0; variants[vi]; vi++) {
+        struct fixture f;
+        if (setup(&f, variants[vi])) continue;
+        struct st_error err;
+        struct st_acts a;
+        CHECK(st_acts_init(&a, &f.m, f.B, f.T, ST_ACTS_TRAIN, &err) == ST_OK);
+        double l1 = step(&f, &a);
+        size_t n = f.lo.n_params;
+        float *g1 = malloc(n * sizeof *g1);
+        memcpy(g1, f.lo.grads, n * sizeof *g1);
+        struct st_model v;
+        struct st_lora g;
+        CHECK(st_model_view(&v, &f.m, &err) == ST_OK && v.view && v.lora == &f.lo);
+        CHECK(st_lora_grad_view(&g, &f.lo, &err) == ST_OK && g.grads != f.lo.grads);
+        double sum = 0;
+        size_t count = 0;
+        CHECK(st_model_forward(&v, &a, f.ids, NULL, &err) == ST_OK);
+        CHECK(st_model_loss(&v, &a, f.targets, &sum, &count, &err) == ST_OK);
+        CHECK(st_model_backward(&v, &a, f.ids, f.targets, NULL, (float)(1.0 / count), &g, &err) ==
+              ST_OK);
+        CHECKF(sum / (double)count == l1, "%s: the view's loss differs", variants[vi]);
+        CHECKF(!memcmp(g.grads, g1, n * sizeof *g1), "%s: the gradient view's gradients differ",
+               variants[vi]);
+        CHECKF(!memcmp(f.lo.grads, g1, n * sizeof *g1), "%s: the view wrote the adapter's "
+               "gradients", variants[vi]);
+        st_lora_grad_view_free(&g);
+        st_model_free(&v);
+        /* allocation failures, each in turn */
+        for (long nth = 1; nth <= 3; nth++) {
+            st_alloc_fail_nth(nth);
+            enum st_status rc = st_lora_grad_view(&g, &f.lo, &err);
+            st_alloc_fail_nth(0);
+            CHECKF(rc == ST_OK || (rc == ST_ERR_NOMEM && !g.grads && !g.mod),
+                   "%s: st_lora_grad_view failing at allocation %ld", variants[vi], nth);
+            st_lora_grad_view_free(&g);
+        }
+        free(g1);
+        st_acts_free(&a);
+        teardown(&f);
+    }
+    /* a BF16 model has matmul scratch to copy */
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/golden/llama2_f32", ST_SOURCE_DIR);
+    struct st_model_load_options o;
+    st_model_load_options_init(&o);
+    o.compute_bf16 = 1;
+    struct st_model m, v;
+    struct st_error err;
+    CHECK(st_model_load_ex(&m, dir, &o, &err) == ST_OK);
+    CHECK(st_model_view(&v, &m, &err) == ST_OK && v.bscratch && v.bscratch != m.bscratch);
+    st_model_free(&v);
+    int failed = 0;
+    for (long nth = 1; nth <= 2; nth++) {
+        st_alloc_fail_nth(nth);
+        enum st_status rc = st_model_view(&v, &m, &err);
+        st_alloc_fail_nth(0);
+        failed |= rc != ST_OK;
+        CHECKF(rc == ST_OK || (rc == ST_ERR_NOMEM && !v.view && !v.bscratch),
+               "st_model_view failing at allocation %ld", nth);
+        st_model_free(&v);
+    }
+    CHECK(failed); /* the injection reached it */
+    st_model_free(&m);
+}
+
 /* 10 AdamW steps with clipping on the same batch: the loss trajectory and final adapter. */
 TEST(trajectory) {
     for (int vi = 0; variants[vi]; vi++) {
@@ -300,6 +369,7 @@ int main(void) {
     st_threads_set(2);
     RUN(gradients);
     RUN(checkpointing_identical);
+    RUN(views);
     RUN(trajectory);
     RUN(adamw_step);
     RUN(peft_files);
