@@ -134,7 +134,6 @@ int st_cpu_lora_native(void) {
     if (v < 0) v = st_f32_native() && __builtin_cpu_supports("avx512vl");
     return v;
 }
-#define own_kernels st_cpu_lora_native
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -184,7 +183,7 @@ static void reduce(float *z, size_t zj, size_t zc, const float *x, size_t r, con
 void st_cpu_lora_forward(float *out, float *xa, const float *inp, const float *a, const float *b,
                          float scale, size_t N, size_t C, size_t OC, size_t r) {
 #if defined(__x86_64__)
-    if (own_kernels())
+    if (st_cpu_lora_native())
         xw(xa, r, inp, C, N, C, a, 1, C, 1.0f); /* xa = inp a^T: W(c, j) = a[j][c] */
     else
 #endif
@@ -199,7 +198,7 @@ void st_cpu_lora_backward(float *dinp, float *da, float *db, float *dxa, const f
                           const float *inp, const float *xa, const float *a, const float *b,
                           float scale, size_t N, size_t C, size_t OC, size_t r) {
 #if defined(__x86_64__)
-    if (own_kernels()) {
+    if (st_cpu_lora_native()) {
         reduce(db, 1, r, xa, r, dout, N, OC, scale); /* db[o][j] += s sum_n dout[n][o] xa[n][j] */
         xw(dxa, r, dout, OC, N, OC, b, r, 1, scale); /* dxa = s dout b: W(o, j) = b[o][j] */
         reduce(da, C, 1, dxa, r, inp, N, C, 1.0f);   /* da[j][c] += sum_n dxa[n][j] inp[n][c] */
