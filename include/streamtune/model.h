@@ -180,8 +180,9 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
                                      size_t *count, struct st_error *err);
 /* After st_model_forward (and st_model_loss): backward of grad_scale * sum of the losses into
  * the adapter gradients of lo (lo->grads, `+=`): m's attached adapter, or a gradient view of it
- * (st_lora_grad_view). The base model is frozen. Overwrites the logits. Needs a TRAIN or
- * CHECKPOINT acts. */
+ * (st_lora_grad_view). The base model is frozen, embeddings included: no gradient of the
+ * embeddings' output is formed (layer 0's q, k, v pass only their LoRA gradients). Overwrites
+ * the logits. Needs a TRAIN or CHECKPOINT acts. */
 enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, const int32_t *ids,
                                  const int32_t *targets, const int32_t *seg, float grad_scale,
                                  struct st_lora *lo, struct st_error *err);

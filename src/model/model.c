@@ -838,7 +838,8 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
                        (size_t)m->lora->cfg.rank);
 }
 
-/* dinp (N, C) += dout W (+ LoRA path); LoRA gradients into lo (frozen base: no dW). */
+/* dinp (N, C) += dout W (+ LoRA path); LoRA gradients into lo (frozen base: no dW). dinp NULL:
+ * only the LoRA gradients (nothing below needs d inp). */
 static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float *dinp,
                          int overwrite, const float *dout, const float *inp, const float *w,
                          size_t N, size_t C, size_t OC) {
@@ -847,8 +848,10 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
     const void *bb = m->layers[c->layer].bb[mod];
     /* overwrite: dinp is not zeroed and this is its first term (a packed weight writes it
      * directly, saving a memset and a read of dinp; the other paths zero it first) */
-    if (overwrite && !(bb && !qw->kind)) memset(dinp, 0, N * C * sizeof(float));
-    if (qw->kind)
+    if (dinp && overwrite && !(bb && !qw->kind)) memset(dinp, 0, N * C * sizeof(float));
+    if (!dinp)
+        ; /* the LoRA gradients only */
+    else if (qw->kind)
         q_backward(m, dinp, dout, qw, N);
     else if (bb)
         panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite);
@@ -860,11 +863,11 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
     float p = lo->cfg.dropout;
     if (m->training && p > 0) {
         dropout_apply(c->xd, inp, N * C, m->dropout_tok0 * C, m->dropout_seed, c->layer, mod, p);
-        memset(c->dxd, 0, N * C * sizeof(float));
-        m->k->lora_backward(c->dxd, lm->ga, lm->gb, c->dxa, dout, c->xd, c->la->xa[mod], lm->a,
-                            lm->b, lo->scale, N, C, OC, r);
+        if (dinp) memset(c->dxd, 0, N * C * sizeof(float));
+        m->k->lora_backward(dinp ? c->dxd : NULL, lm->ga, lm->gb, c->dxa, dout, c->xd,
+                            c->la->xa[mod], lm->a, lm->b, lo->scale, N, C, OC, r);
         float inv = 1.0f / (1.0f - p);
-        for (size_t i = 0; i < N * C; i++)
+        for (size_t i = 0; dinp && i < N * C; i++)
             if (dropout_keep(m->dropout_seed, c->layer, mod, m->dropout_tok0 * C + i, p))
                 dinp[i] += c->dxd[i] * inv;
     } else {
@@ -1095,9 +1098,13 @@ static void block_backward(const struct st_model *m, int l, struct st_layer_acts
                           hd);
     k->rope_backward(a->dq, a->dq, a->cos, a->sin, a->pos, N, nh, hd);
     k->rope_backward(a->dk, a->dk, a->cos, a->sin, a->pos, N, nkv, hd);
-    lin_backward(&lc, ST_LIN_Q, lo, a->dxn, 1, a->dq, la->xn1, w->wq, N, D, QD);
-    lin_backward(&lc, ST_LIN_K, lo, a->dxn, 0, a->dk, la->xn1, w->wk, N, D, KD);
-    lin_backward(&lc, ST_LIN_V, lo, a->dxn, 0, a->dv, la->xn1, w->wv, N, D, KD);
+    /* layer 0: the embeddings are frozen, so nothing needs d loss / d x_in through q, k, v and
+     * the norm (dres is left as d loss / d res_mid): only their LoRA gradients */
+    float *dxn = l > 0 ? a->dxn : NULL;
+    lin_backward(&lc, ST_LIN_Q, lo, dxn, 1, a->dq, la->xn1, w->wq, N, D, QD);
+    lin_backward(&lc, ST_LIN_K, lo, dxn, 0, a->dk, la->xn1, w->wk, N, D, KD);
+    lin_backward(&lc, ST_LIN_V, lo, dxn, 0, a->dv, la->xn1, w->wv, N, D, KD);
+    if (!dxn) return;
     memcpy(dres, dres_mid, N * D * sizeof(float));
     k->rmsnorm_backward(dres, NULL, a->dxn, x_in, w->in_norm, la->rstd1, c->norm_offset, N, D);
 }
