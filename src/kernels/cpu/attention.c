@@ -577,6 +577,27 @@ AVX512 static float dot16(const float *x, const float *y, size_t hd) {
     return _mm512_reduce_add_ps(s);
 }
 
+/* Lane r (r < 8) of the result: the maximum (max != 0) or the sum of the 16 lanes of x[r]. The
+ * 8 reductions side by side: 128-bit halves, then quarters, then within the 4-lane quarters
+ * (15 shuffles for 8 rows instead of 8 dependent chains of 6). */
+AVX512 INLINE __m512 hred8(const __m512 x[8], int max) {
+#define OP(a, b) (max ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b))
+    __m512 b[4], c[2];
+    for (int i = 0; i < 4; i++) /* b[i]: x[2i]'s 8-lane partial in quarters 0-1, x[2i+1]'s 2-3 */
+        b[i] = OP(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
+                  _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
+    for (int j = 0; j < 2; j++) /* c[j] quarter q: x[4j + q]'s 4-lane partial */
+        c[j] = OP(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0x88),
+                  _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], 0xDD));
+    /* quarter q: (x[q] twice, x[4 + q] twice), then each lane pair reduced */
+    __m512 u = OP(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xEE));
+    u = OP(u, _mm512_permute_ps(u, 0xB1));
+#undef OP
+    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 15, 15, 15, 15, 15, 15, 15, 14, 10, 6, 2,
+                                                  12, 8, 4, 0),
+                                 u);
+}
+
 /* A key block's B operands: F32 K^T (and V^T in the backward), or the BF16 path's K^T and V^T
  * pair-interleaved (kt2, vt2: hd / 2 x KB), K or V paired over keys (kv2: KB / 2 x hd) and the
  * rows_bf scratch of pack_kt_bf. */
@@ -637,13 +658,42 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                 } else {
                     mk_set(rc, nv, hd, q + r0 * qs, qs, 1, kt, KB, P, KB, NULL);
                 }
+                /* the tile's softmax step, its rows side by side: each row's block maximum
+                 * (masked scaled scores), all rows' maxima at once (hred8), then the row's
+                 * exponentials and sum, and all rows' sums at once */
+                uint64_t vms[MR];
+                __m512 red[8];
                 int any = 0;
-                for (size_t r = 0; r < rc; r++) {
-                    size_t i = r0 + r, p = off + i;
-                    float *pr = P + r * KB;
+                for (size_t r = 0; r < 8; r++) {
+                    red[r] = ninf;
+                    if (r >= rc) continue;
+                    size_t p = off + r0 + r;
                     uint64_t vm = vis_mask(p, jb, n, window);
                     if (sg && vm) vm &= seg_mask(sv, sg[p]);
-                    cf[r] = 1;
+                    vms[r] = vm;
+                    any |= vm != 0;
+                    for (size_t v = 0; v < nv; v++) {
+                        __mmask16 mv = (__mmask16)(vm >> (16 * v));
+                        red[r] = _mm512_max_ps(
+                            red[r], _mm512_mask_mul_ps(ninf, mv, _mm512_loadu_ps(P + r * KB + 16 * v),
+                                                       vscale));
+                    }
+                }
+                if (!any) continue;
+                /* lane r: row r's old and new running max, and c = exp(old - new) (1 when
+                 * unchanged, 0 from -inf) */
+                __mmask16 rk = (__mmask16)((1u << rc) - 1);
+                __m512 mo = _mm512_mask_loadu_ps(ninf, rk, M + (r0 - i0));
+                __m512 mn = _mm512_max_ps(mo, hred8(red, 1));
+                __m512 cv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mo, ninf, _CMP_NEQ_UQ),
+                                                exp16(_mm512_sub_ps(mo, mn)));
+                cv = _mm512_mask_mov_ps(cv, _mm512_cmp_ps_mask(mo, mn, _CMP_EQ_OQ),
+                                        _mm512_set1_ps(1.0f));
+                for (size_t r = 0; r < 8; r++) {
+                    red[r] = _mm512_setzero_ps();
+                    if (r >= rc) continue;
+                    uint64_t vm = vms[r];
+                    float *pr = P + r * KB;
                     if (!vm) {
                         if (bf)
                             memset(pb + r * (KB / 2), 0, KB / 2 * sizeof(uint32_t));
@@ -651,30 +701,24 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                             memset(pr, 0, KB * sizeof(float));
                         continue;
                     }
-                    __m512 s[4], mx = ninf;
+                    __m512 mnv = _mm512_permutexvar_ps(_mm512_set1_epi32((int)r), mn), e[4];
                     for (size_t v = 0; v < nv; v++) {
                         __mmask16 mv = (__mmask16)(vm >> (16 * v));
-                        s[v] = _mm512_mask_mul_ps(ninf, mv, _mm512_loadu_ps(pr + 16 * v), vscale);
-                        mx = _mm512_max_ps(mx, s[v]);
-                    }
-                    float bm = _mm512_reduce_max_ps(mx), mo = M[i - i0], mn = mo > bm ? mo : bm;
-                    __m512 mnv = _mm512_set1_ps(mn), sum = _mm512_setzero_ps();
-                    for (size_t v = 0; v < nv; v++) {
-                        __mmask16 mv = (__mmask16)(vm >> (16 * v));
-                        s[v] = _mm512_maskz_mov_ps(mv, exp16(_mm512_sub_ps(s[v], mnv)));
-                        sum = _mm512_add_ps(sum, s[v]);
+                        e[v] = _mm512_maskz_mov_ps(
+                            mv, exp16(_mm512_fmsub_ps(_mm512_loadu_ps(pr + 16 * v), vscale, mnv)));
+                        red[r] = _mm512_add_ps(red[r], e[v]);
                     }
                     if (bf) /* P's row straight to bf16 pairs of keys (rows_bf's layout) */
-                        p_row_bf(pb + r * (KB / 2), s, nv);
+                        p_row_bf(pb + r * (KB / 2), e, nv);
                     else
-                        for (size_t v = 0; v < nv; v++) _mm512_storeu_ps(pr + 16 * v, s[v]);
-                    float c = mo == mn ? 1.0f : mo == -INFINITY ? 0.0f : fexp(mo - mn);
-                    lsum[i - i0] = lsum[i - i0] * c + _mm512_reduce_add_ps(sum);
-                    M[i - i0] = mn;
-                    cf[r] = c;
-                    any = 1;
+                        for (size_t v = 0; v < nv; v++) _mm512_storeu_ps(pr + 16 * v, e[v]);
                 }
-                if (!any) continue; /* O (rc x hd) = cf O + P V over the keys the tile sees */
+                __m512 lo = _mm512_mask_loadu_ps(_mm512_setzero_ps(), rk, lsum + (r0 - i0));
+                _mm512_mask_storeu_ps(lsum + (r0 - i0), rk,
+                                      _mm512_fmadd_ps(lo, cv, hred8(red, 0)));
+                _mm512_mask_storeu_ps(M + (r0 - i0), rk, mn);
+                _mm512_mask_storeu_ps(cf, rk, cv);
+                /* O (rc x hd) = cf O + P V over the keys the tile sees */
                 if (bf) { /* in whole pairs of keys: P is 0 at the keys added (no row sees them) */
                     size_t t2 = tlo / 2, n2 = (thi + 1) / 2 - t2;
                     mkb_strips(2, rc, hd, n2, pb + t2, KB / 2, 1, u.b.kv2 + t2 * hd, hd,
