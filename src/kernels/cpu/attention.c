@@ -770,6 +770,13 @@ AVX512 static void attention_forward_avx512(float *out, float *lse, const float 
     st_free(qall);
 }
 
+/* backward: query rows per chunk for a kv head read by group query heads (at least 1; group >
+ * DMAX: D is computed per row and block instead) */
+static size_t bw_chunk(size_t group) {
+    size_t c = DMAX / group < QC ? DMAX / group : QC;
+    return c < 1 ? 1 : c;
+}
+
 /* One (batch, kv head) of the backward, with the group query heads that read it: row i of head h
  * (0 <= h < group) of q, dq, dout, out at + h hd + i qs; lse of head h at lse + h Tq; kb, vb, dkb,
  * dvb rows j at + j kvs. dq, dkb, dvb =. */
@@ -777,7 +784,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                                  const float *out, const float *lse, const float *q,
                                  const float *kb, const float *vb, const int32_t *sg, float scale,
                                  int window, size_t group, size_t Tq, size_t Tk, size_t qs,
-                                 size_t kvs, size_t hd, int bf) {
+                                 size_t kvs, size_t hd, int bf, uint32_t *cvt) {
     _Alignas(64) union blk u;
     _Alignas(64) float P[QS * KB], dS[QS * KB];
     /* BF16 path: a tile's Q and dO rows (qb, db); the panel's P and dS rows paired over rows (pp,
@@ -788,8 +795,11 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
     _Alignas(64) uint32_t qp[QS / 2 * ATT_HD_MAX], dp[QS / 2 * ATT_HD_MAX];
     float *kt = u.f.kt, *vt = u.f.vt;
     float D[DMAX];
-    size_t off = Tk - Tq, QCb = DMAX / group < QC ? DMAX / group : QC;
-    if (QCb < 1) QCb = 1; /* group > DMAX: D is computed per row and block instead (Dh NULL) */
+    size_t off = Tk - Tq, QCb = bw_chunk(group);
+    /* BF16 with cvt: the chunk's Q and dO rows of every head rounded once (bw_cvt_units), not
+     * once per key block: as rows of pairs along hd (the A operands of S and dP) and paired over
+     * rows (the B operands of dK and dV); panels then start at an even row of the chunk */
+    size_t cu = (QCb + 1) * (hd / 2);
     const __m512 vscale = _mm512_set1_ps(scale);
     for (size_t j = 0; j < Tk; j++) {
         memset(dkb + j * kvs, 0, hd * sizeof(float));
@@ -805,12 +815,21 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                 size_t o = h * hd + (i0 + i) * qs;
                 D[h * ni + i] = dot16(dout + o, out + o, hd);
             }
+        for (size_t h = 0; bf && cvt && h < group; h++) {
+            uint32_t *c4 = cvt + 4 * h * cu; /* Q rows, dO rows, Q pairs, dO pairs */
+            const float *qh = q + h * hd + i0 * qs, *dyh = dout + h * hd + i0 * qs;
+            rows_bf(c4, hd / 2, qh, ni, qs, hd);
+            rows_bf(c4 + cu, hd / 2, dyh, ni, qs, hd);
+            pairs_bf(c4 + 2 * cu, hd, qh, ni, qs, (ni + 1) / 2, hd);
+            pairs_bf(c4 + 3 * cu, hd, dyh, ni, qs, (ni + 1) / 2, hd);
+        }
         size_t pmin = off + i0, pmax = off + i0 + ni - 1;
         size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
         for (size_t jb = jlo - jlo % KB; jb <= pmax; jb += KB) {
             size_t n = Tk - jb < KB ? Tk - jb : KB, ra, rb;
             block_rows(&ra, &rb, i0, i0 + ni, off, jb, n, window);
             if (ra >= rb) continue;
+            if (bf && cvt) ra -= (ra - i0) % 2; /* row ra - 1 sees none of the block: P = dS = 0 */
             const float *kj = kb + jb * kvs, *vj = vb + jb * kvs;
             float *dkj = dkb + jb * kvs, *dvj = dvb + jb * kvs;
             if (bf) {
@@ -826,6 +845,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
             for (size_t h = 0; h < group; h++) {
                 const float *qh = q + h * hd, *dyh = dout + h * hd, *Lh = lse + h * Tq;
                 float *dqh = dq + h * hd;
+                const uint32_t *c4 = bf && cvt ? cvt + 4 * h * cu : NULL;
                 for (size_t s0 = ra; s0 < rb; s0 += QS) {
                     size_t ns = rb - s0 < QS ? rb - s0 : QS;
                     int any = 0;
@@ -836,10 +856,15 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         size_t nv = (thi + 15) / 16; /* columns from 16 nv on: zero */
                         float *pr0 = P + (r0 - s0) * KB, *dr0 = dS + (r0 - s0) * KB;
                         if (bf) {
-                            rows_bf(qb, hd / 2, qh + r0 * qs, rc, qs, hd);
-                            rows_bf(db, hd / 2, dyh + r0 * qs, rc, qs, hd);
-                            mkb_set(rc, nv, hd / 2, qb, hd / 2, 1, u.b.kt2, KB, pr0, KB, NULL);
-                            mkb_set(rc, nv, hd / 2, db, hd / 2, 1, u.b.vt2, KB, dr0, KB, NULL);
+                            const uint32_t *qt = qb, *dt = db;
+                            if (c4) {
+                                qt = c4 + (r0 - i0) * (hd / 2), dt = qt + cu;
+                            } else {
+                                rows_bf(qb, hd / 2, qh + r0 * qs, rc, qs, hd);
+                                rows_bf(db, hd / 2, dyh + r0 * qs, rc, qs, hd);
+                            }
+                            mkb_set(rc, nv, hd / 2, qt, hd / 2, 1, u.b.kt2, KB, pr0, KB, NULL);
+                            mkb_set(rc, nv, hd / 2, dt, hd / 2, 1, u.b.vt2, KB, dr0, KB, NULL);
                         } else {
                             mk_set(rc, nv, hd, qh + r0 * qs, qs, 1, kt, KB, pr0, KB, NULL);
                             mk_set(rc, nv, hd, dyh + r0 * qs, qs, 1, vt, KB, dr0, KB, NULL);
@@ -874,12 +899,19 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         }
                     }
                     if (!any) continue;
-                    if (bf) { /* the panel's operands; a row past ns reads as 0 */
+                    /* the panel's Q and dO paired over rows (with cvt: the chunk's, from the
+                     * panel's first pair; the row after the panel is one of the chunk's, or 0) */
+                    const uint32_t *qpp = qp, *dpp = dp;
+                    if (bf) { /* the panel's operands; a row past ns reads as 0 in P and dS */
                         size_t np = (ns + 1) / 2;
                         pairs_bf(pp, KB, P, ns, KB, np, KB);
                         pairs_bf(sp, KB, dS, ns, KB, np, KB);
-                        pairs_bf(dp, hd, dyh + s0 * qs, ns, qs, np, hd);
-                        pairs_bf(qp, hd, qh + s0 * qs, ns, qs, np, hd);
+                        if (c4) {
+                            qpp = c4 + 2 * cu + (s0 - i0) / 2 * hd, dpp = qpp + cu;
+                        } else {
+                            pairs_bf(dp, hd, dyh + s0 * qs, ns, qs, np, hd);
+                            pairs_bf(qp, hd, qh + s0 * qs, ns, qs, np, hd);
+                        }
                         rows_bf(sb, KB / 2, dS, ns, KB, KB);
                     }
                     /* dV (keys t0.., hd) += P^T dO, dK += dS^T Q over the rows that see the keys
@@ -890,9 +922,9 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         if (ka >= kz) continue;
                         if (bf) {
                             size_t a2 = (ka - s0) / 2, n2 = (kz - s0 + 1) / 2 - a2;
-                            mkb_strips(1, kc, hd, n2, pp + a2 * KB + t0, 1, KB, dp + a2 * hd, hd,
+                            mkb_strips(1, kc, hd, n2, pp + a2 * KB + t0, 1, KB, dpp + a2 * hd, hd,
                                        dvj + t0 * kvs, kvs, NULL);
-                            mkb_strips(1, kc, hd, n2, sp + a2 * KB + t0, 1, KB, qp + a2 * hd, hd,
+                            mkb_strips(1, kc, hd, n2, sp + a2 * KB + t0, 1, KB, qpp + a2 * hd, hd,
                                        dkj + t0 * kvs, kvs, NULL);
                             continue;
                         }
@@ -927,16 +959,22 @@ AVX512 static void attention_backward_avx512(float *dq, float *dk, float *dv, co
                                              float scale, int window, size_t B, size_t Tq,
                                              size_t Tk, size_t nh, size_t nkv, size_t hd,
                                              int bf) {
-    size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd;
+    size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd, nt = (size_t)omp_get_max_threads();
+    if (nt > B * nkv) nt = B * nkv;
+    /* each thread's rounded Q and dO rows (backward_task's cvt; without them, per panel) */
+    size_t cn = 4 * group * (bw_chunk(group) + 1) * (hd / 2);
+    uint32_t *cvt = bf && nt > 0 ? st_malloc(nt * cn * sizeof *cvt) : NULL;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
         for (size_t kh = 0; kh < nkv; kh++) {
             size_t o = b * Tq * qs + kh * group * hd, ko = b * Tk * kvs + kh * hd;
+            size_t t = (size_t)omp_get_thread_num();
             backward_task(dq + o, dk + ko, dv + ko, dout + o, out + o,
                           lse + (b * nh + kh * group) * Tq, q + o, k + ko, v + ko,
                           seg_or_null(seg ? seg + b * Tk : NULL, Tk), scale, window, group, Tq, Tk,
-                          qs, kvs, hd, bf);
+                          qs, kvs, hd, bf, cvt && t < nt ? cvt + t * cn : NULL);
         }
+    st_free(cvt);
 }
 #endif
 
