@@ -1,7 +1,8 @@
 /* test_lora.c: LoRA training against PyTorch (tests/golden/<variant>/lora_golden.safetensors from
  * tools/make_reference.py): forward logits and loss with the adapter, every LoRA A/B gradient
- * (F32 compute on both backends, and BF16 compute within BF16 rounding), gradient checkpointing giving identical gradients, a 10-step AdamW + clipping trajectory, and
- * PEFT adapter files that round-trip. */
+ * (F32 compute on both backends, and BF16 compute within BF16 rounding), gradient checkpointing
+ * giving identical gradients, a 10-step AdamW + clipping trajectory, and PEFT adapter files
+ * that round-trip. */
 #include <unistd.h>
 
 #include "harness.h"

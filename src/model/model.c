@@ -1070,7 +1070,7 @@ enum st_status st_model_loss(const struct st_model *m, struct st_acts *a, const 
 /* ---------------------------------------------------------------- backward */
 
 /* Block backward: dres (N, D) holds d loss / d x_out on entry and d loss / d x_in on exit (both
- * through the residual). The forward list, reversed. */
+ * through the residual; layer 0 leaves it as it came). The forward list, reversed. */
 static void block_backward(const struct st_model *m, int l, struct st_layer_acts *la,
                            struct st_acts *a, const float *x_in, float *dres, float *dres_mid,
                            const int32_t *seg, struct st_lora *lo) {
@@ -1099,7 +1099,7 @@ static void block_backward(const struct st_model *m, int l, struct st_layer_acts
     k->rope_backward(a->dq, a->dq, a->cos, a->sin, a->pos, N, nh, hd);
     k->rope_backward(a->dk, a->dk, a->cos, a->sin, a->pos, N, nkv, hd);
     /* layer 0: the embeddings are frozen, so nothing needs d loss / d x_in through q, k, v and
-     * the norm (dres is left as d loss / d res_mid): only their LoRA gradients */
+     * the norm: only their LoRA gradients (dres is left as d loss / d x_out) */
     float *dxn = l > 0 ? a->dxn : NULL;
     lin_backward(&lc, ST_LIN_Q, lo, dxn, 1, a->dq, la->xn1, w->wq, N, D, QD);
     lin_backward(&lc, ST_LIN_K, lo, dxn, 0, a->dk, la->xn1, w->wk, N, D, KD);

@@ -796,9 +796,9 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
     float *kt = u.f.kt, *vt = u.f.vt;
     float D[DMAX];
     size_t off = Tk - Tq, QCb = bw_chunk(group);
-    /* BF16 with cvt: the chunk's Q and dO rows of every head rounded once (bw_cvt_units), not
-     * once per key block: as rows of pairs along hd (the A operands of S and dP) and paired over
-     * rows (the B operands of dK and dV); panels then start at an even row of the chunk */
+    /* BF16 with cvt: the chunk's Q and dO rows of every head rounded once (4 arrays of cu units
+     * per head), not once per key block: as rows of pairs along hd (the A operands of S and dP)
+     * and paired over rows (the B operands of dK and dV) */
     size_t cu = (QCb + 1) * (hd / 2);
     const __m512 vscale = _mm512_set1_ps(scale);
     for (size_t j = 0; j < Tk; j++) {
@@ -829,7 +829,10 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
             size_t n = Tk - jb < KB ? Tk - jb : KB, ra, rb;
             block_rows(&ra, &rb, i0, i0 + ni, off, jb, n, window);
             if (ra >= rb) continue;
-            if (bf && cvt) ra -= (ra - i0) % 2; /* row ra - 1 sees none of the block: P = dS = 0 */
+            /* BF16: panels from an even row of the chunk, with cvt or without (the same pairs
+             * of rows, so the same bits either way); row ra - 1 sees none of the block: P = dS
+             * = 0 there */
+            if (bf) ra -= (ra - i0) % 2;
             const float *kj = kb + jb * kvs, *vj = vb + jb * kvs;
             float *dkj = dkb + jb * kvs, *dvj = dvb + jb * kvs;
             if (bf) {
