@@ -24,9 +24,16 @@ static float urand(void) {
 }
 static float bf(float f) { return st_bf16_to_f32(st_f32_to_bf16(f)); }
 
-static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bias, int acc,
-                      size_t pad) {
+/* r > 0: with a rank-r low-rank term (st_bf16_gemm_px_lr; float, scale 0.7), its W as (N, r)
+ * with the X W^T packing and as (r, N) with dY W, as the LoRA forward and backward use it */
+static void gemm_case_lr(size_t M, size_t K, size_t N, int transposed, int with_bias, int acc,
+                         size_t pad, size_t r) {
     size_t ldx = K + pad, ldo = N + pad;
+    float *lx = malloc((M * r + 1) * 4), *lw = malloc((N * r + 1) * 4);
+    if (!lx || !lw) abort();
+    for (size_t i = 0; i < M * r; i++) lx[i] = urand();
+    for (size_t i = 0; i < N * r; i++) lw[i] = urand();
+    struct st_lowrank lr = {lx, r, lw, transposed ? r : 1, transposed ? 1 : N, 0.7f};
     float *x = malloc(M * ldx * 4), *w = malloc(K * N * 4), *out = malloc(M * ldo * 4);
     float *bias = malloc(N * 4);
     double *want = malloc(M * N * 8), *mag = malloc(M * N * 8);
@@ -52,6 +59,11 @@ static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bia
                 s += p;
                 a += fabs(p);
             }
+            for (size_t j = 0; j < r; j++) {
+                double p = 0.7 * lx[m * r + j] * lw[n * lr.wn + j * lr.wj];
+                s += p;
+                a += fabs(p);
+            }
             want[m * N + n] = s;
             mag[m * N + n] = a + fabs(s) + 1e-30;
         }
@@ -62,10 +74,16 @@ static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bia
     memcpy(out3, out, M * ldo * 4);
     int saved = omp_get_max_threads();
     omp_set_num_threads(3);
-    st_bf16_gemm(out3, ldo, x, ldx, panels, with_bias ? bias : NULL, M, K, N, acc, xs);
+    st_bf16_pack_x(xs, x, M, K, ldx);
+    st_bf16_gemm_px_lr(out3, ldo, xs, panels, with_bias ? bias : NULL, M, K, N, acc, r ? &lr : NULL);
     omp_set_num_threads(1);
 #endif
-    st_bf16_gemm(out, ldo, x, ldx, panels, with_bias ? bias : NULL, M, K, N, acc, xs);
+    if (r) {
+        st_bf16_pack_x(xs, x, M, K, ldx);
+        st_bf16_gemm_px_lr(out, ldo, xs, panels, with_bias ? bias : NULL, M, K, N, acc, &lr);
+    } else {
+        st_bf16_gemm(out, ldo, x, ldx, panels, with_bias ? bias : NULL, M, K, N, acc, xs);
+    }
 #ifdef _OPENMP
     omp_set_num_threads(saved);
     CHECKF(memcmp(out, out3, M * ldo * 4) == 0, "M=%zu K=%zu N=%zu: 1 and 3 threads differ", M, K, N);
@@ -77,10 +95,17 @@ static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bia
             double e = fabs(out[m * ldo + n] - want[m * N + n]) / mag[m * N + n];
             if (e > worst) worst = e;
         }
-    CHECKF(worst < 1e-5, "M=%zu K=%zu N=%zu %s bias=%d acc=%d pad=%zu: rel error %.3g (native %d)",
-           M, K, N, transposed ? "XW^T" : "dYW", with_bias, acc, pad, worst, st_bf16_native());
+    CHECKF(worst < 1e-5,
+           "M=%zu K=%zu N=%zu %s bias=%d acc=%d pad=%zu r=%zu: rel error %.3g (native %d)", M, K,
+           N, transposed ? "XW^T" : "dYW", with_bias, acc, pad, r, worst, st_bf16_native());
     if (pad) CHECK(out[ldo - 1] == pad_canary); /* the stride's padding is not written */
     free(x), free(w), free(out), free(bias), free(want), free(mag), free(panels), free(xs);
+    free(lx), free(lw);
+}
+
+static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bias, int acc,
+                      size_t pad) {
+    gemm_case_lr(M, K, N, transposed, with_bias, acc, pad, 0);
 }
 
 TEST(gemm) {
@@ -97,6 +122,13 @@ TEST(gemm) {
     gemm_case(15, 577, 40, 0, 0, 1, 0);   /* a 7-row last tile */
     gemm_case(14, 0, 33, 1, 1, 0, 0);     /* K = 0: out = bias */
     gemm_case(10, 0, 20, 0, 0, 1, 0);     /* K = 0, accumulate: out unchanged */
+    /* a low-rank term on the tiles' last k block: ragged panels and last tiles, k blocks, 3 row
+     * blocks, the most ranks taken, K = 0 */
+    gemm_case_lr(13, 37, 45, 1, 1, 0, 3, 8);
+    gemm_case_lr(17, 100, 33, 0, 0, 1, 5, 3);
+    gemm_case_lr(9, 577, 70, 1, 0, 1, 0, 16);
+    gemm_case_lr(260, 600, 65, 0, 1, 0, 0, ST_LOWRANK_MAX);
+    gemm_case_lr(14, 0, 33, 1, 1, 0, 0, 4);
 }
 
 int main(void) {

@@ -52,6 +52,22 @@ void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xp, const uint16_t *panels,
                      const float *bias, size_t M, size_t K, size_t N, int accumulate);
 
+/* A low-rank term added to a GEMM's output tiles on their last k block, in float, before they
+ * are stored (a LoRA path's out += s xa b^T and dinp += dxa a were passes of their own over the
+ * output): out[m][n] += s sum_j<r x[m r + j] W(n, j), W(n, j) = w[n wn + j wj]. */
+#define ST_LOWRANK_MAX 128 /* most ranks st_bf16_gemm_px_lr takes */
+struct st_lowrank {
+    const float *x; /* (M, r) */
+    size_t r;       /* 1..ST_LOWRANK_MAX */
+    const float *w;
+    size_t wn, wj;
+    float s;
+};
+/* st_bf16_gemm_px plus the low-rank term lr (NULL: none) */
+void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xp, const uint16_t *panels,
+                        const float *bias, size_t M, size_t K, size_t N, int accumulate,
+                        const struct st_lowrank *lr);
+
 #ifdef __cplusplus
 }
 #endif

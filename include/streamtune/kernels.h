@@ -95,7 +95,7 @@ struct st_kernels {
 
     /* LoRA on a linear layer (PEFT math): out (N, OC) += scale * xa @ b^T where
      * xa (N, r) = inp (N, C) @ a^T is saved for backward; a (r, C), b (OC, r). Dropout, when
-     * used, is applied by the caller to inp. */
+     * used, is applied by the caller to inp. out NULL: xa only (the caller adds the rest). */
     void (*lora_forward)(float *out, float *xa, const float *inp, const float *a, const float *b,
                          float scale, size_t N, size_t C, size_t OC, size_t r);
     /* da (r, C) +=, db (OC, r) +=, dinp (N, C) += (dinp may be NULL); dxa (N, r) is scratch. */

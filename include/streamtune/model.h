@@ -73,6 +73,10 @@ struct st_model {
     /* packed frozen weights: BF16 compute (bf16.h) or F32 panels (f32.h) */
     int bf16;
     int f32_panels;
+    /* BF16 panels: a LoRA path's scale xa b^T (forward) and dxa a (backward) are added to the
+     * GEMM's output tiles before they are stored, not in passes of their own over the output
+     * (ST_NO_LORA_FUSION=1 keeps the separate passes: for tests and A/B runs) */
+    int lora_fused;
     const void *head_bf, *head_bb;     // the head packed (NULL: plain F32 or quantised head)
     struct st_arena parena;            // packed panels and the activation scratch
     uint32_t *bscratch;                // BF16 copy of a chunk of activation rows (as qscratch)

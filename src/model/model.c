@@ -17,6 +17,7 @@
 #include "streamtune/bf16.h"
 #include "streamtune/f32.h"
 #include "streamtune/nf4.h"
+#include "kernels/cpu/cpu_env.h"
 
 #define LAYER_FMT "model.layers.%d.%s"
 
@@ -264,6 +265,7 @@ static enum st_status pack_all(struct st_model *m, int pk, struct request *req, 
     if (rc) return rc;
     m->bf16 = pk == PK_BF16;
     m->f32_panels = pk == PK_F32;
+    m->lora_fused = m->bf16 && !st_env_flag("ST_NO_LORA_FUSION");
     m->bscratch = bs ? st_arena_take(&m->parena, bs) : NULL;
     m->bscratch_bytes = bs;
     float *tmp = pack_max ? st_malloc(pack_max * 4) : NULL;
@@ -289,8 +291,10 @@ static enum st_status pack_all(struct st_model *m, int pk, struct request *req, 
 /* out (M, N) (+)= x (M, K) @ panels: F32 panels in one call; BF16 ones in row chunks that fit
  * the model's BF16 scratch. */
 static void panel_mm(const struct st_model *m, float *out, const float *x, const void *pan,
-                     const float *bias, size_t M, size_t K, size_t N, int acc) {
+                     const float *bias, size_t M, size_t K, size_t N, int acc,
+                     const struct st_lowrank *lr) {
     if (m->f32_panels) {
+        ST_ASSERT(!lr);
         st_f32_gemm(out, N, x, K, pan, bias, M, K, N, acc);
         return;
     }
@@ -298,7 +302,11 @@ static void panel_mm(const struct st_model *m, float *out, const float *x, const
     rows -= rows % 8; /* whole tiles of 8 rows; pack_all leaves room for one */
     for (size_t r0 = 0; r0 < M; r0 += rows) {
         size_t mr = M - r0 < rows ? M - r0 : rows;
-        st_bf16_gemm(out + r0 * N, N, x + r0 * K, K, pan, bias, mr, K, N, acc, m->bscratch);
+        struct st_lowrank lc;
+        if (lr) lc = *lr, lc.x = lr->x + r0 * lr->r; /* this chunk's rows of x */
+        st_bf16_pack_x(m->bscratch, x + r0 * K, mr, K, K);
+        st_bf16_gemm_px_lr(out + r0 * N, N, m->bscratch, pan, bias, mr, K, N, acc,
+                           lr ? &lc : NULL);
     }
 }
 
@@ -818,24 +826,34 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const void *bf = m->layers[c->layer].bf[mod];
+    const struct st_lora_module *lm = m->lora ? st_lora_get(m->lora, c->layer, mod) : NULL;
+    const float *x = inp; /* the LoRA path's input */
+    size_t r = lm ? (size_t)m->lora->cfg.rank : 0;
+    float *xa = lm ? c->la->xa[mod] : NULL;
+    if (lm && m->training && m->lora->cfg.dropout > 0) {
+        dropout_apply(c->xd, inp, N * C, m->dropout_tok0 * C, m->dropout_seed, c->layer, mod,
+                      m->lora->cfg.dropout);
+        x = c->xd;
+    }
+    /* BF16 panels: xa first, then scale xa b^T joins the GEMM's tiles before they are stored */
+    if (lm && bf && !qw->kind && m->lora_fused && r <= ST_LOWRANK_MAX) {
+        m->k->lora_forward(NULL, xa, x, lm->a, lm->b, m->lora->scale, N, C, OC, r);
+        struct st_lowrank lr = {xa, r, lm->b, r, 1, m->lora->scale};
+        if (xp)
+            st_bf16_gemm_px_lr(out, OC, xp, bf, bias, N, C, OC, 0, &lr);
+        else
+            panel_mm(m, out, inp, bf, bias, N, C, OC, 0, &lr);
+        return;
+    }
     if (qw->kind)
         q_forward(m, out, inp, qw, bias, N);
     else if (bf && xp)
         st_bf16_gemm_px(out, OC, xp, bf, bias, N, C, OC, 0);
     else if (bf)
-        panel_mm(m, out, inp, bf, bias, N, C, OC, 0);
+        panel_mm(m, out, inp, bf, bias, N, C, OC, 0, NULL);
     else
         m->k->linear_forward(out, inp, w, bias, N, C, OC);
-    const struct st_lora_module *lm = m->lora ? st_lora_get(m->lora, c->layer, mod) : NULL;
-    if (!lm) return;
-    const float *x = inp;
-    float p = m->lora->cfg.dropout;
-    if (m->training && p > 0) {
-        dropout_apply(c->xd, inp, N * C, m->dropout_tok0 * C, m->dropout_seed, c->layer, mod, p);
-        x = c->xd;
-    }
-    m->k->lora_forward(out, c->la->xa[mod], x, lm->a, lm->b, m->lora->scale, N, C, OC,
-                       (size_t)m->lora->cfg.rank);
+    if (lm) m->k->lora_forward(out, xa, x, lm->a, lm->b, m->lora->scale, N, C, OC, r);
 }
 
 /* dinp (N, C) += dout W (+ LoRA path); LoRA gradients into lo (frozen base: no dW). dinp NULL:
@@ -846,6 +864,18 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const void *bb = m->layers[c->layer].bb[mod];
+    const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
+    /* BF16 panels, no dropout: the LoRA gradients and dxa first, then dxa a joins the GEMM's
+     * tiles of dinp before they are stored */
+    if (lm && dinp && bb && !qw->kind && m->lora_fused && (size_t)lo->cfg.rank <= ST_LOWRANK_MAX &&
+        !(m->training && lo->cfg.dropout > 0)) {
+        size_t r = (size_t)lo->cfg.rank;
+        m->k->lora_backward(NULL, lm->ga, lm->gb, c->dxa, dout, inp, c->la->xa[mod], lm->a, lm->b,
+                            lo->scale, N, C, OC, r);
+        struct st_lowrank lr = {c->dxa, r, lm->a, 1, C, 1.0f};
+        panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite, &lr);
+        return;
+    }
     /* overwrite: dinp is not zeroed and this is its first term (a packed weight writes it
      * directly, saving a memset and a read of dinp; the other paths zero it first) */
     if (dinp && overwrite && !(bb && !qw->kind)) memset(dinp, 0, N * C * sizeof(float));
@@ -854,10 +884,9 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
     else if (qw->kind)
         q_backward(m, dinp, dout, qw, N);
     else if (bb)
-        panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite);
+        panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite, NULL);
     else
         m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, N, C, OC);
-    const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
     if (!lm) return;
     size_t r = (size_t)lo->cfg.rank;
     float p = lo->cfg.dropout;
@@ -894,7 +923,8 @@ void st_model_embed(const struct st_model *m, float *out, const int32_t *ids, si
 
 void st_model_head(const struct st_model *m, float *logits, const float *x, size_t N) {
     if (m->head_bf)
-        panel_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim, (size_t)m->cfg.vocab_size, 0);
+        panel_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim, (size_t)m->cfg.vocab_size, 0,
+                 NULL);
     else if (m->q_head.kind)
         q_forward(m, logits, x, &m->q_head, NULL, N);
     else
@@ -1033,7 +1063,7 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
         /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
         m->k->crossentropy_backward(a->logits, a->logits, tg, grad_scale, nr, V);
         if (m->head_bb)
-            panel_mm(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1);
+            panel_mm(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1, NULL);
         else if (m->q_head.kind)
             q_backward(m, a->dxn + r0 * D, a->logits, &m->q_head, nr);
         else
@@ -1125,7 +1155,7 @@ enum st_status st_model_backward(const struct st_model *m, struct st_acts *a, co
         m->k->crossentropy_backward(a->logits, a->logits, targets, grad_scale, N, V);
         memset(a->dxn, 0, N * D * sizeof(float));
         if (m->head_bb)
-            panel_mm(m, a->dxn, a->logits, m->head_bb, NULL, N, V, D, 1);
+            panel_mm(m, a->dxn, a->logits, m->head_bb, NULL, N, V, D, 1, NULL);
         else if (m->q_head.kind)
             q_backward(m, a->dxn, a->logits, &m->q_head, N);
         else

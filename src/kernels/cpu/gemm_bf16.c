@@ -28,6 +28,7 @@
 
 #include "cpu_env.h"
 #include "streamtune/bf16.h"
+#include "streamtune/core.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -351,17 +352,29 @@ static void kernel_generic(float *c, size_t ldc, const uint32_t *xp, const uint1
                 acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);                                   \
             }                                                                                     \
         }                                                                                         \
+        for (size_t j = 0; lw && j < lr; j++) { /* the low-rank term, on the last k block */      \
+            __m512 w0 = _mm512_load_ps(lw + j * NR), w1 = _mm512_load_ps(lw + j * NR + 16);       \
+            _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                               \
+                __m512 xv = _mm512_set1_ps(lx[r * lr + j]);                                       \
+                acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);                                   \
+                acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);                                   \
+            }                                                                                     \
+        }                                                                                         \
         _Pragma("GCC unroll 8") for (int r = 0; r < (R); r++) {                                   \
             _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);                                    \
             _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);                               \
         }                                                                                         \
     } while (0)
 
-/* nt full tiles, one after another down the rows (X tiles xts units apart) */
-BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t *xp, size_t xts,
-                                           size_t nt, const uint16_t *bp, size_t nq,
-                                           __mmask16 m0, __mmask16 m1, const float *init) {
-    for (size_t t = 0; t < nt; t++, c += MR * ldc, xp += xts) {
+/* nt full tiles, one after another down the rows (X tiles xts units apart). lw (NULL: none):
+ * the low-rank term's W for the panel (lr rows of NR floats, scaled), lx its x rows (lr each).
+ * Inlined into two kernels, with lw NULL at compile time and without: the low-rank loop in the
+ * plain GEMM's kernel cost it 1-2%. */
+BF16_TARGET static inline __attribute__((always_inline)) void
+full_tiles(float *c, size_t ldc, const uint32_t *xp, size_t xts, size_t nt, const uint16_t *bp,
+           size_t nq, __mmask16 m0, __mmask16 m1, const float *init, const float *lw,
+           const float *lx, size_t lr) {
+    for (size_t t = 0; t < nt; t++, c += MR * ldc, xp += xts, lx += lw ? MR * lr : 0) {
         if (t + 1 < nt) /* the next tile's rows of c, for writing: their misses overlap this
                          * tile's k loop instead of stalling its stores (or its loads) */
             for (int r = 0; r < MR; r++) {
@@ -371,26 +384,43 @@ BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t 
         TILE_BODY(MR);
     }
 }
+BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t *xp, size_t xts,
+                                           size_t nt, const uint16_t *bp, size_t nq,
+                                           __mmask16 m0, __mmask16 m1, const float *init) {
+    full_tiles(c, ldc, xp, xts, nt, bp, nq, m0, m1, init, NULL, NULL, 0);
+}
+BF16_TARGET static void kernel_avx512_full_lr(float *c, size_t ldc, const uint32_t *xp,
+                                              size_t xts, size_t nt, const uint16_t *bp,
+                                              size_t nq, __mmask16 m0, __mmask16 m1,
+                                              const float *init, const float *lw, const float *lx,
+                                              size_t lr) {
+    full_tiles(c, ldc, xp, xts, nt, bp, nq, m0, m1, init, lw, lx, lr);
+}
 
 /* 1..MR - 1 rows: one case per row count, so that each keeps its accumulators in registers */
 BF16_TARGET static void kernel_avx512_part(float *c, size_t ldc, const uint32_t *xp,
                                            const uint16_t *bp, size_t nq, size_t mr,
-                                           __mmask16 m0, __mmask16 m1, const float *init) {
+                                           __mmask16 m0, __mmask16 m1, const float *init,
+                                           const float *lw, const float *lx, size_t lr) {
     GEMM_PARTIAL_ROWS(mr, TILE_BODY)
 }
 
 /* rows rows of c (X tiles xts units apart) */
 BF16_TARGET static void kernel_avx512(float *c, size_t ldc, const uint32_t *xp, size_t xts,
                                       const uint16_t *bp, size_t nq, size_t rows, size_t nr,
-                                      const float *init) {
+                                      const float *init, const float *lw, const float *lx,
+                                      size_t lr) {
     /* valid columns of the panel's two 16-float halves */
     __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
     __mmask16 m1 = (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xffffu : (1u << (nr - 16)) - 1);
     size_t nt = rows / MR;
-    if (nt) kernel_avx512_full(c, ldc, xp, xts, nt, bp, nq, m0, m1, init);
+    if (nt && lw)
+        kernel_avx512_full_lr(c, ldc, xp, xts, nt, bp, nq, m0, m1, init, lw, lx, lr);
+    else if (nt)
+        kernel_avx512_full(c, ldc, xp, xts, nt, bp, nq, m0, m1, init);
     if (rows % MR)
         kernel_avx512_part(c + nt * MR * ldc, ldc, xp + nt * xts, bp, nq, rows % MR, m0, m1,
-                           init);
+                           init, lw, lw ? lx + nt * MR * lr : NULL, lr);
 }
 #endif
 
@@ -472,19 +502,32 @@ struct bf16_args {
     const uint16_t *panels;
     size_t kp;
     int native;
+    const struct st_lowrank *lr;
 };
+
+/* The low-rank term's W for panel p: wt[j NR + n] = s W(p NR + n, j), zero past nr */
+static void lowrank_w(float *wt, const struct st_lowrank *lr, size_t p, size_t nr) {
+    for (size_t j = 0; j < lr->r; j++)
+        for (size_t n = 0; n < NR; n++)
+            wt[j * NR + n] = n < nr ? lr->s * lr->w[(p * NR + n) * lr->wn + j * lr->wj] : 0.0f;
+}
 
 static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1, size_t q0,
                       size_t nq, size_t p, size_t nr, const float *init) {
     const struct bf16_args *g = ctx;
     const uint32_t *xp = g->xp + m0 * g->kp + q0 * MR; /* X tiles MR * kp units apart */
     const uint16_t *bp = g->panels + (p * g->kp + q0) * NR * 2;
+    const struct st_lowrank *lr = g->lr && q0 + nq >= g->kp ? g->lr : NULL; /* last k block */
+    _Alignas(64) float wt[ST_LOWRANK_MAX * NR]; /* 16 KiB; written only with lr */
+    if (lr) lowrank_w(wt, lr, p, nr);
 #ifdef X86
     if (g->native) {
-        kernel_avx512(c, ldc, xp, MR * g->kp, bp, nq, m1 - m0, nr, init);
+        kernel_avx512(c, ldc, xp, MR * g->kp, bp, nq, m1 - m0, nr, init, lr ? wt : NULL,
+                      lr ? lr->x + m0 * lr->r : NULL, lr ? lr->r : 0);
         return;
     }
 #endif
+    float *c0 = c;
     for (size_t m = m0; m < m1; m += MR, c += MR * ldc, xp += MR * g->kp) {
         size_t mr = m1 - m < MR ? m1 - m : MR;
 #ifdef A64
@@ -495,11 +538,25 @@ static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m
 #endif
         kernel_generic(c, ldc, xp, bp, nq, mr, nr, init);
     }
+    for (size_t m = m0; lr && m < m1; m++) /* the low-rank term after the tiles */
+        for (size_t n = 0; n < nr; n++) {
+            float t = 0;
+            for (size_t j = 0; j < lr->r; j++) t += lr->x[m * lr->r + j] * wt[j * NR + n];
+            c0[(m - m0) * ldc + n] += t;
+        }
 }
 
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
                      const float *bias, size_t M, size_t K, size_t N, int accumulate) {
-    struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native()};
+    st_bf16_gemm_px_lr(out, ldo, xscratch, panels, bias, M, K, N, accumulate, NULL);
+}
+
+void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
+                        const float *bias, size_t M, size_t K, size_t N, int accumulate,
+                        const struct st_lowrank *lr) {
+    ST_ASSERT(!lr || lr->r <= ST_LOWRANK_MAX);
+    struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native(),
+                          lr && lr->r > 0 ? lr : NULL};
     /* rows per block: GEMM_MC, or up to 512 when the panels are big (an LM head: 49 MB of BF16
      * for 32000 x 768), so that they stream from memory once per 512 rows, not per 128 */
     size_t mc = N * g.kp * 4 >= ((size_t)16 << 20) ? 512 : GEMM_MC;

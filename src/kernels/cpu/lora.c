@@ -10,8 +10,9 @@
  * Rows (xw) or 32-column chunks (reduce) are split over threads: every output element is summed
  * by one thread in an order fixed by the shapes, so results do not depend on the thread count.
  * The rank-r updates (out += s xa b^T, dinp += dxa a: K = r, cheap for sgemm to pack) stay with
- * sgemm, and so does everything on CPUs without AVX-512F/VL (or with ST_NO_AVX512=1), AArch64
- * included. The kernels are written with GCC vector types; sgemm's copy routines were half of
+ * sgemm (with BF16 panels the model adds them in the GEMM instead: lora_forward with out NULL,
+ * lora_backward with dinp NULL, then st_bf16_gemm_px_lr), and so does everything on CPUs without
+ * AVX-512F/VL (or with ST_NO_AVX512=1), AArch64 included. The kernels are written with GCC vector types; sgemm's copy routines were half of
  * LoRA's 5.6% of a bf16 training step; with these kernels LoRA is ~3.5% (xw and reduce 2%,
  * the updates in sgemm 1.7%). */
 #include <cblas.h>
@@ -190,8 +191,9 @@ void st_cpu_lora_forward(float *out, float *xa, const float *inp, const float *a
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)r, (int)C, 1.0f, inp,
                     (int)C, a, (int)C, 0.0f, xa, (int)r);
     // out (N, OC) += scale xa (N, r) b^T (r, OC)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, xa,
-                (int)r, b, (int)r, 1.0f, out, (int)OC);
+    if (out)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, xa,
+                    (int)r, b, (int)r, 1.0f, out, (int)OC);
 }
 
 void st_cpu_lora_backward(float *dinp, float *da, float *db, float *dxa, const float *dout,

@@ -12,7 +12,7 @@ void st_ref_lora_forward(float *out, float *xa, const float *inp, const float *a
             for (size_t c = 0; c < C; c++) s += (double)x[c] * a[k * C + c]; // a (r, C)
             h[k] = (float)s;
         }
-        for (size_t o = 0; o < OC; o++) {
+        for (size_t o = 0; out && o < OC; o++) {
             double s = 0;
             for (size_t k = 0; k < r; k++) s += (double)h[k] * b[o * r + k]; // b (OC, r)
             out[n * OC + o] += scale * (float)s;
