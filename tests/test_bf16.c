@@ -112,13 +112,15 @@ TEST(gemm) {
     gemm_case(1, 1, 1, 1, 0, 0, 0);
     gemm_case(8, 64, 32, 1, 0, 0, 0);      /* exactly one tile */
     gemm_case(13, 37, 45, 1, 1, 0, 3);     /* ragged everything, bias, strides */
-    gemm_case(9, 577, 70, 1, 0, 1, 0);     /* K over two k blocks, accumulate */
+    gemm_case(9, 577, 70, 1, 0, 1, 0);     /* accumulate */
     gemm_case(17, 100, 33, 0, 0, 1, 5);    /* the dY W packing */
     gemm_case(64, 576, 192, 1, 1, 0, 0);   /* a transformer-ish shape */
     gemm_case(3, 1031, 7, 0, 1, 1, 1);
-    gemm_case(300, 1500, 70, 1, 1, 0, 2);  /* 3 row and 3 k blocks (750 pairs), bias */
+    gemm_case(300, 1500, 70, 1, 1, 0, 2);  /* 3 row blocks, bias */
     gemm_case(260, 600, 65, 0, 0, 0, 0);   /* 3 row blocks, zero start, ragged last panel */
-    gemm_case(14, 289, 33, 1, 1, 0, 1);   /* a 6-row last tile, K just over one block */
+    gemm_case(5, 33001, 40, 1, 1, 0, 0);   /* K over two k blocks (16501 pairs), bias */
+    gemm_case(9, 40000, 33, 0, 0, 1, 2);   /* the dY W packing, accumulate */
+    gemm_case(14, 289, 33, 1, 1, 0, 1);   /* a 6-row last tile */
     gemm_case(15, 577, 40, 0, 0, 1, 0);   /* a 7-row last tile */
     gemm_case(14, 0, 33, 1, 1, 0, 0);     /* K = 0: out = bias */
     gemm_case(10, 0, 20, 0, 0, 1, 0);     /* K = 0, accumulate: out unchanged */
@@ -129,6 +131,7 @@ TEST(gemm) {
     gemm_case_lr(9, 577, 70, 1, 0, 1, 0, 16);
     gemm_case_lr(260, 600, 65, 0, 1, 0, 0, ST_LOWRANK_MAX);
     gemm_case_lr(14, 0, 33, 1, 1, 0, 0, 4);
+    gemm_case_lr(10, 33001, 35, 1, 0, 1, 0, 8); /* only on the last of two k blocks */
 }
 
 int main(void) {

@@ -50,9 +50,13 @@
 
 #define NR GEMM_NR
 #define MR GEMM_MR
-#define KC 288 /* at most this many pairs of k per block (balanced: gemm_kc): K = 576 is one
-                * block; a panel block of up to 36 KiB: 48 KiB L1d on Zen 5, 32 KiB on the
-                * Zen 4 dev VM, where blocks of 384 measured the same) */
+#define KC 16384 /* at most this many pairs of k per block (balanced: gemm_kc): a tile's k loop
+                  * streams its panel (128 B per pair, up to 2 MiB) from L2 or L3 at 8 B per
+                  * cycle, which costs less than storing and reloading the C tiles between
+                  * k blocks. On the Zen 4 dev VM (1 MiB L2, 32 MiB L3), against panel blocks
+                  * of 288 pairs (36 KiB, sized for L1): +3-7% at transformer shapes (gate/up
+                  * 768 x 2048 +7%, 8B-model MLP shapes +9%, a 32000-vocabulary head's dY W
+                  * +20%); 1024 and 2048 in between (bench/NOTES.md, session 7) */
 
 int st_bf16_native(void);
 
