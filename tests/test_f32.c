@@ -1,5 +1,5 @@
 /* test_f32.c: the F32 panel GEMM (include/streamtune/f32.h) against float64 loops on odd shapes
- * (edges of the 8 x 32 tile, K across blocks of 256, rows across blocks of 128), with bias,
+ * (edges of the 8 x 32 tile, K across k blocks, rows across blocks of 128), with bias,
  * accumulate, both packings (X W^T and dY W), row strides, 1 and 3 threads (bitwise the same);
  * the AVX-512 kernel and the portable fallback (ST_NO_AVX512=1, rerun by ctest) alike, and the
  * AArch64 NEON kernel (ST_NO_NEON=1: portable) under qemu (tests/test_aarch64.sh). It prints
@@ -79,16 +79,18 @@ TEST(gemm) {
     gemm_case(1, 1, 1, 1, 0, 0, 0);
     gemm_case(8, 64, 32, 1, 0, 0, 0);      /* exactly one tile */
     gemm_case(13, 37, 45, 1, 1, 0, 3);     /* ragged everything, bias, strides */
-    gemm_case(9, 577, 70, 1, 0, 1, 0);     /* K over three k blocks, accumulate */
+    gemm_case(9, 577, 70, 1, 0, 1, 0);     /* accumulate */
     gemm_case(17, 100, 33, 0, 0, 1, 5);    /* the dY W packing */
     gemm_case(64, 576, 192, 1, 1, 0, 0);   /* a transformer-ish shape */
     gemm_case(3, 1031, 7, 0, 1, 1, 1);     /* accumulate with bias */
-    gemm_case(300, 600, 70, 1, 1, 0, 2);   /* 3 row and 3 k blocks (200 each), bias */
+    gemm_case(300, 600, 70, 1, 1, 0, 2);   /* 3 row blocks, bias */
     gemm_case(260, 300, 65, 0, 0, 0, 0);   /* 3 row blocks, zero start, ragged last panel */
-    gemm_case(14, 289, 33, 1, 1, 0, 1);   /* a 6-row last tile, K just over one block */
+    gemm_case(14, 289, 33, 1, 1, 0, 1);   /* a 6-row last tile */
     gemm_case(15, 577, 40, 0, 0, 1, 0);   /* a 7-row last tile */
     gemm_case(14, 0, 33, 1, 1, 0, 0);     /* K = 0: out = bias */
     gemm_case(10, 0, 20, 0, 0, 1, 0);     /* K = 0, accumulate: out unchanged */
+    gemm_case(5, 16385, 40, 1, 1, 0, 0);  /* K over three k blocks (5462 each), bias */
+    gemm_case(9, 9001, 33, 0, 0, 1, 2);   /* two k blocks, the dY W packing, accumulate */
 }
 
 int main(void) {

@@ -40,7 +40,10 @@
 
 #define NR GEMM_NR
 #define MR GEMM_MR
-#define KC 288 /* at most this many k per block (balanced: gemm_kc); panel blocks <= 36 KiB */
+#define KC 8192 /* at most this many k per block (balanced: gemm_kc): a tile streams its panel
+                 * (128 B per k, up to 1 MiB) from L2 rather than store and reload its C tiles
+                 * between k blocks: +4-5% at the 110M shapes over 288 (36 KiB panel blocks,
+                 * sized for L1), gate/up +9% (bench/NOTES.md, session 7) */
 
 size_t st_f32_panels_bytes(size_t K, size_t N) {
     return (N + NR - 1) / NR * K * NR * sizeof(float);
