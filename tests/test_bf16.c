@@ -75,7 +75,8 @@ static void gemm_case_lr(size_t M, size_t K, size_t N, int transposed, int with_
     int saved = omp_get_max_threads();
     omp_set_num_threads(3);
     st_bf16_pack_x(xs, x, M, K, ldx);
-    st_bf16_gemm_px_lr(out3, ldo, xs, panels, with_bias ? bias : NULL, M, K, N, acc, r ? &lr : NULL);
+    st_bf16_gemm_px_lr(out3, ldo, xs, panels, with_bias ? bias : NULL, M, K, N, acc,
+                       r ? &lr : NULL);
     omp_set_num_threads(1);
 #endif
     if (r) {

@@ -923,8 +923,8 @@ void st_model_embed(const struct st_model *m, float *out, const int32_t *ids, si
 
 void st_model_head(const struct st_model *m, float *logits, const float *x, size_t N) {
     if (m->head_bf)
-        panel_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim, (size_t)m->cfg.vocab_size, 0,
-                 NULL);
+        panel_mm(m, logits, x, m->head_bf, NULL, N, (size_t)m->cfg.dim,
+                 (size_t)m->cfg.vocab_size, 0, NULL);
     else if (m->q_head.kind)
         q_forward(m, logits, x, &m->q_head, NULL, N);
     else

@@ -378,7 +378,7 @@ BF16_TARGET static inline __attribute__((always_inline)) void
 full_tiles(float *c, size_t ldc, const uint32_t *xp, size_t xts, size_t nt, const uint16_t *bp,
            size_t nq, __mmask16 m0, __mmask16 m1, const float *init, const float *lw,
            const float *lx, size_t lr) {
-    for (size_t t = 0; t < nt; t++, c += MR * ldc, xp += xts, lx += lw ? MR * lr : 0) {
+    for (size_t t = 0; t < nt; t++, c += MR * ldc, xp += xts) {
         if (t + 1 < nt) /* the next tile's rows of c, for writing: their misses overlap this
                          * tile's k loop instead of stalling its stores (or its loads) */
             for (int r = 0; r < MR; r++) {
@@ -386,6 +386,7 @@ full_tiles(float *c, size_t ldc, const uint32_t *xp, size_t xts, size_t nt, cons
                 __builtin_prefetch(c + (MR + r) * ldc + 16, 1, 3);
             }
         TILE_BODY(MR);
+        if (lw) lx += MR * lr; /* (lx is NULL without the term) */
     }
 }
 BF16_TARGET static void kernel_avx512_full(float *c, size_t ldc, const uint32_t *xp, size_t xts,
@@ -516,17 +517,18 @@ static void lowrank_w(float *wt, const struct st_lowrank *lr, size_t p, size_t n
             wt[j * NR + n] = n < nr ? lr->s * lr->w[(p * NR + n) * lr->wn + j * lr->wj] : 0.0f;
 }
 
-static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1, size_t q0,
-                      size_t nq, size_t p, size_t nr, const float *init) {
-    const struct bf16_args *g = ctx;
+/* The tiles of rows [m0, m1) of panel p, k pairs [q0, q0 + nq); lw (NULL: none): the low-rank
+ * term's W for the panel (lowrank_w), added on this, the last, k block. The AVX-512 kernel adds
+ * it to its accumulators rank by rank; the others add each element's sum over the ranks after
+ * the tile (the same terms, summed in another order). */
+static void tiles(const struct bf16_args *g, float *c, size_t ldc, size_t m0, size_t m1,
+                  size_t q0, size_t nq, size_t p, size_t nr, const float *init, const float *lw) {
     const uint32_t *xp = g->xp + m0 * g->kp + q0 * MR; /* X tiles MR * kp units apart */
     const uint16_t *bp = g->panels + (p * g->kp + q0) * NR * 2;
-    const struct st_lowrank *lr = g->lr && q0 + nq >= g->kp ? g->lr : NULL; /* last k block */
-    _Alignas(64) float wt[ST_LOWRANK_MAX * NR]; /* 16 KiB; written only with lr */
-    if (lr) lowrank_w(wt, lr, p, nr);
+    const struct st_lowrank *lr = lw ? g->lr : NULL;
 #ifdef X86
     if (g->native) {
-        kernel_avx512(c, ldc, xp, MR * g->kp, bp, nq, m1 - m0, nr, init, lr ? wt : NULL,
+        kernel_avx512(c, ldc, xp, MR * g->kp, bp, nq, m1 - m0, nr, init, lw,
                       lr ? lr->x + m0 * lr->r : NULL, lr ? lr->r : 0);
         return;
     }
@@ -545,9 +547,26 @@ static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m
     for (size_t m = m0; lr && m < m1; m++) /* the low-rank term after the tiles */
         for (size_t n = 0; n < nr; n++) {
             float t = 0;
-            for (size_t j = 0; j < lr->r; j++) t += lr->x[m * lr->r + j] * wt[j * NR + n];
+            for (size_t j = 0; j < lr->r; j++) t += lr->x[m * lr->r + j] * lw[j * NR + n];
             c0[(m - m0) * ldc + n] += t;
         }
+}
+
+/* tiles with the low-rank term's W in a stack tile (16 KiB, only here) */
+static void tiles_lr(const struct bf16_args *g, float *c, size_t ldc, size_t m0, size_t m1,
+                     size_t q0, size_t nq, size_t p, size_t nr, const float *init) {
+    _Alignas(64) float wt[ST_LOWRANK_MAX * NR];
+    lowrank_w(wt, g->lr, p, nr);
+    tiles(g, c, ldc, m0, m1, q0, nq, p, nr, init, wt);
+}
+
+static void bf16_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1, size_t q0,
+                      size_t nq, size_t p, size_t nr, const float *init) {
+    const struct bf16_args *g = ctx;
+    if (g->lr && q0 + nq >= g->kp) /* the last k block */
+        tiles_lr(g, c, ldc, m0, m1, q0, nq, p, nr, init);
+    else
+        tiles(g, c, ldc, m0, m1, q0, nq, p, nr, init, NULL);
 }
 
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,

@@ -1,7 +1,8 @@
 /* gemm_driver.h: the loop nest shared by the panel GEMMs (gemm_bf16.c, gemm_f32.c).
  *
  * out (M, N) = start + X @ B, B packed in panels of GEMM_NR columns. Rows go in blocks of mc
- * (GEMM_MC: their copy of X stays in L2; more for panels too big to stay in cache) outside; panels are split over threads inside, so every
+ * (GEMM_MC; more for panels too big to stay in cache) outside; panels are split over threads
+ * inside, so every
  * panel is streamed once per row block, not once per row tile. The static schedule gives a thread
  * the same panels in every row block and row blocks write disjoint outputs, so no barrier is
  * needed between them (nowait: with passive waiting each barrier cost a futex wake-up, about 6% of
@@ -33,8 +34,9 @@
     }
 _Static_assert(GEMM_MR == 8, "GEMM_PARTIAL_ROWS lists 1..7 rows");
 
-/* k block size for K units and at most kc_max per block: the blocks balanced (K = 288 pairs and
- * kc_max 288 is one block, not 256 + 32: each extra block reloads and stores the C tiles) */
+/* k block size for K units and at most kc_max per block: the blocks balanced (K = 20000 and
+ * kc_max 16384 are two blocks of 10000, not 16384 + 3616: each extra block reloads and stores
+ * the C tiles) */
 static inline size_t gemm_kc(size_t K, size_t kc_max) {
     if (K == 0) return 1; /* one empty block: the tiles get their start (zeros or the bias) */
     size_t nb = K > kc_max ? (K + kc_max - 1) / kc_max : 1;

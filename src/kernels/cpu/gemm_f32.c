@@ -6,7 +6,7 @@
  * columns' values (zero-padded at the right edge). X is read in place (row stride ldx). The
  * micro-kernel keeps an MR x NR tile of float accumulators in 16 zmm registers and, per k,
  * broadcasts X's value of each row and issues one FMA per (row, 16 columns); k goes in blocks of
- * up to KC, balanced (a panel block of up to 36 KiB, most of a 48 KiB L1). Threads and blocks:
+ * up to KC, balanced (a panel block streamed from L2, up to 1 MiB). Threads and blocks:
  * gemm_driver.h.
  *
  * On AArch64 (Advanced SIMD is mandatory there, so no run-time check) the 8 x 32 tile does not
