@@ -490,31 +490,26 @@ AVX512BF static void rows_bf(uint32_t *d, size_t ds, const float *x, size_t n, s
     }
 }
 
-/* The first 16 nv values of a row of P (nv <= 4 vectors) as bf16 pairs: rows_bf for one row
- * in registers (the forward's P never goes to memory as float). */
-AVX512BF static void p_row_bf(uint32_t *d, const __m512 *e, size_t nv) {
-    size_t v = 0;
-    for (; v + 2 <= nv; v += 2)
-        _mm512_storeu_si512(d + 8 * v, (__m512i)_mm512_cvtne2ps_pbh(e[v + 1], e[v]));
-    if (v < nv) _mm256_storeu_si256((__m256i *)(d + 8 * v), (__m256i)_mm512_cvtneps_pbh(e[v]));
+/* 16 units (bf16 of a[j], of b[j]) for j < 16: cvtne2ps gives a's 16 values then b's, vpermw
+ * interleaves them */
+AVX512BF INLINE __m512i pair16(__m512 a, __m512 b) {
+    const __m512i il = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                        24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                        16, 0);
+    return _mm512_permutexvar_epi16(il, (__m512i)_mm512_cvtne2ps_pbh(b, a));
 }
 
 /* d pair row p (stride ds units) for p < np: unit j = (bf16 of x[2p][j], of x[2p + 1][j]) for
  * j < w (rows of x at stride xs; rows >= n read as 0); w % 16 == 0. */
 AVX512BF static void pairs_bf(uint32_t *d, size_t ds, const float *x, size_t n, size_t xs,
                               size_t np, size_t w) {
-    /* cvtne2ps gives row 2p's 16 values then row 2p + 1's; vpermw interleaves them */
-    const __m512i il = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                        24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-                                        16, 0);
     for (size_t p = 0; p < np; p++) {
         const float *r0 = x + 2 * p * xs, *r1 = r0 + xs;
         int h0 = 2 * p < n, h1 = 2 * p + 1 < n;
         for (size_t j = 0; j < w; j += 16) {
             __m512 a = h0 ? _mm512_loadu_ps(r0 + j) : _mm512_setzero_ps();
             __m512 b = h1 ? _mm512_loadu_ps(r1 + j) : _mm512_setzero_ps();
-            __m512i v = (__m512i)_mm512_cvtne2ps_pbh(b, a);
-            _mm512_storeu_si512(d + p * ds + j, _mm512_permutexvar_epi16(il, v));
+            _mm512_storeu_si512(d + p * ds + j, pair16(a, b));
         }
     }
 }
@@ -611,6 +606,63 @@ union blk {
     } b;
 };
 
+/* The forward tile's softmax step, its rc rows side by side, NV vectors of scores (P) per row:
+ * each row's block maximum of its visible (vms) scaled scores, all rows' maxima at once (hred8),
+ * the running max M and the rescale factors cf, then each row's exponentials (into P) and sum,
+ * and all rows' sums at once into lsum. NV is constant at every call (the switch in
+ * forward_task), so e[] stays in registers. */
+AVX512 INLINE void softmax_step(const int NV, float *P, float *M, float *lsum, float *cf, size_t rc,
+                                const uint64_t *vms, __m512 vscale) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 red[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) {
+        red[r] = ninf;
+        if ((size_t)r >= rc) continue;
+        uint64_t vm = vms[r];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __mmask16 mv = (__mmask16)(vm >> (16 * v));
+            red[r] = _mm512_max_ps(
+                red[r],
+                _mm512_mask_mul_ps(ninf, mv, _mm512_loadu_ps(P + r * KB + 16 * v), vscale));
+        }
+    }
+    /* lane r: row r's old and new running max, and c = exp(old - new) (1 when unchanged, 0
+     * from -inf) */
+    __mmask16 rk = (__mmask16)((1u << rc) - 1);
+    __m512 mo = _mm512_mask_loadu_ps(ninf, rk, M);
+    __m512 mn = _mm512_max_ps(mo, hred8(red, 1));
+    __m512 cv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mo, ninf, _CMP_NEQ_UQ),
+                                    exp16(_mm512_sub_ps(mo, mn)));
+    cv = _mm512_mask_mov_ps(cv, _mm512_cmp_ps_mask(mo, mn, _CMP_EQ_OQ), _mm512_set1_ps(1.0f));
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) {
+        red[r] = _mm512_setzero_ps();
+        if ((size_t)r >= rc) continue;
+        uint64_t vm = vms[r];
+        float *pr = P + r * KB;
+        if (!vm) {
+            memset(pr, 0, KB * sizeof(float));
+            continue;
+        }
+        __m512 mnv = _mm512_permutexvar_ps(_mm512_set1_epi32(r), mn), e[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __mmask16 mv = (__mmask16)(vm >> (16 * v));
+            e[v] = _mm512_maskz_mov_ps(
+                mv, exp16(_mm512_fmsub_ps(_mm512_loadu_ps(pr + 16 * v), vscale, mnv)));
+            red[r] = _mm512_add_ps(red[r], e[v]);
+        }
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) _mm512_storeu_ps(pr + 16 * v, e[v]);
+    }
+    __m512 lo = _mm512_mask_loadu_ps(_mm512_setzero_ps(), rk, lsum);
+    _mm512_mask_storeu_ps(lsum, rk, _mm512_fmadd_ps(lo, cv, hred8(red, 0)));
+    _mm512_mask_storeu_ps(M, rk, mn);
+    _mm512_mask_storeu_ps(cf, rk, cv);
+}
+
 /* One (batch, head) of the forward: q, out rows i at + i qs; kb, vb rows j at + j kvs; L (Tq).
  * out =, L =. bf: the BF16 path (hd % 32 == 0). */
 AVX512 static void forward_task(float *out, float *L, const float *q, const float *kb,
@@ -623,7 +675,7 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
     float *kt = u.f.kt;
     float M[QC], lsum[QC], cf[MR]; /* running max and sum per row of the chunk */
     size_t off = Tk - Tq;
-    const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
+    const __m512 vscale = _mm512_set1_ps(scale);
     for (size_t i0 = 0; i0 < Tq; i0 += QC) {
         size_t ni = Tq - i0 < QC ? Tq - i0 : QC;
         for (size_t i = 0; i < ni; i++) {
@@ -658,66 +710,25 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                 } else {
                     mk_set(rc, nv, hd, q + r0 * qs, qs, 1, kt, KB, P, KB, NULL);
                 }
-                /* the tile's softmax step, its rows side by side: each row's block maximum
-                 * (masked scaled scores), all rows' maxima at once (hred8), then the row's
-                 * exponentials and sum, and all rows' sums at once */
                 uint64_t vms[MR];
-                __m512 red[8];
                 int any = 0;
-                for (size_t r = 0; r < 8; r++) {
-                    red[r] = ninf;
-                    if (r >= rc) continue;
+                for (size_t r = 0; r < rc; r++) {
                     size_t p = off + r0 + r;
                     uint64_t vm = vis_mask(p, jb, n, window);
                     if (sg && vm) vm &= seg_mask(sv, sg[p]);
                     vms[r] = vm;
                     any |= vm != 0;
-                    for (size_t v = 0; v < nv; v++) {
-                        __mmask16 mv = (__mmask16)(vm >> (16 * v));
-                        red[r] = _mm512_max_ps(
-                            red[r], _mm512_mask_mul_ps(ninf, mv, _mm512_loadu_ps(P + r * KB + 16 * v),
-                                                       vscale));
-                    }
                 }
                 if (!any) continue;
-                /* lane r: row r's old and new running max, and c = exp(old - new) (1 when
-                 * unchanged, 0 from -inf) */
-                __mmask16 rk = (__mmask16)((1u << rc) - 1);
-                __m512 mo = _mm512_mask_loadu_ps(ninf, rk, M + (r0 - i0));
-                __m512 mn = _mm512_max_ps(mo, hred8(red, 1));
-                __m512 cv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mo, ninf, _CMP_NEQ_UQ),
-                                                exp16(_mm512_sub_ps(mo, mn)));
-                cv = _mm512_mask_mov_ps(cv, _mm512_cmp_ps_mask(mo, mn, _CMP_EQ_OQ),
-                                        _mm512_set1_ps(1.0f));
-                for (size_t r = 0; r < 8; r++) {
-                    red[r] = _mm512_setzero_ps();
-                    if (r >= rc) continue;
-                    uint64_t vm = vms[r];
-                    float *pr = P + r * KB;
-                    if (!vm) {
-                        if (bf)
-                            memset(pb + r * (KB / 2), 0, KB / 2 * sizeof(uint32_t));
-                        else
-                            memset(pr, 0, KB * sizeof(float));
-                        continue;
-                    }
-                    __m512 mnv = _mm512_permutexvar_ps(_mm512_set1_epi32((int)r), mn), e[4];
-                    for (size_t v = 0; v < nv; v++) {
-                        __mmask16 mv = (__mmask16)(vm >> (16 * v));
-                        e[v] = _mm512_maskz_mov_ps(
-                            mv, exp16(_mm512_fmsub_ps(_mm512_loadu_ps(pr + 16 * v), vscale, mnv)));
-                        red[r] = _mm512_add_ps(red[r], e[v]);
-                    }
-                    if (bf) /* P's row straight to bf16 pairs of keys (rows_bf's layout) */
-                        p_row_bf(pb + r * (KB / 2), e, nv);
-                    else
-                        for (size_t v = 0; v < nv; v++) _mm512_storeu_ps(pr + 16 * v, e[v]);
+                float *Mt = M + (r0 - i0), *lt = lsum + (r0 - i0);
+                switch (nv) {
+                case 1: softmax_step(1, P, Mt, lt, cf, rc, vms, vscale); break;
+                case 2: softmax_step(2, P, Mt, lt, cf, rc, vms, vscale); break;
+                case 3: softmax_step(3, P, Mt, lt, cf, rc, vms, vscale); break;
+                default: softmax_step(4, P, Mt, lt, cf, rc, vms, vscale); break;
                 }
-                __m512 lo = _mm512_mask_loadu_ps(_mm512_setzero_ps(), rk, lsum + (r0 - i0));
-                _mm512_mask_storeu_ps(lsum + (r0 - i0), rk,
-                                      _mm512_fmadd_ps(lo, cv, hred8(red, 0)));
-                _mm512_mask_storeu_ps(M + (r0 - i0), rk, mn);
-                _mm512_mask_storeu_ps(cf, rk, cv);
+                /* BF16: P's rows as pairs of keys (columns from 16 nv on are not read) */
+                if (bf) rows_bf(pb, KB / 2, P, rc, KB, 16 * nv);
                 /* O (rc x hd) = cf O + P V over the keys the tile sees */
                 if (bf) { /* in whole pairs of keys: P is 0 at the keys added (no row sees them) */
                     size_t t2 = tlo / 2, n2 = (thi + 1) / 2 - t2;
@@ -768,6 +779,43 @@ AVX512 static void attention_forward_avx512(float *out, float *lse, const float 
                                                                     : NULL);
         }
     st_free(qall);
+}
+
+/* A row's 16 keys from v of the backward: P = exp(S scale - L) (0 where m clears a key) and
+ * dS = P (dP - D) scale, from the row's scores S and dP at s and dp */
+AVX512 INLINE void p_ds16(__m512 *e, __m512 *g, __mmask16 m, const float *s, const float *dp,
+                          __m512 vs, __m512 L, __m512 D) {
+    *e = _mm512_maskz_mov_ps(m, exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s), vs, L)));
+    *g = _mm512_mul_ps(_mm512_mul_ps(*e, _mm512_sub_ps(_mm512_loadu_ps(dp), D)), vs);
+}
+
+/* The BF16 backward's P and dS for panel rows 2p and 2p + 1 (two = 0: row 2p only, the other
+ * 0), from row u's scores S and dP at s + u KB and dp + u KB (the first 16 nv columns; 0 from
+ * there on), its visible keys vm[u] (0: the row is all 0), L[u] and D[u]. Written as bf16 only:
+ * pair row p of P and of dS (pp, sp: pairs_bf's layout, KB units) and dS's rows as pairs of keys
+ * (sb rows 2p, 2p + 1 when two: rows_bf's layout, KB / 2 units each). */
+AVX512BF static void p_ds_pair_bf(uint32_t *pp, uint32_t *sp, uint32_t *sb, int two,
+                                  const float *s, const float *dp, const uint64_t vm[2],
+                                  const float L[2], const float D[2], size_t nv, float scale) {
+    const __m512 vs = _mm512_set1_ps(scale), z = _mm512_setzero_ps();
+    __m512 g[2][4];
+#pragma GCC unroll 4
+    for (size_t v = 0; v < 4; v++) {
+        __m512 e[2] = {z, z};
+        for (int u = 0; u < 2; u++) {
+            __mmask16 m = (__mmask16)(vm[u] >> (16 * v));
+            g[u][v] = z;
+            if (v < nv && m)
+                p_ds16(&e[u], &g[u][v], m, s + u * KB + 16 * v, dp + u * KB + 16 * v, vs,
+                       _mm512_set1_ps(L[u]), _mm512_set1_ps(D[u]));
+        }
+        _mm512_storeu_si512(pp + 16 * v, pair16(e[0], e[1]));
+        _mm512_storeu_si512(sp + 16 * v, pair16(g[0][v], g[1][v]));
+    }
+    for (int u = 0; u < 1 + two; u++)
+        for (size_t v = 0; v < 4; v += 2) /* cvtne2ps_pbh(a, b): b's values in the low half */
+            _mm512_storeu_si512(sb + u * (KB / 2) + 8 * v,
+                                (__m512i)_mm512_cvtne2ps_pbh(g[u][v + 1], g[u][v]));
 }
 
 /* backward: query rows per chunk for a kv head read by group query heads (at least 1; group >
@@ -872,33 +920,37 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                             mk_set(rc, nv, hd, qh + r0 * qs, qs, 1, kt, KB, pr0, KB, NULL);
                             mk_set(rc, nv, hd, dyh + r0 * qs, qs, 1, vt, KB, dr0, KB, NULL);
                         }
+                        /* each row's visible keys (0: P = dS = 0), lse and D */
+                        uint64_t vm[MR + 1] = {0};
+                        float Lr[MR + 1] = {0}, Dr[MR + 1] = {0};
                         for (size_t r = 0; r < rc; r++) {
                             size_t i = r0 + r, p = off + i;
-                            float *pr = pr0 + r * KB, *dr = dr0 + r * KB, Li = Lh[i];
-                            uint64_t vm = vis_mask(p, jb, n, window);
-                            if (sg && vm) vm &= seg_mask(sv, sg[p]);
-                            if (!vm || Li == -INFINITY) {
-                                memset(pr, 0, KB * sizeof(float));
-                                memset(dr, 0, KB * sizeof(float));
-                                continue;
+                            uint64_t m = Lh[i] == -INFINITY ? 0 : vis_mask(p, jb, n, window);
+                            if (sg && m) m &= seg_mask(sv, sg[p]);
+                            if (!m) continue;
+                            vm[r] = m, Lr[r] = Lh[i], any = 1;
+                            Dr[r] = Dh ? Dh[h * ni + i - i0]
+                                       : dot16(dyh + i * qs, out + h * hd + i * qs, hd);
+                        }
+                        /* BF16: P and dS of pairs of rows straight to their bf16 operands; the
+                         * row after an odd last one (vm 0) reads as 0 */
+                        for (size_t r = 0; bf && r < rc; r += 2) {
+                            size_t pr = r0 - s0 + r;
+                            p_ds_pair_bf(pp + pr / 2 * KB, sp + pr / 2 * KB, sb + pr * (KB / 2),
+                                         r + 1 < rc, pr0 + r * KB, dr0 + r * KB, vm + r, Lr + r,
+                                         Dr + r, nv, scale);
+                        }
+                        for (size_t r = 0; !bf && r < rc; r++) {
+                            float *pr = pr0 + r * KB, *dr = dr0 + r * KB;
+                            __m512 e, g, Lv = _mm512_set1_ps(Lr[r]), Dv = _mm512_set1_ps(Dr[r]);
+                            for (size_t v = 0; v < 4; v++) {
+                                e = g = _mm512_setzero_ps();
+                                __mmask16 mv = (__mmask16)(vm[r] >> (16 * v));
+                                if (v < nv && mv)
+                                    p_ds16(&e, &g, mv, pr + 16 * v, dr + 16 * v, vscale, Lv, Dv);
+                                _mm512_storeu_ps(pr + 16 * v, e);
+                                _mm512_storeu_ps(dr + 16 * v, g);
                             }
-                            float Di = Dh ? Dh[h * ni + i - i0]
-                                          : dot16(dyh + i * qs, out + h * hd + i * qs, hd);
-                            __m512 Dv = _mm512_set1_ps(Di), Lv = _mm512_set1_ps(Li);
-                            for (size_t v = nv; v < 4; v++) {
-                                _mm512_storeu_ps(pr + 16 * v, _mm512_setzero_ps());
-                                _mm512_storeu_ps(dr + 16 * v, _mm512_setzero_ps());
-                            }
-                            for (size_t v = 0; v < nv; v++) { /* P, dS = P (dP - D) scale */
-                                __mmask16 mv = (__mmask16)(vm >> (16 * v));
-                                float *pv = pr + 16 * v, *dv_ = dr + 16 * v;
-                                __m512 s = _mm512_fmsub_ps(_mm512_loadu_ps(pv), vscale, Lv);
-                                __m512 e = _mm512_maskz_mov_ps(mv, exp16(s));
-                                __m512 g = _mm512_sub_ps(_mm512_loadu_ps(dv_), Dv);
-                                _mm512_storeu_ps(pv, e);
-                                _mm512_storeu_ps(dv_, _mm512_mul_ps(_mm512_mul_ps(e, g), vscale));
-                            }
-                            any = 1;
                         }
                     }
                     if (!any) continue;
@@ -907,15 +959,12 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                     const uint32_t *qpp = qp, *dpp = dp;
                     if (bf) { /* the panel's operands; a row past ns reads as 0 in P and dS */
                         size_t np = (ns + 1) / 2;
-                        pairs_bf(pp, KB, P, ns, KB, np, KB);
-                        pairs_bf(sp, KB, dS, ns, KB, np, KB);
                         if (c4) {
                             qpp = c4 + 2 * cu + (s0 - i0) / 2 * hd, dpp = qpp + cu;
                         } else {
                             pairs_bf(dp, hd, dyh + s0 * qs, ns, qs, np, hd);
                             pairs_bf(qp, hd, qh + s0 * qs, ns, qs, np, hd);
                         }
-                        rows_bf(sb, KB / 2, dS, ns, KB, KB);
                     }
                     /* dV (keys t0.., hd) += P^T dO, dK += dS^T Q over the rows that see the keys
                      * (BF16: in whole pairs of rows from s0; P and dS are 0 at the rows added) */
