@@ -135,8 +135,87 @@ TEST(gemm) {
     gemm_case_lr(10, 33001, 35, 1, 0, 1, 0, 8); /* only on the last of two k blocks */
 }
 
+/* st_bf16_pack_ce_grad: the cross-entropy gradient packed from the logits and the losses, through
+ * the GEMM (out = packed gradient @ W), against float64: dloss (softmax - onehot) @ bf16(W), within
+ * the gradient's BF16 rounding (2^-8 of sum |g w|, 4e-3); rows whose target is < 0 give exactly
+ * 0; 1 and 3 threads the same bits. Targets on both halves of a pair, at column 0 and K - 1. */
+static void ce_case(size_t M, size_t K, size_t N, size_t pad) {
+    size_t ldx = K + pad;
+    float *x = malloc(M * ldx * 4), *w = malloc(K * N * 4), *loss = malloc(M * 4);
+    float *out = malloc(M * N * 4), *out3 = malloc(M * N * 4);
+    int32_t *tg = malloc(M * 4);
+    double *g = malloc(K * 8);
+    uint16_t *panels = malloc(st_bf16_panels_bytes(K, N));
+    uint32_t *xs = malloc(st_bf16_x_bytes(M, K));
+    if (!x || !w || !loss || !out || !out3 || !tg || !g || !panels || !xs) abort();
+    for (size_t i = 0; i < M * ldx; i++) x[i] = 8 * urand();
+    for (size_t i = 0; i < K * N; i++) w[i] = urand();
+    st_bf16_pack_w(panels, w, K, N);
+    const float dloss = 0.37f;
+    for (size_t m = 0; m < M; m++) {
+        size_t t = m % 5 == 0 ? 0 : m % 5 == 1 ? K - 1 : (m * 7919) % K;
+        tg[m] = m % 4 == 3 ? -100 : (int32_t)t;
+        double mx = -INFINITY, se = 0;
+        for (size_t k = 0; k < K; k++) mx = x[m * ldx + k] > mx ? x[m * ldx + k] : mx;
+        for (size_t k = 0; k < K; k++) se += exp(x[m * ldx + k] - mx);
+        loss[m] = tg[m] < 0 ? 0.0f : (float)(mx + log(se) - x[m * ldx + t]);
+    }
+    int saved = 1;
+#ifdef _OPENMP
+    saved = omp_get_max_threads();
+    omp_set_num_threads(3);
+#endif
+    st_bf16_pack_ce_grad(xs, x, loss, tg, dloss, M, K, ldx);
+    st_bf16_gemm_px(out3, N, xs, panels, NULL, M, K, N, 0);
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+    st_bf16_pack_ce_grad(xs, x, loss, tg, dloss, M, K, ldx);
+    st_bf16_gemm_px(out, N, xs, panels, NULL, M, K, N, 0);
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+    CHECKF(memcmp(out, out3, M * N * 4) == 0, "ce M=%zu K=%zu: 1 and 3 threads differ", M, K);
+    (void)saved;
+    double worst = 0;
+    for (size_t m = 0; m < M; m++) {
+        if (tg[m] < 0) {
+            for (size_t n = 0; n < N; n++)
+                CHECKF(out[m * N + n] == 0.0f, "ce M=%zu K=%zu: ignored row %zu not 0", M, K, m);
+            continue;
+        }
+        double mx = -INFINITY, se = 0;
+        for (size_t k = 0; k < K; k++) mx = x[m * ldx + k] > mx ? x[m * ldx + k] : mx;
+        for (size_t k = 0; k < K; k++) se += exp(x[m * ldx + k] - mx);
+        for (size_t k = 0; k < K; k++)
+            g[k] = dloss * (exp(x[m * ldx + k] - mx) / se - (k == (size_t)tg[m]));
+        for (size_t n = 0; n < N; n++) {
+            double s = 0, a = 1e-30;
+            for (size_t k = 0; k < K; k++) {
+                double p = g[k] * bf(w[k * N + n]);
+                s += p;
+                a += fabs(p);
+            }
+            double e = fabs(out[m * N + n] - s) / a;
+            if (e > worst) worst = e;
+        }
+    }
+    CHECKF(worst < 4e-3, "ce M=%zu K=%zu N=%zu pad=%zu: rel error %.3g (native %d)", M, K, N, pad,
+           worst, st_bf16_native());
+    free(x), free(w), free(loss), free(out), free(out3), free(tg), free(g), free(panels);
+    free(xs);
+}
+
+TEST(ce_grad) {
+    ce_case(13, 37, 9, 3);   /* ragged tile and pairs, odd K, a row stride */
+    ce_case(16, 1000, 17, 0); /* whole tiles: the register path */
+    ce_case(21, 4097, 5, 1);  /* a 5-row last tile, odd K past the register groups */
+    ce_case(8, 1, 3, 0);      /* one column: every gradient 0 */
+}
+
 int main(void) {
     printf("kernel: %s\n", st_bf16_kernel_name());
     RUN(gemm);
+    RUN(ce_grad);
     return test_finish();
 }

@@ -1036,6 +1036,23 @@ static enum st_status check_targets(const struct st_model *m, const int32_t *tar
     return ST_OK;
 }
 
+/* dxn (M, D) += dlogits @ head for BF16 head panels (not F32 ones), dlogits = dloss (softmax(logits) - onehot)
+ * packed straight from the logits and the rows' losses (st_bf16_pack_ce_grad), in row chunks
+ * that fit the BF16 scratch, as panel_mm */
+static void head_backward_bf16(const struct st_model *m, float *dxn, const float *logits,
+                               const float *loss, const int32_t *targets, float dloss, size_t M) {
+    size_t V = (size_t)m->cfg.vocab_size, D = (size_t)m->cfg.dim;
+    size_t rows = m->bscratch_bytes / (((V + 1) / 2) * 4);
+    rows -= rows % 8; /* whole tiles of 8 rows; pack_all leaves room for one */
+    ST_ASSERT(rows > 0);
+    for (size_t r0 = 0; r0 < M; r0 += rows) {
+        size_t mr = M - r0 < rows ? M - r0 : rows;
+        st_bf16_pack_ce_grad(m->bscratch, logits + r0 * V, loss + r0, targets + r0, dloss, mr, V,
+                             V);
+        st_bf16_gemm_px(dxn + r0 * D, D, m->bscratch, m->head_bb, NULL, mr, V, D, 1);
+    }
+}
+
 enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a,
                                      const int32_t *ids, const int32_t *seg,
                                      const int32_t *targets, float grad_scale, double *loss_sum,
@@ -1061,6 +1078,10 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
             }
         if (grad_scale == 0) continue;
         /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
+        if (m->head_bb && !m->f32_panels) {
+            head_backward_bf16(m, a->dxn + r0 * D, a->logits, a->losses + r0, tg, grad_scale, nr);
+            continue;
+        }
         m->k->crossentropy_backward(a->logits, a->logits, tg, grad_scale, nr, V);
         if (m->head_bb)
             panel_mm(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1, NULL);

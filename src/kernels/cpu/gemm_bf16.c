@@ -27,6 +27,7 @@
 #include <omp.h>
 
 #include "cpu_env.h"
+#include "fexp.h"
 #include "streamtune/bf16.h"
 #include "streamtune/core.h"
 
@@ -235,10 +236,16 @@ size_t st_bf16_x_bytes(size_t M, size_t K) {
 /* pairs [q0, q0 + n) of a row of K floats, with vcvtne2ps2bf16 (round to nearest even, as f2bf)
  * for whole groups of 16 pairs; returns how many were done */
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) static size_t
-pairs_avx512(uint32_t *d, const float *r, size_t q0, size_t n, size_t K) {
+pairs_avx512(uint32_t *d, const float *r, size_t q0, size_t n, size_t K, float lse, float sc,
+             int ce) {
     size_t q = 0;
     for (; q + 16 <= n && 2 * (q0 + q) + 32 <= K; q += 16) {
         __m512 lo = _mm512_loadu_ps(r + 2 * (q0 + q)), hi = _mm512_loadu_ps(r + 2 * (q0 + q) + 16);
+        if (ce) { /* sc exp(x - lse), as tile_avx512 */
+            __m512 l = _mm512_set1_ps(lse), c = _mm512_set1_ps(sc);
+            lo = _mm512_mul_ps(c, fexp16(_mm512_sub_ps(lo, l)));
+            hi = _mm512_mul_ps(c, fexp16(_mm512_sub_ps(hi, l)));
+        }
         /* cvtne2ps_pbh(a, b): b's 16 values in the low half, a's in the high half */
         _mm512_storeu_si512(d + q, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
@@ -254,13 +261,19 @@ pairs_avx512(uint32_t *d, const float *r, size_t q0, size_t n, size_t K) {
  * unpack / shuffle / permute2f128 transpose) into the interleaved layout. Returns the pairs
  * done. */
 __attribute__((target("avx512f,avx512bf16,avx512vl"))) static size_t
-tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K) {
+tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K, const float *lse,
+            const float *sc) {
     size_t q = 0;
     for (; 2 * q + 16 <= K; q += 8) {
         __m256 r[8], t[8], u[8];
         for (int i = 0; i < 8; i++) {
             const float *src = x + (size_t)i * ldx + 2 * q;
-            r[i] = (__m256)_mm256_cvtne2ps_pbh(_mm256_loadu_ps(src + 8), _mm256_loadu_ps(src));
+            if (lse) /* the row's 16 values of sc exp(x - lse) (cvtneps: the same pairs) */
+                r[i] = (__m256)_mm512_cvtneps_pbh(_mm512_mul_ps(
+                    _mm512_set1_ps(sc[i]),
+                    fexp16(_mm512_sub_ps(_mm512_loadu_ps(src), _mm512_set1_ps(lse[i])))));
+            else
+                r[i] = (__m256)_mm256_cvtne2ps_pbh(_mm256_loadu_ps(src + 8), _mm256_loadu_ps(src));
         }
         for (int i = 0; i < 8; i += 2) {
             t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
@@ -282,15 +295,34 @@ tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K) {
 }
 #endif
 
-void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx) {
+/* The softmax cross-entropy's gradient rows for st_bf16_pack_ce_grad: row m's lse (its loss plus
+ * its target's logit: the loss is lse - x[target]) and scale (dloss, or 0 for a target < 0) */
+struct ce_rows {
+    const float *loss;
+    const int32_t *targets;
+    float dloss;
+};
+static void ce_row(const struct ce_rows *ce, const float *row, size_t m, float *lse, float *sc) {
+    int32_t t = ce->targets[m];
+    *lse = t < 0 ? 0.0f : ce->loss[m] + row[t];
+    *sc = t < 0 ? 0.0f : ce->dloss;
+}
+
+/* st_bf16_pack_x, of the rows of x or (ce) of the rows sc exp(x - lse) */
+static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
+                   const struct ce_rows *ce) {
     size_t kp = (K + 1) / 2, nt = (M + MR - 1) / MR;
     int native = st_bf16_native();
 #pragma omp parallel for schedule(static) if (M * K > 16384)
     for (size_t t = 0; t < nt; t++) {
         uint32_t tmp[MR][XQ];
+        float lse[MR] = {0}, sc[MR] = {0};
+        for (size_t r = 0; ce && r < MR && t * MR + r < M; r++)
+            ce_row(ce, x + (t * MR + r) * ldx, t * MR + r, &lse[r], &sc[r]);
         size_t qfast = 0; /* pairs done in registers (whole tiles, whole groups of 8 pairs) */
 #ifdef X86
-        if (native && t * MR + MR <= M) qfast = tile_avx512(xp + t * kp * MR, x + t * MR * ldx, ldx, K);
+        if (native && t * MR + MR <= M)
+            qfast = tile_avx512(xp + t * kp * MR, x + t * MR * ldx, ldx, K, ce ? lse : NULL, sc);
 #endif
         for (size_t q0 = qfast; q0 < kp; q0 += XQ) {
             size_t qn = kp - q0 < XQ ? kp - q0 : XQ;
@@ -303,11 +335,13 @@ void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx
                 const float *row = x + m * ldx;
                 size_t q = 0;
 #ifdef X86
-                if (native) q = pairs_avx512(tmp[r], row, q0, qn, K);
+                if (native) q = pairs_avx512(tmp[r], row, q0, qn, K, lse[r], sc[r], ce != NULL);
 #endif
                 for (; q < qn; q++) {
                     size_t k = 2 * (q0 + q);
-                    uint16_t lo = f2bf(row[k]), hi = k + 1 < K ? f2bf(row[k + 1]) : 0;
+                    float a = row[k], b = k + 1 < K ? row[k + 1] : 0.0f;
+                    if (ce) a = sc[r] * fexp(a - lse[r]), b = sc[r] * fexp(b - lse[r]);
+                    uint16_t lo = f2bf(a), hi = k + 1 < K ? f2bf(b) : 0;
                     tmp[r][q] = (uint32_t)lo | (uint32_t)hi << 16;
                 }
             }
@@ -315,8 +349,26 @@ void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx
             for (size_t q = 0; q < qn; q++)
                 for (size_t r = 0; r < MR; r++) d[q * MR + r] = tmp[r][q];
         }
+        /* each target's entry: sc (exp(x - lse) - 1) */
+        for (size_t r = 0; ce && r < MR && t * MR + r < M; r++) {
+            int32_t tg = ce->targets[t * MR + r];
+            if (tg < 0) continue;
+            uint32_t *u = xp + (t * kp + (size_t)tg / 2) * MR + r;
+            uint16_t v = f2bf(sc[r] * (fexp(x[(t * MR + r) * ldx + tg] - lse[r]) - 1.0f));
+            *u = tg % 2 ? (*u & 0xffffu) | (uint32_t)v << 16 : (*u & 0xffff0000u) | v;
+        }
     }
     (void)native;
+}
+
+void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx) {
+    pack_x(xp, x, M, K, ldx, NULL);
+}
+
+void st_bf16_pack_ce_grad(uint32_t *xp, const float *logits, const float *loss,
+                          const int32_t *targets, float dloss, size_t M, size_t K, size_t ldx) {
+    struct ce_rows ce = {loss, targets, dloss};
+    pack_x(xp, logits, M, K, ldx, &ce);
 }
 
 /* Portable micro-kernel: c (mr, nr valid of NR) = init + xp rows @ panel block, or += when init
