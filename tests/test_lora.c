@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "streamtune/bf16.h"
 #include "streamtune/model.h"
 #include "streamtune/train.h"
 
@@ -235,6 +236,134 @@ TEST(gradients_bf16) {
     free(saved);
 }
 
+/* st_model_forward_loss with a grad_scale (the trainer's path: the head's backward row chunk by
+ * row chunk, in BF16 packed straight from the logits and losses by st_bf16_pack_ce_grad) against
+ * st_model_loss + st_model_backward (crossentropy_backward, then the head's GEMM): the same loss;
+ * F32 gradients within 1e-6 per tensor, BF16 within 4e-2 (the two round the gradient of the
+ * logits to BF16 from slightly different floats), and BF16 within 0.1 of PyTorch's. */
+TEST(forward_loss_head) {
+    for (int vi = 0; variants[vi]; vi++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            struct fixture f;
+            if (setup_ex(&f, variants[vi], bf16)) continue;
+            struct st_error err;
+            struct st_acts a;
+            CHECK(st_acts_init(&a, &f.m, f.B, f.T, ST_ACTS_TRAIN, &err) == ST_OK);
+            double l1 = step(&f, &a), sum = 0;
+            float *g1 = malloc(f.lo.n_params * sizeof *g1);
+            if (!g1) abort();
+            memcpy(g1, f.lo.grads, f.lo.n_params * sizeof *g1);
+            size_t count = 0, want = 0;
+            for (size_t i = 0; i < f.B * f.T; i++) want += f.targets[i] >= 0;
+            st_lora_zero_grads(&f.lo);
+            CHECK(st_model_forward_loss(&f.m, &a, f.ids, NULL, f.targets, (float)(1.0 / want),
+                                        &sum, &count, &err) == ST_OK);
+            CHECK(st_model_backward(&f.m, &a, f.ids, f.targets, NULL, (float)(1.0 / want), &f.lo,
+                                    &err) == ST_OK);
+            CHECKF(count == want && sum / (double)count == l1, "%s %s: loss %.9g vs %.9g",
+                   variants[vi], bf16 ? "bf16" : "f32", sum / (double)count, l1);
+            double tol = bf16 ? 4e-2 : 1e-6, w = 0;
+            for (int l = 0; l < f.lo.n_layers; l++)
+                for (int m = 0; m < ST_LIN_COUNT; m++) {
+                    const struct st_lora_module *x = st_lora_get(&f.lo, l, m);
+                    if (!x) continue;
+                    size_t r = (size_t)f.lo.cfg.rank;
+                    check_tensor("forward_loss vs backward grad A", x->ga, g1 + (x->ga - f.lo.grads),
+                                 r * x->in, tol, &w);
+                    check_tensor("forward_loss vs backward grad B", x->gb, g1 + (x->gb - f.lo.grads),
+                                 r * x->out, tol, &w);
+                }
+            double wp = 0;
+            if (bf16) check_grads_tol(&f, variants[vi], "bf16 forward_loss", 1e-1, &wp);
+            printf("  %-18s %s forward_loss vs backward: grads %.2e%s", variants[vi],
+                   bf16 ? "bf16" : "f32 ", w, bf16 ? "" : "\n");
+            if (bf16) printf(", vs torch %.2e\n", wp);
+            free(g1);
+            st_acts_free(&a);
+            teardown(&f);
+        }
+}
+
+/* The LoRA-in-GEMM paths' edges, in BF16 against the same step in F32 (loss within 1e-2,
+ * gradients within 0.1 per tensor, as gradients_bf16 against PyTorch): dropout 0.1 (the forward
+ * fuses the dropped-out input's xa, the backward takes the unfused path; a mask applied to the
+ * wrong input or tokens breaks the match with F32's unfused step) and rank 160 (past
+ * ST_LOWRANK_MAX: the unfused fallback), with B made nonzero so the LoRA term counts. */
+static double edge_step(const char *variant, int bf16, int rank, float dropout, float **grads,
+                        size_t *n) {
+    struct fixture f;
+    struct st_error err;
+    if (setup_ex(&f, variant, bf16)) return NAN;
+    if (rank) { /* a fresh adapter of that rank, seeded, B filled like A */
+        st_lora_free(&f.lo);
+        struct st_lora_config lc = {rank, 2.0f * (float)rank, 0.0f, 0, ST_LIN_ALL, 0};
+        CHECK(st_lora_init(&f.lo, &f.m.cfg, &lc, 7, &err) == ST_OK);
+        f.m.lora = &f.lo;
+        uint64_t x = 0x9E3779B97F4A7C15ull;
+        for (int l = 0; l < f.lo.n_layers; l++)
+            for (int m = 0; m < ST_LIN_COUNT; m++) {
+                const struct st_lora_module *mo = st_lora_get(&f.lo, l, m);
+                for (size_t i = 0; mo && i < (size_t)rank * mo->out; i++) {
+                    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                    mo->b[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 0.05f;
+                }
+            }
+    }
+    f.lo.cfg.dropout = dropout;
+    CHECK(f.m.lora_fused == bf16); /* BF16 panels fuse ranks up to ST_LOWRANK_MAX */
+    struct st_acts a;
+    CHECK(st_acts_init(&a, &f.m, f.B, f.T, ST_ACTS_TRAIN, &err) == ST_OK);
+    double loss = step(&f, &a);
+    *n = f.lo.n_params;
+    *grads = malloc(*n * sizeof(float));
+    if (!*grads) abort();
+    memcpy(*grads, f.lo.grads, *n * sizeof(float));
+    st_acts_free(&a);
+    teardown(&f);
+    return loss;
+}
+
+TEST(fusion_edges) {
+    const char *variant = "llama3_gqa_bf16";
+    const struct {
+        int rank;
+        float dropout;
+    } cases[] = {{0, 0.1f}, {ST_LOWRANK_MAX + 32, 0.0f}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        float *g32 = NULL, *g16 = NULL;
+        size_t n32 = 0, n16 = 0;
+        double l32 = edge_step(variant, 0, cases[c].rank, cases[c].dropout, &g32, &n32);
+        double l16 = edge_step(variant, 1, cases[c].rank, cases[c].dropout, &g16, &n16);
+        CHECKF(fabs(l16 - l32) <= 1e-2 * fabs(l32), "rank %d dropout %.1f: loss %.7f vs %.7f",
+               cases[c].rank, cases[c].dropout, l16, l32);
+        double w = 0;
+        if (g32 && g16 && n32 == n16) { /* per tensor: A then B of each module, in order */
+            struct fixture f;
+            if (!setup(&f, variant)) {
+                size_t r = cases[c].rank ? (size_t)cases[c].rank : (size_t)f.lo.cfg.rank, off = 0;
+                for (int l = 0; l < f.lo.n_layers; l++)
+                    for (int m = 0; m < ST_LIN_COUNT; m++) {
+                        const struct st_lora_module *x = st_lora_get(&f.lo, l, m);
+                        if (!x) continue;
+                        check_tensor("bf16 vs f32 grad A", g16 + off, g32 + off, r * x->in, 1e-1,
+                                     &w);
+                        off += r * x->in;
+                        check_tensor("bf16 vs f32 grad B", g16 + off, g32 + off, r * x->out, 1e-1,
+                                     &w);
+                        off += r * x->out;
+                    }
+                CHECK(off == n32);
+                teardown(&f);
+            }
+        } else {
+            CHECKF(0, "rank %d: no gradients to compare", cases[c].rank);
+        }
+        printf("  %s rank %d dropout %.1f: bf16 vs f32 loss %.2e, grads %.2e\n", variant,
+               cases[c].rank, cases[c].dropout, fabs(l16 - l32) / fabs(l32), w);
+        free(g32), free(g16);
+    }
+}
+
 /* Gradient checkpointing recomputes each layer: gradients must be bit-identical. */
 TEST(checkpointing_identical) {
     for (int vi = 0; variants[vi]; vi++) {
@@ -447,6 +576,8 @@ int main(void) {
     st_threads_set(2);
     RUN(gradients);
     RUN(gradients_bf16);
+    RUN(forward_loss_head);
+    RUN(fusion_edges);
     RUN(checkpointing_identical);
     RUN(views);
     RUN(trajectory);
