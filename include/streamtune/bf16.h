@@ -54,9 +54,9 @@ void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xp, const uint16_t 
 
 /* st_bf16_pack_x of the softmax cross-entropy's gradient rather than of x itself: row m of the
  * logits x (M, K; stride ldx) becomes dloss (softmax(x row) - onehot(targets[m])), all 0 for a
- * target < 0, from the row's loss (lse - x[target], as crossentropy_forward gives it). The
- * gradient never exists in float (crossentropy_backward wrote it and st_bf16_pack_x read it back:
- * two passes over a (M, vocab) array). */
+ * target < 0 (targets < K, as the loss checked), from the row's loss (lse - x[target], as
+ * crossentropy_forward gives it). The gradient never exists in float (crossentropy_backward
+ * wrote it and st_bf16_pack_x read it back: two passes over a (M, vocab) array). */
 void st_bf16_pack_ce_grad(uint32_t *xp, const float *logits, const float *loss,
                           const int32_t *targets, float dloss, size_t M, size_t K, size_t ldx);
 

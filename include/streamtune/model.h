@@ -177,7 +177,9 @@ enum st_status st_model_loss(const struct st_model *m, struct st_acts *a, const 
 /* Forward and loss without whole logits (any acts; needed for ST_ACTS_CHUNKED_HEAD): rows go
  * through the head and the cross-entropy head_rows at a time. *loss_sum, *count as st_model_loss.
  * With grad_scale != 0 (training acts) the head's backward runs right there and st_model_backward
- * continues from it, with the same gradients as the unchunked path. */
+ * continues from it, with the same gradients chunked or not. With BF16 head panels the gradient
+ * of the logits is packed to BF16 straight from the logits and losses, so gradients can differ
+ * from st_model_loss + st_model_backward's by BF16 rounding (F32: the same bits). */
 enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a,
                                      const int32_t *ids, const int32_t *seg,
                                      const int32_t *targets, float grad_scale, double *loss_sum,

@@ -288,13 +288,21 @@ static enum st_status pack_all(struct st_model *m, int pk, struct request *req, 
     return rc;
 }
 
+/* The softmax cross-entropy's gradient as panel_mm_src's X, packed straight from the logits
+ * and the rows' losses (st_bf16_pack_ce_grad; BF16 panels only) */
+struct ce_src {
+    const float *loss;
+    const int32_t *targets;
+    float dloss;
+};
+
 /* out (M, N) (+)= x (M, K) @ panels: F32 panels in one call; BF16 ones in row chunks that fit
- * the model's BF16 scratch. */
-static void panel_mm(const struct st_model *m, float *out, const float *x, const void *pan,
-                     const float *bias, size_t M, size_t K, size_t N, int acc,
-                     const struct st_lowrank *lr) {
+ * the model's BF16 scratch. ce: x holds logits, and X is their cross-entropy gradient. */
+static void panel_mm_src(const struct st_model *m, float *out, const float *x, const void *pan,
+                         const float *bias, size_t M, size_t K, size_t N, int acc,
+                         const struct st_lowrank *lr, const struct ce_src *ce) {
     if (m->f32_panels) {
-        ST_ASSERT(!lr);
+        ST_ASSERT(!lr && !ce);
         st_f32_gemm(out, N, x, K, pan, bias, M, K, N, acc);
         return;
     }
@@ -304,10 +312,20 @@ static void panel_mm(const struct st_model *m, float *out, const float *x, const
         size_t mr = M - r0 < rows ? M - r0 : rows;
         struct st_lowrank lc;
         if (lr) lc = *lr, lc.x = lr->x + r0 * lr->r; /* this chunk's rows of x */
-        st_bf16_pack_x(m->bscratch, x + r0 * K, mr, K, K);
+        if (ce)
+            st_bf16_pack_ce_grad(m->bscratch, x + r0 * K, ce->loss + r0, ce->targets + r0,
+                                 ce->dloss, mr, K, K);
+        else
+            st_bf16_pack_x(m->bscratch, x + r0 * K, mr, K, K);
         st_bf16_gemm_px_lr(out + r0 * N, N, m->bscratch, pan, bias, mr, K, N, acc,
                            lr ? &lc : NULL);
     }
+}
+
+static void panel_mm(const struct st_model *m, float *out, const float *x, const void *pan,
+                     const float *bias, size_t M, size_t K, size_t N, int acc,
+                     const struct st_lowrank *lr) {
+    panel_mm_src(m, out, x, pan, bias, M, K, N, acc, lr, NULL);
 }
 
 /* Quantised matmuls through the BF16 GEMM, in row chunks that fit the BF16 scratch. */
@@ -1036,23 +1054,6 @@ static enum st_status check_targets(const struct st_model *m, const int32_t *tar
     return ST_OK;
 }
 
-/* dxn (M, D) += dlogits @ head for BF16 head panels (not F32 ones), dlogits = dloss (softmax(logits) - onehot)
- * packed straight from the logits and the rows' losses (st_bf16_pack_ce_grad), in row chunks
- * that fit the BF16 scratch, as panel_mm */
-static void head_backward_bf16(const struct st_model *m, float *dxn, const float *logits,
-                               const float *loss, const int32_t *targets, float dloss, size_t M) {
-    size_t V = (size_t)m->cfg.vocab_size, D = (size_t)m->cfg.dim;
-    size_t rows = m->bscratch_bytes / (((V + 1) / 2) * 4);
-    rows -= rows % 8; /* whole tiles of 8 rows; pack_all leaves room for one */
-    ST_ASSERT(rows > 0);
-    for (size_t r0 = 0; r0 < M; r0 += rows) {
-        size_t mr = M - r0 < rows ? M - r0 : rows;
-        st_bf16_pack_ce_grad(m->bscratch, logits + r0 * V, loss + r0, targets + r0, dloss, mr, V,
-                             V);
-        st_bf16_gemm_px(dxn + r0 * D, D, m->bscratch, m->head_bb, NULL, mr, V, D, 1);
-    }
-}
-
 enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a,
                                      const int32_t *ids, const int32_t *seg,
                                      const int32_t *targets, float grad_scale, double *loss_sum,
@@ -1078,8 +1079,9 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
             }
         if (grad_scale == 0) continue;
         /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
-        if (m->head_bb && !m->f32_panels) {
-            head_backward_bf16(m, a->dxn + r0 * D, a->logits, a->losses + r0, tg, grad_scale, nr);
+        if (m->head_bb && !m->f32_panels) { /* BF16: dlogits never exist in float */
+            struct ce_src ce = {a->losses + r0, tg, grad_scale};
+            panel_mm_src(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1, NULL, &ce);
             continue;
         }
         m->k->crossentropy_backward(a->logits, a->logits, tg, grad_scale, nr, V);

@@ -402,6 +402,7 @@ AVX512BF INLINE void mkb(const int R, const int NV, const int mode, size_t K2, c
         }                                                                                     \
     }
 _Static_assert(MR == 6, "MK_FN lists R = 1..6");
+_Static_assert(MR % 2 == 0 && QS % 2 == 0, "the BF16 backward pairs a panel's rows within tiles");
 MK_FN(AVX512, mk_set, mk, float, 0)
 MK_FN(AVX512, mk_add, mk, float, 1)
 MK_FN(AVX512, mk_scale_add, mk, float, 2)
@@ -834,7 +835,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                                  int window, size_t group, size_t Tq, size_t Tk, size_t qs,
                                  size_t kvs, size_t hd, int bf, uint32_t *cvt) {
     _Alignas(64) union blk u;
-    _Alignas(64) float P[QS * KB], dS[QS * KB];
+    _Alignas(64) float P[QS * KB], dS[QS * KB]; /* BF16: a tile's S and dP rows only */
     /* BF16 path: a tile's Q and dO rows (qb, db); the panel's P and dS rows paired over rows (pp,
      * sp: QS / 2 x KB), dS rows as pairs of keys (sb: QS x KB / 2), Q and dO rows paired (qp, dp:
      * QS / 2 x hd) */
@@ -900,7 +901,8 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                 for (size_t s0 = ra; s0 < rb; s0 += QS) {
                     size_t ns = rb - s0 < QS ? rb - s0 : QS;
                     int any = 0;
-                    /* the panel: P and dS (ns x 64), zero where masked */
+                    /* the panel: P and dS (ns x 64), zero where masked (BF16: straight to
+                     * pp, sp and sb, from each tile's S and dP in P and dS) */
                     for (size_t r0 = s0; r0 < s0 + ns; r0 += MR) {
                         size_t rc = s0 + ns - r0 < MR ? s0 + ns - r0 : MR, tlo, thi;
                         tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
@@ -957,7 +959,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                     /* the panel's Q and dO paired over rows (with cvt: the chunk's, from the
                      * panel's first pair; the row after the panel is one of the chunk's, or 0) */
                     const uint32_t *qpp = qp, *dpp = dp;
-                    if (bf) { /* the panel's operands; a row past ns reads as 0 in P and dS */
+                    if (bf) { /* the panel's Q and dO operands */
                         size_t np = (ns + 1) / 2;
                         if (c4) {
                             qpp = c4 + 2 * cu + (s0 - i0) / 2 * hd, dpp = qpp + cu;

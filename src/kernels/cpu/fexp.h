@@ -1,5 +1,5 @@
-/* fexp.h: the cpu kernels' float exp (cpu.c, attention.c): scalar, and 16 lanes with or without
- * the clamps. */
+/* fexp.h: the cpu kernels' float exp (cpu.c, attention.c, gemm_bf16.c's cross-entropy packing):
+ * scalar, and 16 lanes with or without the clamps. */
 #ifndef ST_KERNELS_CPU_FEXP_H
 #define ST_KERNELS_CPU_FEXP_H
 #include <math.h>

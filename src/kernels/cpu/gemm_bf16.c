@@ -234,7 +234,8 @@ size_t st_bf16_x_bytes(size_t M, size_t K) {
 
 #ifdef X86
 /* pairs [q0, q0 + n) of a row of K floats, with vcvtne2ps2bf16 (round to nearest even, as f2bf)
- * for whole groups of 16 pairs; returns how many were done */
+ * for whole groups of 16 pairs, of sc exp(x - lse) instead of x when ce; returns how many were
+ * done */
 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) static size_t
 pairs_avx512(uint32_t *d, const float *r, size_t q0, size_t n, size_t K, float lse, float sc,
              int ce) {
@@ -258,8 +259,8 @@ pairs_avx512(uint32_t *d, const float *r, size_t q0, size_t n, size_t K, float l
 #ifdef X86
 /* A whole tile of 8 rows, pairs [0, 8 * (K / 16)): each row's 16 floats become 8 pairs in a ymm
  * (vcvtne2ps2bf16), and the 8 x 8 block of pairs is transposed in registers (the classic
- * unpack / shuffle / permute2f128 transpose) into the interleaved layout. Returns the pairs
- * done. */
+ * unpack / shuffle / permute2f128 transpose) into the interleaved layout. With lse (not NULL):
+ * row i's values are sc[i] exp(x - lse[i]), and 0 when sc[i] is 0. Returns the pairs done. */
 __attribute__((target("avx512f,avx512bf16,avx512vl"))) static size_t
 tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K, const float *lse,
             const float *sc) {
@@ -268,7 +269,9 @@ tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K, const float *lse,
         __m256 r[8], t[8], u[8];
         for (int i = 0; i < 8; i++) {
             const float *src = x + (size_t)i * ldx + 2 * q;
-            if (lse) /* the row's 16 values of sc exp(x - lse) (cvtneps: the same pairs) */
+            if (lse && sc[i] == 0)
+                r[i] = _mm256_setzero_ps();
+            else if (lse) /* the row's 16 values of sc exp(x - lse) (cvtneps: the same pairs) */
                 r[i] = (__m256)_mm512_cvtneps_pbh(_mm512_mul_ps(
                     _mm512_set1_ps(sc[i]),
                     fexp16(_mm512_sub_ps(_mm512_loadu_ps(src), _mm512_set1_ps(lse[i])))));
@@ -302,13 +305,15 @@ struct ce_rows {
     const int32_t *targets;
     float dloss;
 };
+
 static void ce_row(const struct ce_rows *ce, const float *row, size_t m, float *lse, float *sc) {
     int32_t t = ce->targets[m];
     *lse = t < 0 ? 0.0f : ce->loss[m] + row[t];
     *sc = t < 0 ? 0.0f : ce->dloss;
 }
 
-/* st_bf16_pack_x, of the rows of x or (ce) of the rows sc exp(x - lse) */
+/* st_bf16_pack_x, of the rows of x or (ce) of the rows sc exp(x - lse): rows with sc 0 (ignored
+ * targets) are zero without any exp, as rows past M */
 static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
                    const struct ce_rows *ce) {
     size_t kp = (K + 1) / 2, nt = (M + MR - 1) / MR;
@@ -328,7 +333,7 @@ static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
             size_t qn = kp - q0 < XQ ? kp - q0 : XQ;
             for (size_t r = 0; r < MR; r++) {
                 size_t m = t * MR + r;
-                if (m >= M) {
+                if (m >= M || (ce && sc[r] == 0)) {
                     memset(tmp[r], 0, qn * sizeof(uint32_t));
                     continue;
                 }
