@@ -12,6 +12,7 @@
 
 #include "harness.h"
 #include "streamtune/bf16.h"
+#include "streamtune/core.h"
 #include "streamtune/formats.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -80,8 +81,19 @@ static void gemm_case_lr(size_t M, size_t K, size_t N, int transposed, int with_
     omp_set_num_threads(1);
 #endif
     if (r) {
+        /* the W tiles built once per call, and (their allocation failing) per tile block: the
+         * same terms in the same order, so the same bits */
+        float *outf = malloc(M * ldo * 4);
+        if (!outf) abort();
+        memcpy(outf, out, M * ldo * 4);
         st_bf16_pack_x(xs, x, M, K, ldx);
+        st_alloc_fail_nth(1);
+        st_bf16_gemm_px_lr(outf, ldo, xs, panels, with_bias ? bias : NULL, M, K, N, acc, &lr);
+        st_alloc_fail_nth(0);
         st_bf16_gemm_px_lr(out, ldo, xs, panels, with_bias ? bias : NULL, M, K, N, acc, &lr);
+        CHECKF(memcmp(out, outf, M * ldo * 4) == 0, "M=%zu K=%zu N=%zu r=%zu: the per-block W "
+               "tiles give other bits", M, K, N, r);
+        free(outf);
     } else {
         st_bf16_gemm(out, ldo, x, ldx, panels, with_bias ? bias : NULL, M, K, N, acc, xs);
     }
