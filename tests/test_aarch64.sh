@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test_aarch64.sh: the AArch64 GEMM kernels (NEON F32 in gemm_f32.c, BFDOT BF16 in gemm_bf16.c)
 # and their portable fallbacks, without an ARM machine: tests/test_f32.c and tests/test_bf16.c are
-# cross-compiled statically with only the sources they link (the kernel file, formats/dtype.c,
-# core/status.c and, for the BF16 GEMM's scratch, core/alloc.c) and run under qemu-user:
+# cross-compiled statically with only the sources they link (the kernel file; core/util.c,
+# core/status.c and core/alloc.c for st_env_flag and the BF16 GEMM's scratch; formats/dtype.c)
+# and run under qemu-user:
 #   -cpu max         NEON and FEAT_BF16: the NEON F32 kernel and the BFDOT kernel, with
 #                    OMP_NUM_THREADS=1 and 3 (each test also compares 1 and 3 threads bitwise)
 #   -cpu cortex-a72  no FEAT_BF16: HWCAP2_BF16 is clear, the portable BF16 kernel runs
@@ -77,9 +78,10 @@ run() { # run WANT_KERNEL NAME CPU [VAR=VALUE...]
 }
 
 k="$src/src/kernels/cpu"
-build test_f32 "$k/gemm_f32.c" || { echo "FAIL: test_f32 does not cross-compile"; exit 1; }
+build test_f32 "$k/gemm_f32.c" "$src/src/core/util.c" "$src/src/core/status.c" \
+    "$src/src/core/alloc.c" || { echo "FAIL: test_f32 does not cross-compile"; exit 1; }
 build test_bf16 "$k/gemm_bf16.c" "$src/src/formats/dtype.c" "$src/src/core/status.c" \
-    "$src/src/core/alloc.c" ||
+    "$src/src/core/alloc.c" "$src/src/core/util.c" ||
     { echo "FAIL: test_bf16 does not cross-compile"; exit 1; }
 
 run native test_f32 max OMP_NUM_THREADS=1

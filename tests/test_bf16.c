@@ -172,17 +172,18 @@ static void ce_case(size_t M, size_t K, size_t N, size_t pad) {
         for (size_t k = 0; k < K; k++) se += exp(x[m * ldx + k] - mx);
         loss[m] = tg[m] < 0 ? 0.0f : (float)(mx + log(se) - x[m * ldx + t]);
     }
+    struct st_ce_rows ce = {loss, tg, dloss};
     int saved = 1;
 #ifdef _OPENMP
     saved = omp_get_max_threads();
     omp_set_num_threads(3);
 #endif
-    st_bf16_pack_ce_grad(xs, x, loss, tg, dloss, M, K, ldx);
+    st_bf16_pack_ce_grad(xs, x, &ce, M, K, ldx);
     st_bf16_gemm_px(out3, N, xs, panels, NULL, M, K, N, 0);
 #ifdef _OPENMP
     omp_set_num_threads(1);
 #endif
-    st_bf16_pack_ce_grad(xs, x, loss, tg, dloss, M, K, ldx);
+    st_bf16_pack_ce_grad(xs, x, &ce, M, K, ldx);
     st_bf16_gemm_px(out, N, xs, panels, NULL, M, K, N, 0);
 #ifdef _OPENMP
     omp_set_num_threads(saved);

@@ -52,13 +52,21 @@ void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx
 void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xp, const uint16_t *panels,
                      const float *bias, size_t M, size_t K, size_t N, int accumulate);
 
+/* The rows of a softmax cross-entropy for st_bf16_pack_ce_grad: row m's loss (lse - x[target],
+ * as crossentropy_forward gives it), its target (< 0: ignored), and the loss's gradient dloss */
+struct st_ce_rows {
+    const float *loss;
+    const int32_t *targets;
+    float dloss;
+};
+
 /* st_bf16_pack_x of the softmax cross-entropy's gradient rather than of x itself: row m of the
  * logits x (M, K; stride ldx) becomes dloss (softmax(x row) - onehot(targets[m])), all 0 for a
- * target < 0 (targets < K, as the loss checked), from the row's loss (lse - x[target], as
- * crossentropy_forward gives it). The gradient never exists in float (crossentropy_backward
- * wrote it and st_bf16_pack_x read it back: two passes over a (M, vocab) array). */
-void st_bf16_pack_ce_grad(uint32_t *xp, const float *logits, const float *loss,
-                          const int32_t *targets, float dloss, size_t M, size_t K, size_t ldx);
+ * target < 0 (targets < K, as the loss checked). The gradient never exists in float
+ * (crossentropy_backward wrote it and st_bf16_pack_x read it back: two passes over a (M, vocab)
+ * array). */
+void st_bf16_pack_ce_grad(uint32_t *xp, const float *logits, const struct st_ce_rows *ce, size_t M,
+                          size_t K, size_t ldx);
 
 /* A low-rank term added to a GEMM's output tiles on their last k block, in float, before they
  * are stored (a LoRA path's out += s xa b^T and dinp += dxa a were passes of their own over the

@@ -117,6 +117,10 @@ void st_blas_threads(int n);
 /* Parse a whole string as a base-10 integer in [lo, hi]. Returns 0 on success. */
 int st_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int st_parse_f64(const char *s, double *out);
+/* 1 when the environment variable is set to something other than "" or "0" (the switches
+ * ST_NO_AVX512, ST_NO_AVX512BF16, ST_NO_NEON, ST_ATTENTION_PORTABLE, ST_NO_LORA_FUSION with which
+ * tests and users force a portable path) */
+int st_env_flag(const char *name);
 
 /* Read a whole file into memory (NUL-terminated; *len excludes the NUL). Caps at max_bytes. */
 enum st_status st_read_file(const char *path, size_t max_bytes, char **out, size_t *len,

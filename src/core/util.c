@@ -1,5 +1,5 @@
 /* util.c: logging, monotonic time, RNG (xoshiro256** seeded by splitmix64), thread settings,
- * checked number parsing and whole-file reads. */
+ * checked number parsing, environment switches and whole-file reads. */
 #include "streamtune/core.h"
 
 #include <errno.h>
@@ -106,6 +106,11 @@ int st_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     if (errno || *end != '\0' || v < lo || v > hi) return 1;
     *out = v;
     return 0;
+}
+
+int st_env_flag(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
 }
 
 int st_parse_f64(const char *s, double *out) {

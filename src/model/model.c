@@ -17,7 +17,6 @@
 #include "streamtune/bf16.h"
 #include "streamtune/f32.h"
 #include "streamtune/nf4.h"
-#include "kernels/cpu/cpu_env.h"
 
 #define LAYER_FMT "model.layers.%d.%s"
 
@@ -288,19 +287,12 @@ static enum st_status pack_all(struct st_model *m, int pk, struct request *req, 
     return rc;
 }
 
-/* The softmax cross-entropy's gradient as panel_mm_src's X, packed straight from the logits
- * and the rows' losses (st_bf16_pack_ce_grad; BF16 panels only) */
-struct ce_src {
-    const float *loss;
-    const int32_t *targets;
-    float dloss;
-};
-
 /* out (M, N) (+)= x (M, K) @ panels: F32 panels in one call; BF16 ones in row chunks that fit
- * the model's BF16 scratch. ce: x holds logits, and X is their cross-entropy gradient. */
+ * the model's BF16 scratch. ce: x holds logits, and X is their cross-entropy gradient, packed
+ * straight from the logits and the rows' losses (st_bf16_pack_ce_grad; BF16 panels only). */
 static void panel_mm_src(const struct st_model *m, float *out, const float *x, const void *pan,
                          const float *bias, size_t M, size_t K, size_t N, int acc,
-                         const struct st_lowrank *lr, const struct ce_src *ce) {
+                         const struct st_lowrank *lr, const struct st_ce_rows *ce) {
     if (m->f32_panels) {
         ST_ASSERT(!lr && !ce);
         st_f32_gemm(out, N, x, K, pan, bias, M, K, N, acc);
@@ -312,9 +304,10 @@ static void panel_mm_src(const struct st_model *m, float *out, const float *x, c
         size_t mr = M - r0 < rows ? M - r0 : rows;
         struct st_lowrank lc;
         if (lr) lc = *lr, lc.x = lr->x + r0 * lr->r; /* this chunk's rows of x */
-        if (ce)
-            st_bf16_pack_ce_grad(m->bscratch, x + r0 * K, ce->loss + r0, ce->targets + r0,
-                                 ce->dloss, mr, K, K);
+        if (ce) {
+            struct st_ce_rows cc = {ce->loss + r0, ce->targets + r0, ce->dloss};
+            st_bf16_pack_ce_grad(m->bscratch, x + r0 * K, &cc, mr, K, K);
+        }
         else
             st_bf16_pack_x(m->bscratch, x + r0 * K, mr, K, K);
         st_bf16_gemm_px_lr(out + r0 * N, N, m->bscratch, pan, bias, mr, K, N, acc,
@@ -1080,7 +1073,7 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
         if (grad_scale == 0) continue;
         /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
         if (m->head_bb && !m->f32_panels) { /* BF16: dlogits never exist in float */
-            struct ce_src ce = {a->losses + r0, tg, grad_scale};
+            struct st_ce_rows ce = {a->losses + r0, tg, grad_scale};
             panel_mm_src(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1, NULL, &ce);
             continue;
         }

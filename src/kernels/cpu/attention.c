@@ -35,7 +35,6 @@
 
 #include <omp.h>
 
-#include "cpu_env.h"
 #include "../ref/ref.h"
 #include "attention.h"
 #include "fexp.h"

@@ -26,7 +26,6 @@
 
 #include <omp.h>
 
-#include "cpu_env.h"
 #include "fexp.h"
 #include "streamtune/bf16.h"
 #include "streamtune/core.h"
@@ -298,15 +297,8 @@ tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K, const float *lse,
 }
 #endif
 
-/* The softmax cross-entropy's gradient rows for st_bf16_pack_ce_grad: row m's lse (its loss plus
- * its target's logit: the loss is lse - x[target]) and scale (dloss, or 0 for a target < 0) */
-struct ce_rows {
-    const float *loss;
-    const int32_t *targets;
-    float dloss;
-};
-
-static void ce_row(const struct ce_rows *ce, const float *row, size_t m, float *lse, float *sc) {
+/* row m's lse (its loss plus its target's logit) and scale (dloss, or 0 for a target < 0) */
+static void ce_row(const struct st_ce_rows *ce, const float *row, size_t m, float *lse, float *sc) {
     int32_t t = ce->targets[m];
     *lse = t < 0 ? 0.0f : ce->loss[m] + row[t];
     *sc = t < 0 ? 0.0f : ce->dloss;
@@ -315,7 +307,7 @@ static void ce_row(const struct ce_rows *ce, const float *row, size_t m, float *
 /* st_bf16_pack_x, of the rows of x or (ce) of the rows sc exp(x - lse): rows with sc 0 (ignored
  * targets) are zero without any exp, as rows past M */
 static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
-                   const struct ce_rows *ce) {
+                   const struct st_ce_rows *ce) {
     size_t kp = (K + 1) / 2, nt = (M + MR - 1) / MR;
     int native = st_bf16_native();
 #pragma omp parallel for schedule(static) if (M * K > 16384)
@@ -370,10 +362,9 @@ void st_bf16_pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx
     pack_x(xp, x, M, K, ldx, NULL);
 }
 
-void st_bf16_pack_ce_grad(uint32_t *xp, const float *logits, const float *loss,
-                          const int32_t *targets, float dloss, size_t M, size_t K, size_t ldx) {
-    struct ce_rows ce = {loss, targets, dloss};
-    pack_x(xp, logits, M, K, ldx, &ce);
+void st_bf16_pack_ce_grad(uint32_t *xp, const float *logits, const struct st_ce_rows *ce, size_t M,
+                          size_t K, size_t ldx) {
+    pack_x(xp, logits, M, K, ldx, ce);
 }
 
 /* Portable micro-kernel: c (mr, nr valid of NR) = init + xp rows @ panel block, or += when init

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu_env.h"
+#include "streamtune/core.h"
 #include "streamtune/f32.h"
 
 #if defined(__x86_64__)
