@@ -423,6 +423,63 @@ TEST(decompression) {
     CHECK(decode_all(COMP_ZSTD, z.p, z.n - 5, 4096, &out, ends, &ne, &err) == 1);
     CHECKF(strstr(err.msg, "truncated zstd data") != NULL, "%s", err.msg);
     free(out.p);
+    /* damage in the second frame: the error names a byte range that holds it (zstd does not
+     * say where in its input it failed) */
+    {
+        struct tbuf zb = {0};
+        tb_add(&zb, z.p, z.n);
+        size_t at = z.n / 2;
+        for (size_t i = at; i < at + 8; i++)
+            zb.p[i] ^= 0xa5;
+        out = (struct tbuf){0};
+        CHECK(decode_all(COMP_ZSTD, zb.p, zb.n, 4096, &out, ends, &ne, &err) == 1);
+        unsigned long long lo = 0, hi = 0;
+        const char *m = strstr(err.msg, "corrupt zstd data in compressed bytes ");
+        CHECKF(m && sscanf(m, "corrupt zstd data in compressed bytes %llu to %llu", &lo, &hi) == 2,
+               "%s", err.msg);
+        CHECKF(lo <= at && hi > at, "damage at %zu, reported %llu to %llu", at, lo, hi);
+        free(out.p);
+        free(zb.p);
+    }
+    /* pzstd's layout: a skippable frame (magic 0x184D2A50-5F, 4-byte size, payload) before
+     * each frame; sniffed as zstd and decoded through */
+    {
+        struct tbuf pz = {0};
+        const uint8_t skip[] = {0x5e, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4};
+        tb_add(&pz, skip, sizeof skip);
+        tb_add(&pz, z.p, z.n);
+        CHECK(decomp_sniff(pz.p, pz.n) == COMP_ZSTD);
+        out = (struct tbuf){0};
+        CHECKF(decode_all(COMP_ZSTD, pz.p, pz.n, 13, &out, ends, &ne, &err) == 0, "%s", err.msg);
+        CHECK(out.n == raw.n && memcmp(out.p, raw.p, raw.n) == 0);
+        free(out.p);
+        free(pz.p);
+    }
+    /* zero bytes after the last gzip member are padding (gzip -t accepts them); anything else
+     * after them is still an error */
+    {
+        struct tbuf gp = {0};
+        tb_add(&gp, g1.p, g1.n);
+        const uint8_t zeros[1024] = {0};
+        tb_add(&gp, zeros, sizeof zeros);
+        size_t gsteps[] = {1, 100, 1 << 20};
+        for (size_t si = 0; si < 3; si++) {
+            out = (struct tbuf){0};
+            CHECKF(decode_all(COMP_GZIP, gp.p, gp.n, gsteps[si], &out, ends, &ne, &err) == 0,
+                   "%s", err.msg);
+            CHECK(out.n == raw.n && memcmp(out.p, raw.p, raw.n) == 0);
+            free(out.p);
+        }
+        out = (struct tbuf){0};
+        CHECK(decode_all(COMP_GZIP, zeros, sizeof zeros, 4096, &out, ends, &ne, &err) == 1);
+        free(out.p);
+        tb_add(&gp, "junk", 4);
+        out = (struct tbuf){0};
+        CHECK(decode_all(COMP_GZIP, gp.p, gp.n, 4096, &out, ends, &ne, &err) == 1);
+        CHECKF(strstr(err.msg, "corrupt gzip data near compressed byte") != NULL, "%s", err.msg);
+        free(out.p);
+        free(gp.p);
+    }
     free(raw.p);
     free(z.p);
     free(g1.p);

@@ -588,7 +588,47 @@ TEST(cli_commands) {
     CHECK(j && cJSON_GetObjectItem(j, "first_sample_s")->valuedouble >= 0);
     cJSON_Delete(j);
     free(out.p);
+    /* --epochs N reads N epochs (each epoch's end is not the stream's) */
+    snprintf(args, sizeof args, "data cat %s --epochs 3", idx);
+    CHECKF(cli(args, &out, err, sizeof err) == 0, "%s", err);
+    CHECKF(count_lines(&out) == 3 * g_total, "%d lines", count_lines(&out));
+    free(out.p);
+    snprintf(args, sizeof args, "data bench %s --epochs 2 --json", idx);
+    CHECK(cli(args, &out, err, sizeof err) == 0);
+    j = cJSON_Parse((const char *)out.p);
+    CHECK(j && cJSON_GetObjectItem(j, "samples")->valueint == 2 * g_total);
+    cJSON_Delete(j);
+    free(out.p);
     unlink(idx);
+    /* a local shard that changed after the index was written: an error, not its first bytes */
+    {
+        char sub[600], f[700], fi[700];
+        snprintf(sub, sizeof sub, "%s/grow", g_dir);
+        CHECK(mkdir(sub, 0755) == 0);
+        snprintf(f, sizeof f, "%s/a.jsonl", sub);
+        snprintf(fi, sizeof fi, "%s/index.json", sub);
+        td_write(f, "{\"a\": 1}\n", 9);
+        snprintf(args, sizeof args, "data index %s -o %s", sub, fi);
+        CHECKF(cli(args, &out, err, sizeof err) == 0, "%s", err);
+        free(out.p);
+        FILE *fp = fopen(f, "ab");
+        CHECK(fp && fputs("{\"a\": 2}\n", fp) >= 0 && fclose(fp) == 0);
+        snprintf(args, sizeof args, "data cat %s", fi);
+        CHECK(cli(args, &out, err, sizeof err) == 1);
+        CHECKF(strstr(err, "a.jsonl: the file is 18 bytes, not the 9 listed") != NULL, "%s", err);
+        free(out.p);
+        /* a dangling link in a directory (a dataset not fetched): an error naming it */
+        unlink(fi);
+        unlink(f);
+        snprintf(f, sizeof f, "%s/b.jsonl", sub);
+        CHECK(symlink("/nonexistent/b.jsonl", f) == 0);
+        snprintf(args, sizeof args, "data ls %s", sub);
+        CHECK(cli(args, &out, err, sizeof err) == 1);
+        CHECKF(strstr(err, "b.jsonl: cannot open") != NULL, "%s", err);
+        free(out.p);
+        unlink(f);
+        rmdir(sub);
+    }
     /* errors: one line, exit codes 1 (runtime) and 2 (usage) */
     snprintf(args, sizeof args, "data cat %s/nope.jsonl", g_dir);
     CHECK(cli(args, &out, err, sizeof err) == 1);

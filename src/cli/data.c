@@ -382,6 +382,20 @@ static enum st_status pipe_next(struct pipe *p, struct st_decoded_sample *s, str
     return p->m ? st_mix_next(p->m, s, err) : st_decoder_next(p->d, s, err);
 }
 
+/* The next sample across epochs: ST_STREAM_END ends an epoch, and the call after it starts the
+ * next one, or returns ST_STREAM_END again when --epochs says the stream is over (data.h) */
+static enum st_status pipe_next_all(struct pipe *p, struct st_decoded_sample *s,
+                                    struct st_error *err) {
+    enum st_status st = pipe_next(p, s, err);
+    return st == ST_STREAM_END ? pipe_next(p, s, err) : st;
+}
+
+static enum st_status stream_next_all(struct st_stream *s, struct st_sample *out,
+                                      struct st_error *err) {
+    enum st_status st = st_stream_next(s, out, err);
+    return st == ST_STREAM_END ? st_stream_next(s, out, err) : st;
+}
+
 static size_t pipe_state(struct pipe *p, char *buf, size_t cap) {
     return p->m ? st_mix_state(p->m, buf, cap) : st_decoder_state(p->d, buf, cap);
 }
@@ -519,7 +533,7 @@ static int cmd_cat_decoded(struct data_args *a) {
     enum st_status st = ST_OK;
     struct st_decoded_sample smp;
     while (a->limit < 0 || n < a->limit) {
-        st = pipe_next(&p, &smp, &err);
+        st = pipe_next_all(&p, &smp, &err);
         if (st != ST_OK) break;
         if (a->field) {
             const struct st_decoded_field *f = st_decoded_field(&smp, a->field);
@@ -560,7 +574,7 @@ static int cmd_cat(struct data_args *a) {
     enum st_status st = ST_OK;
     struct st_sample smp;
     while (a->limit < 0 || n < a->limit) {
-        st = st_stream_next(s, &smp, &err);
+        st = stream_next_all(s, &smp, &err);
         if (st != ST_OK) break;
         print_sample(&smp, a->field);
         n++;
@@ -610,7 +624,7 @@ static int cmd_bench_decoded(struct data_args *a) {
     double t0 = st_time_now();
     struct st_decoded_sample smp;
     while ((a->limit < 0 || n < a->limit) && (a->seconds <= 0 || st_time_now() - t0 < a->seconds)) {
-        enum st_status st = pipe_next(&p, &smp, &err);
+        enum st_status st = pipe_next_all(&p, &smp, &err);
         if (st == ST_STREAM_END) break;
         if (st != ST_OK) {
             pipe_close(&p);
@@ -721,7 +735,7 @@ static int cmd_bench(struct data_args *a) {
     enum st_status st;
     struct st_sample smp;
     while ((a->limit < 0 || n < a->limit) && (a->seconds <= 0 || st_time_now() - t0 < a->seconds)) {
-        st = st_stream_next(s, &smp, &err);
+        st = stream_next_all(s, &smp, &err);
         if (st == ST_STREAM_END) break;
         if (st != ST_OK) {
             st_stream_close(s);

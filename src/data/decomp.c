@@ -17,6 +17,9 @@
 enum comp decomp_sniff(const uint8_t *p, size_t n) {
     if (n >= 2 && p[0] == 0x1f && p[1] == 0x8b) return COMP_GZIP;
     if (n >= 4 && p[0] == 0x28 && p[1] == 0xb5 && p[2] == 0x2f && p[3] == 0xfd) return COMP_ZSTD;
+    /* a zstd skippable frame (magic 0x184D2A50-5F): pzstd starts every frame with one */
+    if (n >= 4 && (p[0] & 0xf0) == 0x50 && p[1] == 0x2a && p[2] == 0x4d && p[3] == 0x18)
+        return COMP_ZSTD;
     return COMP_NONE;
 }
 
@@ -90,6 +93,17 @@ enum st_status decomp_run(struct decomp *d, const uint8_t *in, size_t in_len, si
     *out_len = 0;
     if (d->kind == COMP_GZIP) {
         z_stream *z = d->z;
+        /* zero bytes after a member (or where a resumed read starts: a member boundary) are
+         * padding, as gzip(1) takes them; a file that starts with them is not gzip */
+        if (!d->in_frame && (d->ended || d->in_base > 0)) {
+            size_t k = 0;
+            while (k < in_len && in[k] == 0) k++;
+            if (k) {
+                *in_used = k;
+                d->in_total += k;
+                return ST_OK;
+            }
+        }
         z->next_in = (Bytef *)in;
         z->avail_in = (uInt)(in_len > 0x40000000u ? 0x40000000u : in_len);
         z->next_out = out;
@@ -105,6 +119,7 @@ enum st_status decomp_run(struct decomp *d, const uint8_t *in, size_t in_len, si
             inflateReset(z);
             d->in_frame = 0;
             *frame_end = 1;
+            d->ended = 1;
             return ST_OK;
         }
         if (r == Z_OK || r == Z_BUF_ERROR) return ST_OK;
@@ -124,17 +139,20 @@ enum st_status decomp_run(struct decomp *d, const uint8_t *in, size_t in_len, si
             if (ZSTD_getErrorCode(r) == ZSTD_error_frameParameter_windowTooLarge)
                 return st_errorf(err, ST_ERR_NOMEM,
                                  "%s: zstd frame needs a window larger than the %d MiB this "
-                                 "stream's budget allows per shard; raise --stream-memory or "
-                                 "lower --shuffle-shards",
+                                 "stream's budget allows per shard; raise --stream-memory, or "
+                                 "lower --shuffle-shards or --prefetch-shards",
                                  what, (1 << d->wlog_max) >> 20);
+            /* zstd does not say where in its input it failed (ib.pos stays put) */
             return st_errorf(err, ST_ERR_FORMAT,
-                             "%s: corrupt zstd data near compressed byte %llu: %s", what,
-                             (unsigned long long)at, ZSTD_getErrorName(r));
+                             "%s: corrupt zstd data in compressed bytes %llu to %llu: %s", what,
+                             (unsigned long long)at, (unsigned long long)(at + in_len),
+                             ZSTD_getErrorName(r));
         }
         if (ib.pos || ob.pos) d->in_frame = 1;
         if (r == 0 && d->in_frame) { /* frame decoded and fully flushed */
             d->in_frame = 0;
             *frame_end = 1;
+            d->ended = 1;
         }
         return ST_OK;
     }

@@ -487,6 +487,17 @@ enum st_status fetch_file(const struct fetch_target *t, uint64_t off, uint64_t l
     int fd = open(t->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return st_errorf(err, ST_ERR_IO, "%s: cannot open: %s", t->display, strerror(errno));
+    /* a listed size (a directory's stat, an index's "bytes") that the file no longer has: it
+     * changed after listing, as fetch_judge says of an object (reading a prefix would drop the
+     * rest silently, and the index's hash covers only that prefix) */
+    struct stat sb;
+    if (t->size != ST_SIZE_UNKNOWN && fstat(fd, &sb) == 0 && (uint64_t)sb.st_size != t->size) {
+        close(fd);
+        return st_errorf(err, ST_ERR_IO,
+                         "%s: the file is %llu bytes, not the %llu listed: it changed after "
+                         "listing",
+                         t->display, (unsigned long long)sb.st_size, (unsigned long long)t->size);
+    }
     uint64_t done = 0;
     while (done < len) {
         size_t want = len - done > (1u << 30) ? (1u << 30) : (size_t)(len - done);

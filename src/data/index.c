@@ -61,6 +61,7 @@ static enum st_status scan_shard(const struct dataset *d, uint32_t i, const stru
         if (!started) {
             started = 1;
             comp = decomp_sniff(in, n);
+            if (comp == COMP_NONE) comp = comp_from_name(d->list.shards[i].name);
             if (comp != COMP_NONE) {
                 if ((rc = decomp_init(&dec, comp, 27, 0, t.display, err))) break;
                 dec_on = 1;

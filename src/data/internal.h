@@ -81,6 +81,7 @@ struct decomp {
     void *z;      /* z_stream* (gzip) */
     void *zs;     /* ZSTD_DCtx* */
     int in_frame; /* inside a frame/member (EOF now would be truncation) */
+    int ended;    /* a frame/member has ended (gzip: zero bytes after one are padding) */
     int wlog_max;
     uint64_t in_total; /* compressed bytes consumed since init */
     uint64_t in_base;  /* compressed offset of the first byte fed (for messages) */

@@ -166,7 +166,7 @@ static enum st_status list_dir(struct slist *s, const char *dir, struct st_error
     }
     closedir(d);
     if (rc == ST_OK && n) qsort(names, n, sizeof *names, cmp_str);
-    size_t dl = strlen(dir);
+    size_t dl = strlen(dir), added = 0;
     for (size_t i = 0; rc == ST_OK && i < n; i++) {
         size_t pl = dl + strlen(names[i]) + 2;
         char *path = st_malloc(pl);
@@ -175,13 +175,19 @@ static enum st_status list_dir(struct slist *s, const char *dir, struct st_error
             break;
         }
         snprintf(path, pl, "%s%s%s", dir, dl && dir[dl - 1] == '/' ? "" : "/", names[i]);
+        /* a shard's name that cannot be opened (a dangling link: a dataset not fetched, an
+         * unmounted disk) is an error, not a shard less; a subdirectory is not a shard */
         struct stat sb;
-        if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode))
-            rc = add_file(s, path, path, names[i], err);
+        if (stat(path, &sb) != 0)
+            rc = st_errorf(err, ST_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        else if (S_ISREG(sb.st_mode))
+            rc = add_file(s, path, path, names[i], err), added++;
+        else
+            st_log(ST_LOG_WARN, "%s: not a regular file, skipped", path);
         st_free(path);
     }
     str_array_free(names, n);
-    if (rc == ST_OK && n == 0)
+    if (rc == ST_OK && added == 0)
         rc = st_errorf(err, ST_ERR_IO,
                        "%s: no shards in this directory (expected *.jsonl, *.tar, optionally .gz "
                        "or .zst)",

@@ -752,8 +752,10 @@ static void maybe_commit(struct reader *r) {
 /* First touch: choose the decoder from the bytes (and name), start the parser. */
 static enum st_status parse_start(struct st_stream *s, struct reader *r, const uint8_t *d, size_t n,
                                   struct st_error *err) {
+    /* the bytes, else the name: a .gz or .zst whose bytes are neither is reported corrupt by
+     * the decoder rather than read as records */
     r->comp = decomp_sniff(d, n);
-    if (r->comp == COMP_NONE && n < 4) r->comp = comp_from_name(r->name);
+    if (r->comp == COMP_NONE) r->comp = comp_from_name(r->name);
     if (r->comp != COMP_NONE) {
         size_t dm = decomp_mem(r->comp, s->wlog_max) + OUTBUF_SIZE;
         r->outbuf = st_malloc(OUTBUF_SIZE);
