@@ -479,6 +479,33 @@ TEST(spans) {
                 "\"content\": \"A2\"}]";
             const char *const ow[] = {"A1<|im_end|>", "A2<|im_end|>", NULL};
             check_spans(m, t, think_off, NULL, "{\"enable_thinking\": false}", ow, to);
+            /* an agent turn (reasoning + tool call) before a tool answer, an answer and a later
+             * user turn: rendered before message 3 the call keeps its reasoning, in the full
+             * conversation it does not, so message 3's start is its generation prompt's first
+             * occurrence after the previous span */
+            const char *agent =
+                "[{\"role\": \"user\", \"content\": \"Q1\"}, {\"role\": \"assistant\", "
+                "\"content\": \"\", \"reasoning_content\": \"R1\", \"tool_calls\": [{\"type\": "
+                "\"function\", \"function\": {\"name\": \"f\", \"arguments\": {\"x\": 1}}}]},"
+                " {\"role\": \"tool\", \"content\": \"TOOL42\"}, {\"role\": \"assistant\", "
+                "\"content\": \"DONE\"}, {\"role\": \"user\", \"content\": \"Q2\"},"
+                " {\"role\": \"assistant\", \"content\": \"A2\"}]";
+            const char *const aw[] = {"<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n"
+                                      "</tool_call><|im_end|>",
+                                      "DONE<|im_end|>", "<think>\n\n</think>\n\nA2<|im_end|>",
+                                      NULL};
+            const char *const ao[] = {"Q1", "TOOL42", "Q2", NULL};
+            check_spans(m, t, agent, NULL, NULL, aw, ao);
+            /* reasoning written inline in an earlier turn's content (dropped there: found by
+             * what follows </think>), and two assistant messages in a row */
+            const char *inl = "[{\"role\": \"user\", \"content\": \"Q1\"}, {\"role\": "
+                              "\"assistant\", \"content\": \"<think>\\nR1\\n</think>\\n\\nA1\"},"
+                              " {\"role\": \"assistant\", \"content\": \"B1\"},"
+                              " {\"role\": \"user\", \"content\": \"Q2\"}, {\"role\": "
+                              "\"assistant\", \"content\": \"A2\"}]";
+            const char *const iw[] = {"A1<|im_end|>", "B1<|im_end|>",
+                                      "<think>\n\n</think>\n\nA2<|im_end|>", NULL};
+            check_spans(m, t, inl, NULL, NULL, iw, to);
         }
         if (m == 3) {
             /* an explicit end-of-turn marker, and none at all */

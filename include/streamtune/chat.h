@@ -92,8 +92,10 @@ struct st_chat_span {
 };
 
 /* Render the conversation (as st_chat_template_render) and find each assistant message's span:
- *   begin = len(render(messages[:i], add_generation_prompt=true)), which must be a prefix of the
- *           full rendering (else ST_ERR_UNSUPPORTED naming message i);
+ *   begin = len(render(messages[:i], add_generation_prompt=true)) when that is a prefix of the
+ *           full rendering; else just after the generation prompt's text at its first
+ *           occurrence after the previous span (docs/chat-templates.md; else ST_ERR_UNSUPPORTED
+ *           naming message i);
  *   end   = just after the end-of-turn marker (<|eot_id|>, <|im_end|>, <end_of_turn>, eos, ...)
  *           that closes the turn in render(messages[:i+1], add_generation_prompt=false), or the
  *           end of that rendering when the template has no marker.

@@ -420,21 +420,42 @@ enum st_status st_chat_render_spans(const struct st_chat_template *t,
                 st_error_prefix(err, "spans: rendering messages[:%zu]: ", i);
                 goto done;
             }
-            int ok = p0_n <= pre_n && p0_n <= full_n && memcmp(p0, full, p0_n) == 0 &&
-                     memcmp(p0, pre, p0_n) == 0;
+            int gp = p0_n <= pre_n && memcmp(p0, pre, p0_n) == 0; /* pre = p0 + the prompt */
+            int ok = gp && p0_n <= full_n && memcmp(p0, full, p0_n) == 0;
             st_free(p0);
             size_t g = 0;
             while (ok && p0_n + g < pre_n && p0_n + g < full_n && pre[p0_n + g] == full[p0_n + g])
                 g++;
-            if (!ok || g == 0) {
-                rc = st_errorf(err, ST_ERR_UNSUPPORTED,
-                               "spans: message %zu: the prompt before this assistant turn "
-                               "(messages[:%zu] rendered with add_generation_prompt) is not a "
-                               "prefix of the full rendering, so its start cannot be located",
-                               i, i);
-                goto done;
+            if (ok && g > 0) {
+                begin = p0_n + g;
+            } else {
+                /* Earlier turns render differently before this one than in the full
+                 * conversation (Qwen3 shows the reasoning of the turns after the last user query
+                 * only): the turn opens with the generation prompt's text (or its first line)
+                 * at its first occurrence after the previous assistant span. */
+                size_t from = ns ? sp[ns - 1].end : 0;
+                const char *h = gp ? pre + p0_n : NULL, *at = NULL;
+                size_t hn = gp ? pre_n - p0_n : 0;
+                if (hn) at = find_first(full + from, full_n - from, h, hn);
+                if (hn && !at) {
+                    const char *nl = memchr(h, '\n', hn);
+                    if (nl && (size_t)(nl - h) + 1 < hn) {
+                        hn = (size_t)(nl - h) + 1;
+                        at = find_first(full + from, full_n - from, h, hn);
+                    }
+                }
+                if (!at) {
+                    rc = st_errorf(err, ST_ERR_UNSUPPORTED,
+                                   "spans: message %zu: the prompt before this assistant turn "
+                                   "(messages[:%zu] rendered with add_generation_prompt) is not a "
+                                   "prefix of the full rendering, and its generation prompt does "
+                                   "not follow the previous assistant turn there, so its start "
+                                   "cannot be located",
+                                   i, i);
+                    goto done;
+                }
+                begin = (size_t)(at - full) + hn;
             }
-            begin = p0_n + g;
         }
         size_t end = 0;
         int method = 0;
@@ -464,8 +485,12 @@ enum st_status st_chat_render_spans(const struct st_chat_template *t,
             const char *at = NULL;
             if (content_of(m, &cp, &cn)) {
                 at = cn ? find_first(full + begin, full_n - begin, cp, cn) : full + begin;
-                if (!at) {
-                    /* templates often trim the content */
+                for (int pass = 0; !at && pass < 2; pass++) {
+                    /* templates often trim the content (pass 0), and drop the reasoning of old
+                     * turns written inline as <think>...</think> (pass 1: what follows it) */
+                    const char *tk = pass ? find_last(cp, cn, "</think>", 8) : NULL;
+                    if (pass && !tk) break;
+                    if (tk) cn -= (size_t)(tk + 8 - cp), cp = tk + 8;
                     while (cn && (*cp == ' ' || *cp == '\n' || *cp == '\t' || *cp == '\r'))
                         cp++, cn--;
                     while (cn && (cp[cn - 1] == ' ' || cp[cn - 1] == '\n' || cp[cn - 1] == '\t' ||
