@@ -247,6 +247,11 @@ TEST(builtins) {
     CHECK(renders_to("{{ x | tojson(ensure_ascii=true) }}", "{\"x\": \"é😀\\u007f\"}",
                      "\"\\u00e9\\ud83d\\ude00\\u007f\""));
     CHECK(renders_to("{{ s }}|{{ s | length }}", "{\"s\": \"\\ud83d\\ude00\\u00e9\"}", "😀é|2"));
+    /* round as Python's round(): the decimal nearest the double, ties to even (2.675 is
+     * 2.67499..., 0.125 a true tie) */
+    CHECK(renders_to("{{ 2.675 | round(2) }}|{{ 0.125 | round(2) }}|{{ 0.375 | round(2) }}|{{ 2.5 | "
+                     "round }}|{{ -1.005 | round(2) }}",
+                     NULL, "2.67|0.12|0.38|2.0|-1.0"));
 }
 
 TEST(syntax_errors) {

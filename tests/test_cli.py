@@ -121,6 +121,62 @@ with tempfile.TemporaryDirectory() as t:
               outs[0][2] == sum(max(len(r) - 1, 0) for r in recs),
               f"eval --compute {compute}: the same loss on 1, 2 and 3 threads (rows in parallel)")
 
+# a model whose weights hold a NaN (an f16 overflow, a damaged file): eval --json stays JSON
+# ("loss": null), and training stops before the first update with an error naming the step,
+# writing no adapter
+import shutil
+import struct
+with tempfile.TemporaryDirectory() as t:
+    nd = os.path.join(t, "nan_model")
+    shutil.copytree(d, nd)
+    st = os.path.join(nd, "model.safetensors")
+    raw = bytearray(open(st, "rb").read())
+    hn = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + hn])
+    norm = hdr["model.norm.weight"]
+    assert norm["dtype"] == "F32"
+    raw[8 + hn + norm["data_offsets"][0]:8 + hn + norm["data_offsets"][0] + 4] = struct.pack("<f", float("nan"))
+    open(st, "wb").write(raw)
+    data = os.path.join(t, "d.jsonl")
+    with open(data, "w") as fh:
+        for i in range(8):
+            fh.write(json.dumps({"ids": [1 + (i * 7 + k) % 60 for k in range(40)]}) + "\n")
+    rc, out, err = run("eval", "--model", nd, "--data", data, "--json")
+    try:
+        j = json.loads(out)
+    except ValueError:
+        j = None
+    check(rc == 0 and j is not None and j["loss"] is None and j["ppl"] is None and "not finite" in err,
+          "eval --json with a NaN loss: valid JSON, loss null, a warning")
+    outd = os.path.join(t, "out")
+    rc, out, err = run("train", "--model", nd, "--data", data, "--out", outd, "--steps", "3",
+                       "--batch-size", "2", "--max-seq-len", "32")
+    check(rc == 1 and "step 1: the loss is not finite" in err and
+          not os.path.exists(os.path.join(outd, "adapter_model.safetensors")),
+          "train: a NaN loss stops before the update, names the step, writes no adapter")
+    print("     " + err.strip().splitlines()[-1] if err.strip() else "     (no stderr)")
+
+# JSON inputs that cJSON would read short: a \u0000 in a string, text after the value, a --tools
+# file that is not a list: errors naming the file (and byte), never a silently shorter text
+with tempfile.TemporaryDirectory() as t:
+    open(os.path.join(t, "tokenizer_config.json"), "w").write(json.dumps(
+        {"chat_template": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"}))
+    def write(name, text):
+        open(os.path.join(t, name), "w").write(text)
+        return os.path.join(t, name)
+    good = write("m.json", '[{"role": "user", "content": "hi"}]')
+    rc, out, err = run("chat-template", "--model", t, "--messages", good)
+    check(rc == 0 and out == "[user]hi\n", "chat-template renders a minimal template")
+    for name, text, want in (("nul.json", '[{"role": "user", "content": "a\\u0000b"}]', "byte 31: a string holds"),
+                             ("tail.json", '[{"role": "user", "content": "hi"}] x', "text after the JSON value")):
+        rc, out, err = run("chat-template", "--model", t, "--messages", write(name, text))
+        check(rc == 1 and name in err and want in err, f"chat-template --messages {name}: {want}")
+    rc, out, err = run("chat-template", "--model", t, "--messages", good, "--tools",
+                       write("tools.json", '{"a": 1}'))
+    check(rc == 1 and "tools.json: expected a JSON list" in err, "chat-template --tools must be a list")
+    rc, out, err = run("eval", "--model", d, "--data", write("nul.jsonl", '{"text": "a\\u0000b"}\n'))
+    check(rc == 1 and "nul.jsonl:1: byte 11: a string holds" in err, "eval: a \\u0000 in a text record is an error")
+
 # the real model: eval and greedy generate against ../shared/data expectations
 model = os.path.join(SHARED, "data", "models", "stories260K")
 if not os.path.isdir(model):

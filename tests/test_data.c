@@ -161,6 +161,14 @@ TEST(jsonl_errors) {
                strstr(err.msg, "invalid JSON") != NULL,
            "%s", err.msg);
     jsonl_free(&p);
+    /* a UTF-8 byte-order mark before the first record is not part of it */
+    jsonl_init(&p, 0, 0, 1000, 1);
+    g = (struct got){0};
+    const char *bom = "\xef\xbb\xbf{\"a\": 1}\n{\"b\": 2}\n";
+    CHECKF(jsonl_feed(&p, (const uint8_t *)bom, strlen(bom), &used, collect, &g, "d", &err) == ST_OK,
+           "%s", err.msg);
+    CHECKF(g.n == 2 && strcmp(g.data[0], "json={\"a\": 1}") == 0 && g.off[0] == 3, "%s", g.data[0]);
+    jsonl_free(&p);
     jsonl_init(&p, 0, 0, 16, 0);
     const char *longl = "{\"x\": \"0123456789012345678901234\"}\n";
     CHECK(jsonl_feed(&p, (const uint8_t *)longl, strlen(longl), &used, collect, &g, "d", &err) ==
@@ -174,12 +182,17 @@ TEST(jsonl_errors) {
                           "-1.5e+3",
                           "\"\\u00e9\\n\"",
                           "{\"a\":[true,false,null]}",
-                          " { \"k\" : { } } "};
+                          " { \"k\" : { } } ",
+                          "\"caf\xc3\xa9 \xe6\x97\xa5 \xf0\x9f\x98\x80\""};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++)
         CHECKF(jsonl_check_record((const uint8_t *)good[i], strlen(good[i]), &at) == 0, "%s",
                good[i]);
+    /* ... and strings that are not UTF-8: a stray byte, a truncated sequence, an overlong
+     * '/', a surrogate, a code point past U+10FFFF */
     const char *badj[] = {"{",   "{\"a\"}", "[1,]",     "01",       "1.", "\"\\x\"",
-                          "tru", "{} x",    "\"a\tb\"", "{'a': 1}", "-"};
+                          "tru", "{} x",    "\"a\tb\"", "{'a': 1}", "-",
+                          "{\"a\":\"\xff\xfe\"}", "\"\xe6\x97\"", "\"\xc0\xaf\"",
+                          "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\""};
     for (size_t i = 0; i < sizeof badj / sizeof *badj; i++)
         CHECKF(jsonl_check_record((const uint8_t *)badj[i], strlen(badj[i]), &at) != 0, "%s",
                badj[i]);

@@ -571,8 +571,13 @@ TEST(cli_commands) {
     free(a.p);
     free(b2.p);
     /* index, then ls and bench through it */
-    snprintf(args, sizeof args, "data index %s -o %s", g_dir, idx);
+    snprintf(args, sizeof args, "data index %s -o %s --json", g_dir, idx);
     CHECKF(cli(args, &out, err, sizeof err) == 0, "%s", err);
+    j = cJSON_Parse((const char *)out.p);
+    CHECKF(j && cJSON_IsString(cJSON_GetObjectItem(j, "out")) &&
+               strcmp(cJSON_GetObjectItem(j, "out")->valuestring, idx) == 0,
+           "data index --json: %s", (const char *)out.p);
+    cJSON_Delete(j);
     free(out.p);
     snprintf(args, sizeof args, "data ls %s --json", idx);
     CHECK(cli(args, &out, err, sizeof err) == 0);

@@ -274,12 +274,15 @@ TEST(formats) {
     CHECK(st_example_from_json(&ex, r3, strlen(r3), "r3", tok, NULL, &cfg, &o, &err) == ST_OK);
     o.text_field = "text";
     /* errors name the record */
-    const char *bad[] = {"[1]", "{\"foo\": 1}", "{\"ids\": [1, 999]}", "{\"messages\": []}"};
-    for (int i = 0; i < 4; i++) {
+    const char *bad[] = {"[1]", "{\"foo\": 1}", "{\"ids\": [1, 999]}", "{\"messages\": []}",
+                         "{\"text\": \"Once\\u0000 upon\"}"};
+    for (int i = 0; i < 5; i++) {
         CHECK(st_example_from_json(&ex, bad[i], strlen(bad[i]), "data.jsonl:9", tok, NULL, &cfg,
                                    &o, &err) != ST_OK);
         CHECKF(strstr(err.msg, "data.jsonl:9") != NULL, "%s", err.msg);
     }
+    /* a NUL in a string is refused, not cut (cJSON's strings end at it) */
+    CHECKF(strstr(err.msg, "byte 14: a string holds \\u0000") != NULL, "%s", err.msg);
     /* truncation */
     o.max_len = 3;
     CHECK(st_example_from_json(&ex, r1, strlen(r1), "r1", tok, NULL, &cfg, &o, &err) == ST_OK);

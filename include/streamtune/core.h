@@ -121,6 +121,16 @@ int st_parse_f64(const char *s, double *out);
  * ST_NO_AVX512, ST_NO_AVX512BF16, ST_NO_NEON, ST_ATTENTION_PORTABLE, ST_NO_LORA_FUSION with which
  * tests and users force a portable path) */
 int st_env_flag(const char *name);
+/* v formatted with fmt into b (n bytes) as a JSON number, or "null" when v is inf or NaN (JSON has
+ * neither: a step whose tokens were all masked has no loss, a diverged run has NaN) */
+const char *st_json_num(char *b, size_t n, const char *fmt, double v);
+/* The byte offset of the first \u0000 escape (a NUL character) in the JSON text s (n bytes), or
+ * -1. cJSON's strings are NUL-terminated, so such a string would silently lose its tail: the
+ * readers of records and messages refuse it instead. */
+long st_json_nul_escape(const char *s, size_t n);
+/* The length (1-4) of the well-formed UTF-8 sequence at p (n > 0 bytes there; RFC 3629: no
+ * overlongs, surrogates or code points past U+10FFFF), or 0 when it is not one. */
+size_t st_utf8_seq(const unsigned char *p, size_t n);
 
 /* Read a whole file into memory (NUL-terminated; *len excludes the NUL). Caps at max_bytes. */
 enum st_status st_read_file(const char *path, size_t max_bytes, char **out, size_t *len,

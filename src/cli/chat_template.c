@@ -16,10 +16,34 @@ static const char *usage =
     "  --vars JSON              extra template variables, e.g. '{\"enable_thinking\": false}'\n"
     "  --json                   {\"text\": ..., \"spans\": [...]} with the assistant spans\n";
 
-static char *read_json_file(const char *path, struct st_error *err) {
+/* A JSON file's text, checked: one JSON value (a list when list is set) and nothing after it, and
+ * no \u0000 in its strings (cJSON would cut the string there) */
+static char *read_json_file(const char *path, int list, struct st_error *err) {
     char *s;
     size_t n;
     if (st_read_file(path, 256u << 20, &s, &n, err)) return NULL;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(s, n, &end, 0);
+    while (j && end < s + n && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+        end++;
+    long z = st_json_nul_escape(s, n);
+    if (!j)
+        st_errorf(err, ST_ERR_FORMAT, "%s: not valid JSON (near byte %ld)", path,
+                  end ? (long)(end - s) : 0L);
+    else if (end != s + n)
+        st_errorf(err, ST_ERR_FORMAT, "%s: text after the JSON value at byte %ld", path,
+                  (long)(end - s));
+    else if (list && !cJSON_IsArray(j))
+        st_errorf(err, ST_ERR_FORMAT, "%s: expected a JSON list", path);
+    else if (z >= 0)
+        st_errorf(err, ST_ERR_FORMAT, "%s: byte %ld: a string holds \\u0000 (a NUL character), "
+                  "which is not supported", path, z);
+    int ok = j && end == s + n && (!list || cJSON_IsArray(j)) && z < 0;
+    cJSON_Delete(j);
+    if (!ok) {
+        st_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -45,7 +69,7 @@ int cmd_chat_template(int argc, char **argv) {
     struct st_error err = {0};
     struct st_chat_template *t;
     if (st_chat_template_load(&t, dir, &err)) return cli_fail(json, &err);
-    char *mtext = read_json_file(mfile, &err), *ttext = NULL, *messages = NULL, *tools = NULL;
+    char *mtext = read_json_file(mfile, 0, &err), *ttext = NULL, *messages = NULL, *tools = NULL;
     int rc = 0;
     if (!mtext) rc = 1;
     if (!rc) {
@@ -68,7 +92,7 @@ int cmd_chat_template(int argc, char **argv) {
         cJSON_Delete(root);
     }
     if (!rc && tfile) {
-        ttext = read_json_file(tfile, &err);
+        ttext = read_json_file(tfile, 1, &err);
         if (!ttext) rc = 1;
     }
     char *out = NULL;
@@ -88,7 +112,7 @@ int cmd_chat_template(int argc, char **argv) {
     if (!rc) {
         if (json) {
             printf("{\"text\": ");
-            cli_json_string(stdout, out);
+            cli_json_string_n(stdout, out, len);
             printf(", \"spans\": [");
             for (size_t i = 0; i < n_spans; i++)
                 printf("%s{\"message\": %zu, \"begin\": %zu, \"end\": %zu}", i ? ", " : "",

@@ -44,8 +44,10 @@ void cli_progress_start(struct cli_progress *p, const char *label, double total)
 void cli_progress_update(struct cli_progress *p, double done, const char *extra);
 void cli_progress_end(struct cli_progress *p);
 
-/* Write s as a JSON string literal (with quotes) to f. */
+/* s as a JSON string literal (with quotes) to f: escaped, and each byte that is not part of well-formed UTF-8 as U+FFFD
+ * (the _n form takes n bytes, NULs included) */
 void cli_json_string(FILE *f, const char *s);
+void cli_json_string_n(FILE *f, const char *s, size_t n);
 
 /* Model-loading flags shared by eval, generate, info and fuse: --quantize nf4|int8|none (with its
  * value at argv[*i + 1]), --no-double-quant, --keep-embeddings. Returns 1 when argv[*i] was one

@@ -613,6 +613,11 @@ static int cmd_index(struct data_args *a) {
     }
     cli_progress_end(&p);
     if (strcmp(out, "-") != 0 && !a->json) fprintf(stderr, "wrote %s\n", out);
+    if (strcmp(out, "-") != 0 && a->json) { /* (to stdout, the index itself is the object) */
+        printf("{\"out\": ");
+        cli_json_string(stdout, out);
+        printf("}\n");
+    }
     return 0;
 }
 

@@ -32,6 +32,10 @@ static const char *usage =
 static enum st_status parse_ids(const char *line, size_t len, const char *path, long lineno,
                                 int vocab, const struct st_tokenizer *tok, const char *dir,
                                 int32_t **ids, size_t *cap, size_t *n, struct st_error *err) {
+    long z = st_json_nul_escape(line, len);
+    if (z >= 0)
+        return st_errorf(err, ST_ERR_FORMAT, "%s:%ld: byte %ld: a string holds \\u0000 (a NUL "
+                         "character), which is not supported", path, lineno, z);
     cJSON *root = cJSON_ParseWithLength(line, len);
     if (!root) return st_errorf(err, ST_ERR_FORMAT, "%s:%ld: not valid JSON", path, lineno);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "ids");
@@ -384,10 +388,15 @@ int cmd_eval(int argc, char **argv) {
         return cli_fail(json, &err);
     }
     double loss = sum / (double)count;
+    if (!isfinite(loss))
+        st_log(ST_LOG_WARN, "eval: the loss is not finite (%g): the model's weights overflow or "
+               "are damaged", loss);
+    char lb[40], pb[40];
     if (json)
-        printf("{\"loss\": %.6f, \"ppl\": %.6f, \"tokens\": %zu, \"records\": %zu, "
+        printf("{\"loss\": %s, \"ppl\": %s, \"tokens\": %zu, \"records\": %zu, "
                "\"seconds\": %.4f, \"tokens_per_s\": %.1f}\n",
-               loss, exp(loss), count, records, secs, secs > 0 ? (double)count / secs : 0.0);
+               st_json_num(lb, sizeof lb, "%.6f", loss), st_json_num(pb, sizeof pb, "%.6f", exp(loss)),
+               count, records, secs, secs > 0 ? (double)count / secs : 0.0);
     else
         printf("loss %.4f  ppl %.4f  over %zu predicted tokens in %zu records\n", loss, exp(loss),
                count, records);

@@ -238,7 +238,7 @@ int cmd_generate(int argc, char **argv) {
             size_t tl;
             if (st_tokenizer_decode(tok, out, n_out, 1, &text, &tl, &err) == ST_OK) {
                 printf(", \"text\": ");
-                cli_json_string(stdout, text);
+                cli_json_string_n(stdout, text, tl);
                 st_free(text);
             }
         }

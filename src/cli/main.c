@@ -113,17 +113,29 @@ int cli_float(const char *s, double lo, double hi, double *out) {
     return 0;
 }
 
-void cli_json_string(FILE *f, const char *s) {
+void cli_json_string_n(FILE *f, const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s;
     fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p == '\n') fputs("\\n", f);
-        else if (*p == '\t') fputs("\\t", f);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t k = st_utf8_seq(p + i, n - i);
+        if (k == 0) { /* not UTF-8 (a tar member's name, a token's partial bytes): U+FFFD, so
+                       * the output stays JSON, as Hugging Face's decode does */
+            fputs("\\ufffd", f);
+            i++;
+            continue;
+        }
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fwrite(p + i, 1, k, f);
+        i += k;
     }
     fputc('"', f);
 }
+
+void cli_json_string(FILE *f, const char *s) { cli_json_string_n(f, s, strlen(s)); }
 
 void cli_progress_start(struct cli_progress *p, const char *label, double total) {
     p->label = label;

@@ -144,7 +144,7 @@ static int decode_line(const struct st_tokenizer *t, const char *line, int skip,
         return 1;
     }
     if (json) {
-        cli_json_string(stdout, text);
+        cli_json_string_n(stdout, text, len);
         putchar('\n');
     } else {
         fwrite(text, 1, len, stdout);

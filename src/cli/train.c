@@ -74,11 +74,13 @@ static void on_event(void *ctx, const struct st_train_event *ev) {
         }
     } else if (!strcmp(ev->kind, "train")) {
         if (p->json) {
-            printf("{\"kind\": \"train\", \"step\": %ld, \"steps\": %ld, \"loss\": %.6f, \"lr\": "
-                   "%.6g, \"grad_norm\": %.4f, \"tokens\": %zu, \"tokens_per_s\": %.1f, "
+            char lb[40], gb[40];
+            printf("{\"kind\": \"train\", \"step\": %ld, \"steps\": %ld, \"loss\": %s, \"lr\": "
+                   "%.6g, \"grad_norm\": %s, \"tokens\": %zu, \"tokens_per_s\": %.1f, "
                    "\"step_seconds\": %.4f, \"data_wait\": %.4f, \"elapsed\": %.2f, "
                    "\"eta\": %.1f}\n",
-                   ev->step, ev->total_steps, ev->loss, ev->lr, ev->grad_norm, ev->tokens,
+                   ev->step, ev->total_steps, st_json_num(lb, sizeof lb, "%.6f", ev->loss), ev->lr,
+                   st_json_num(gb, sizeof gb, "%.4f", ev->grad_norm), ev->tokens,
                    ev->tokens_per_s, ev->step_seconds, ev->data_wait_frac, ev->elapsed, ev->eta);
         } else if (p->tty) {
             double frac = (double)ev->step / (double)ev->total_steps;
@@ -97,9 +99,10 @@ static void on_event(void *ctx, const struct st_train_event *ev) {
             p->last = ev->elapsed;
         }
     } else if (!strcmp(ev->kind, "eval")) {
+        char vb[40];
         if (p->json)
-            printf("{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %.6f}\n", ev->step,
-                   ev->val_loss);
+            printf("{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %s}\n", ev->step,
+                   st_json_num(vb, sizeof vb, "%.6f", ev->val_loss));
         else
             fprintf(stderr, "%sstep %ld: validation loss %.4f (ppl %.2f)\n", p->tty ? "\n" : "",
                     ev->step, ev->val_loss, exp(ev->val_loss));

@@ -113,6 +113,34 @@ int st_env_flag(const char *name) {
     return v && *v && strcmp(v, "0") != 0;
 }
 
+const char *st_json_num(char *b, size_t n, const char *fmt, double v) {
+    if (!isfinite(v)) return "null";
+    snprintf(b, n, fmt, v);
+    return b;
+}
+
+size_t st_utf8_seq(const unsigned char *p, size_t n) {
+    unsigned c = p[0];
+    size_t k = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+             : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (k == 0 || k > n) return 0;
+    for (size_t i = 1; i < k; i++)
+        if ((p[i] & 0xc0) != 0x80) return 0;
+    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
+        (c == 0xf4 && p[1] > 0x8f))
+        return 0;
+    return k;
+}
+
+long st_json_nul_escape(const char *s, size_t n) {
+    for (size_t i = 0; i + 1 < n; i++)
+        if (s[i] == '\\') {
+            if (s[i + 1] == 'u' && i + 6 <= n && memcmp(s + i + 2, "0000", 4) == 0) return (long)i;
+            i++; /* the escaped character */
+        }
+    return -1;
+}
+
 int st_parse_f64(const char *s, double *out) {
     if (!s || !*s) return 1;
     char *end;

@@ -55,10 +55,16 @@ static int jc_string(struct jc *c) {
     c->p++; /* opening quote */
     while (c->p < c->end) {
         /* the common case first: plain characters */
-        while (c->p < c->end && *c->p >= 0x20 && *c->p != '"' && *c->p != '\\')
+        while (c->p < c->end && *c->p >= 0x20 && *c->p < 0x80 && *c->p != '"' && *c->p != '\\')
             c->p++;
         if (c->p >= c->end) break;
         uint8_t ch = *c->p;
+        if (ch >= 0x80) { /* RFC 8259: a string is UTF-8 */
+            size_t k = st_utf8_seq(c->p, (size_t)(c->end - c->p));
+            if (!k) return 1;
+            c->p += k;
+            continue;
+        }
         if (ch == '"') {
             c->p++;
             return 0;
@@ -178,6 +184,8 @@ static int line_done(struct jsonl *p, const uint8_t *d, size_t n, uint64_t off, 
                      rec_emit_fn emit, void *ctx, const char *what, struct st_error *err) {
     uint64_t line = p->line++;
     if (n && d[n - 1] == '\r') n--;
+    if (off == 0 && n >= 3 && d[0] == 0xef && d[1] == 0xbb && d[2] == 0xbf) /* a UTF-8 BOM */
+        d += 3, n -= 3, off += 3;
     if (blank(d, n)) return 0;
     if (p->json_check) {
         size_t bad;

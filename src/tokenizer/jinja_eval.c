@@ -1598,7 +1598,13 @@ static double py_round(double x, int64_t prec, const char *method) {
     double m = pow(10.0, (double)prec);
     if (strcmp(method, "ceil") == 0) return ceil(x * m) / m;
     if (strcmp(method, "floor") == 0) return floor(x * m) / m;
-    /* Python's round(): round half to even on the scaled value */
+    /* Python's round(): the decimal nearest the double's exact value, ties to even (glibc's
+     * printf rounds that way: 2.675 is 2.67499999... and gives 2.67, where x * 100 rounds up) */
+    if (prec >= 0) {
+        char b[720];
+        snprintf(b, sizeof b, "%.*f", (int)prec, x);
+        return strtod(b, NULL);
+    }
     double y = x * m;
     double r = nearbyint(y);
     if (fabs(y - trunc(y)) != 0.5) r = round(y);

@@ -212,6 +212,10 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
                                     const struct st_model_config *cfg,
                                     const struct st_example_options *o, struct st_error *err) {
     ex->n = 0;
+    long z = st_json_nul_escape(json, len);
+    if (z >= 0)
+        return st_errorf(err, ST_ERR_FORMAT, "%s: byte %ld: a string holds \\u0000 (a NUL "
+                         "character), which is not supported", where, z);
     cJSON *r = cJSON_ParseWithLength(json, len);
     if (!r || !cJSON_IsObject(r)) {
         cJSON_Delete(r);

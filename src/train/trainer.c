@@ -725,17 +725,18 @@ static size_t rss_now(void) {
 
 static void append_metrics(FILE *mf, const struct st_train_event *ev) {
     if (!mf) return;
+    char l[40], g[40];
     if (!strcmp(ev->kind, "train"))
         fprintf(mf,
-                "{\"kind\": \"train\", \"step\": %ld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": "
-                "%.9g, \"tokens\": %zu, \"tokens_per_s\": %.1f, \"step_seconds\": %.4f, "
+                "{\"kind\": \"train\", \"step\": %ld, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": "
+                "%s, \"tokens\": %zu, \"tokens_per_s\": %.1f, \"step_seconds\": %.4f, "
                 "\"elapsed\": %.3f}\n",
-                ev->step, ev->loss, ev->lr, ev->grad_norm, ev->tokens, ev->tokens_per_s,
-                ev->step_seconds,
-                ev->elapsed);
+                ev->step, st_json_num(l, sizeof l, "%.17g", ev->loss), ev->lr,
+                st_json_num(g, sizeof g, "%.9g", ev->grad_norm), ev->tokens, ev->tokens_per_s,
+                ev->step_seconds, ev->elapsed);
     else if (!strcmp(ev->kind, "eval"))
-        fprintf(mf, "{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %.17g, \"elapsed\": %.3f}\n",
-                ev->step, ev->val_loss, ev->elapsed);
+        fprintf(mf, "{\"kind\": \"eval\", \"step\": %ld, \"val_loss\": %s, \"elapsed\": %.3f}\n",
+                ev->step, st_json_num(l, sizeof l, "%.17g", ev->val_loss), ev->elapsed);
     fflush(mf);
 }
 
@@ -1052,6 +1053,18 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         }
         if (rc) goto done;
         double norm = st_grad_clip(lo.grads, lo.n_params, o->max_grad_norm);
+        if (!isfinite(norm) || !isfinite(loss_sum)) {
+            /* an update with inf/NaN would poison the adapter and AdamW's moments for good: stop
+             * before it, so the adapter keeps its last checkpoint */
+            rc = st_errorf(err, ST_ERR_FORMAT,
+                           "step %ld: the %s is not finite (loss %g over %zu tokens, gradient "
+                           "norm %g); the update was not applied (the last checkpoint, if "
+                           "any, is in %s/checkpoints): lower --lr, or check the model's "
+                           "weights (an f16 overflow) and the data",
+                           s.step + 1, !isfinite(loss_sum) ? "loss" : "gradient",
+                           count ? loss_sum / (double)count : 0.0, count, norm, o->out_dir);
+            goto done;
+        }
         double lr = st_lr_at(o->schedule, o->lr, o->min_lr, warmup, o->steps, s.step);
         opt.lr = (float)lr;
         s.step++;
