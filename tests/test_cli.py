@@ -54,7 +54,11 @@ rcj, oj, _ = run("generate", "--model", d, "--prompt-ids", "1,5,7", "--max-token
 check(rc == 0 and [int(x) for x in o.split()] == json.loads(oj)["ids"], "generate streams the same ids as --json")
 check(set(json.loads(oj).keys()) == {"ids"}, "generate --json object is {\"ids\": [...]}")
 
-# usage errors exit 2, runtime errors exit 1 with the file named
+# usage errors exit 2 (with --json, a JSON object on stdout too), runtime errors exit 1 with the
+# file named
+rc, out, err = run("info", "--json")
+check(rc == 2 and json.loads(out or "{}").get("status") == "usage error" and "--model" in err,
+      "info --json without --model: a usage error object on stdout")
 rc, _, err = run("info")
 check(rc == 2 and "--model" in err, "info without --model: usage error")
 rc, _, err = run("bogus")
@@ -70,6 +74,10 @@ with tempfile.TemporaryDirectory() as t:
     open(bad, "w").write('{"ids": [1, 2, 3]}\n{"ids": [1, "a"]}\n')
     rc, _, err = run("eval", "--model", d, "--data", bad)
     check(rc == 1 and "bad.jsonl:2" in err, "eval: bad record names file:line")
+    open(bad, "w").write('{"ids": [1, 2, 3]} {"ids": [4, 5]}\n')
+    rc, _, err = run("eval", "--model", d, "--data", bad)
+    check(rc == 1 and "bad.jsonl:1: text after the JSON object at byte 19" in err,
+          "eval: a second object on a line is an error, not ignored")
     # eval packs records into shared rows (a segment each): the same loss as each record alone,
     # with an empty record, a 1-id record and one longer than a packed row among them
     import random
@@ -155,6 +163,56 @@ with tempfile.TemporaryDirectory() as t:
           not os.path.exists(os.path.join(outd, "adapter_model.safetensors")),
           "train: a NaN loss stops before the update, names the step, writes no adapter")
     print("     " + err.strip().splitlines()[-1] if err.strip() else "     (no stderr)")
+
+# train's input checks: data with nothing to train on fails (it waited forever for a batch),
+# --min-lr above --lr, a -c file that does not parse, and a resume whose adapter flags differ
+def run_t(*args, timeout=120):
+    p = subprocess.run([EXE, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+with tempfile.TemporaryDirectory() as t:
+    def write(name, text):
+        open(os.path.join(t, name), "w").write(text)
+        return os.path.join(t, name)
+    good = write("good.jsonl", "".join(json.dumps({"ids": [1 + (i + k) % 60 for k in range(20)]}) + "\n"
+                                       for i in range(12)))
+    base = ["train", "--model", d, "--val-data", good, "--steps", "2", "--batch-size", "2",
+            "--max-seq-len", "32", "--save-every", "1"]
+    for name, text, want in (("empty.jsonl", "", "empty.jsonl: no records"),
+                             ("short.jsonl", '{"ids": [1]}\n{"ids": []}\n', "none of its 2 records has a token to train on")):
+        try:
+            rc, _, err = run_t(*base, "--data", write(name, text), "--out", os.path.join(t, "o_" + name),
+                               "--no-eos", timeout=60)
+        except subprocess.TimeoutExpired:
+            rc, err = None, "timed out"
+        check(rc == 1 and want in err, f"train on {name}: an error, not a hang ({err.strip().splitlines()[-1:]})")
+    # a data folder: train* only is trained on, never valid* or test* (also with --val-data)
+    folder = os.path.join(t, "folder")
+    os.mkdir(folder)
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl"):
+        shutil.copy(good, os.path.join(folder, name))
+    rc, _, err = run_t(*base, "--data", folder, "--val-data", os.path.join(folder, "valid.jsonl"),
+                       "--out", os.path.join(t, "of"), "--dry-run")
+    rc2, _, err2 = run_t("train", "--model", d, "--data", folder, "--out", os.path.join(t, "of2"), "--dry-run")
+    check(rc == 0 and "(1 train shards, 1 validation shards" in err and rc2 == 0 and
+          "(1 train shards, 1 validation shards" in err2,
+          "train on a folder: train* only, valid* for validation, test* never")
+    rc, _, err = run_t(*base, "--data", good, "--out", os.path.join(t, "o1"), "--min-lr", "1")
+    check(rc == 1 and "--min-lr 1 is above --lr" in err, "train: --min-lr above --lr is refused")
+    for name, text, want in (("c.json", '{"steps": ', "c.json: not valid JSON"),
+                             ("c.yaml", "steps: 2\ngarbage\n", "c.yaml:2: expected 'key: value'")):
+        rc, _, err = run_t("train", "-c", write(name, text), "--model", d, "--data", good,
+                           "--out", os.path.join(t, "o2"), "--dry-run")
+        check(rc == 2 and want in err, f"train -c {name} that does not parse: {want}")
+    rc, _, err = run_t("train", "-c", write("ok.yaml", "# run\nsteps: 2\nbatch-size: '2'\n\nrank: 4\n"),
+                       "--model", d, "--data", good, "--out", os.path.join(t, "o3"), "--max-seq-len", "32")
+    rc2, _, err2 = run_t(*base, "--data", good, "--out", os.path.join(t, "o3"), "--rank", "8",
+                         "--steps", "3", "--resume", os.path.join(t, "o3"))
+    check(rc == 0 and rc2 == 1 and "resume with the same --rank" in err2,
+          "train -c YAML runs; a resume with another --rank is refused")
+    rc, _, err = run_t(*base, "--data", good, "--out", os.path.join(t, "o3"), "--rank", "4")
+    check(rc == 1 and "already holds a training run" in err,
+          "train: a fresh run into another run's --out is refused (--resume continues it)")
 
 # JSON inputs that cJSON would read short: a \u0000 in a string, text after the value, a --tools
 # file that is not a list: errors naming the file (and byte), never a silently shorter text
@@ -250,6 +308,13 @@ if os.path.isdir(model):
     r = json.loads(out) if rc == 0 else {}
     check(rc == 0 and r.get("ids") == exp["greedy"][0]["generated_ids"][:20] and r.get("text", "").startswith(","),
           "generate --prompt TEXT tokenizes like llama2.c and decodes the result")
+    # the continuation reads as it does after the prompt: its first token's leading space is kept
+    # (decoding it alone, the tokenizer's Strip decoder drops it: "The little dogwas")
+    rc, out, err = run("generate", "--model", model, "--prompt", "The little dog", "--max-tokens", "6")
+    rcj, oj, _ = run("generate", "--model", model, "--prompt", "The little dog", "--max-tokens", "6", "--json")
+    text = json.loads(oj).get("text", "") if rcj == 0 else ""
+    check(rc == 0 and text.startswith(" ") and out.rstrip("\n") == "The little dog" + text,
+          f"generate: the continuation keeps its leading space ({out.strip()!r})")
     with tempfile.TemporaryDirectory() as t:
         f = os.path.join(t, "text.jsonl")
         c = exp["cross_entropy"][0]

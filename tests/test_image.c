@@ -373,6 +373,24 @@ TEST(limits_and_errors) {
         expect_error("JPEG cut in the header", rc, &err, ST_ERR_FORMAT, "JPEG: truncated", NULL);
         rc = st_image_load(jpg, len * 6 / 10, NULL, &t, 3, NULL, &im, &err);
         expect_error("truncated JPEG, load", rc, &err, ST_ERR_FORMAT, "JPEG: truncated", NULL);
+        /* a crop of rows well above the cut: the decode stops before the missing tail, and
+         * the file is still bad (whether a sample is bad must not depend on the crop) */
+        size_t blen;
+        uint8_t *wide = read_all(GOLD "/big_900x500.jpg", &blen);
+        CHECK(wide != NULL);
+        if (wide) {
+            struct st_image_transform tc;
+            st_image_transform_preset(&tc, ST_IMAGE_PRESET_CLIP);
+            tc.size = 16;
+            tc.resize_size = 500;
+            rc = st_image_load(wide, blen, NULL, &tc, 3, NULL, &im, &err);
+            CHECKF(rc == ST_OK, "%s", err.msg);
+            if (!rc) st_image_free(&im);
+            rc = st_image_load(wide, blen * 8 / 10, NULL, &tc, 3, NULL, &im, &err);
+            expect_error("truncated JPEG, a crop above the cut", rc, &err, ST_ERR_FORMAT,
+                         "JPEG: truncated", NULL);
+            st_free(wide);
+        }
         struct st_image_limits small = {1000};
         rc = st_image_decode(jpg, len, &small, &im, &err);
         expect_error("JPEG over a small limit", rc, &err, ST_ERR_NOMEM, "131x97", "1000 pixels");

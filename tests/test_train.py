@@ -99,6 +99,8 @@ def fast():
         lb = losses(b)
         same = all(lb.get(s) and all(x == la[s][0] for x in lb[s]) for s in la)
         check(same and set(lb) == set(la), "every step's loss after resume equals the uninterrupted run bit for bit")
+        check(all(len(v) == 1 for v in lb.values()),
+              "after resume, metrics.jsonl lists each step once (the killed run's later lines dropped)")
         fa = open(os.path.join(a, "adapter_model.safetensors"), "rb").read()
         fb = open(os.path.join(b, "adapter_model.safetensors"), "rb").read()
         check(fa == fb, "final adapter identical byte for byte")
@@ -144,6 +146,9 @@ def fast():
             ok = abs(l1 - l2) <= 1e-4 * abs(l1)
             print(f"     base+adapter loss {l1}, fused {l2}")
         check(ok, "fuse: fused model scores as base + adapter")
+        rc = run("fuse", "--model", fused, "--adapter", a, "--out", fused + "/.")
+        check(rc.returncode == 1 and "is the base model's folder" in rc.stderr,
+              "fuse: --out over the base model is refused")
         # eval with the adapter scores rows in parallel (one per thread, the adapter's BLAS calls
         # on one thread each): the same loss on 1 and 3 threads, F32 and BF16
         rows = os.path.join(t, "rows.jsonl")
@@ -226,7 +231,8 @@ def fast():
         bad = os.path.join(t, "bad.jsonl")
         open(bad, "w").write('{"ids": [1, 2, 3]}\n{"ids": [1, 999]}\n')
         rc = run("train", "--model", MODEL, "--data", bad, "--out", os.path.join(t, "g"), "--max-seq-len", "32")
-        check(rc.returncode == 1 and "bad.jsonl:2" in rc.stderr, "bad record named by file:line")
+        check(rc.returncode == 1 and "bad.jsonl: record 2 (byte offset 19)" in rc.stderr,
+              "bad record named by file, record number and byte offset")
 
 
 def mlx_folders():

@@ -34,7 +34,8 @@ enum st_status st_chat_template_parse(struct st_chat_template **out, const char 
 /* Load the chat template of a model directory: DIR/chat_template.jinja when present, else
  * DIR/tokenizer_config.json key "chat_template" (a string, or a list of {name, template} of which
  * "default" is used), else DIR/chat_template.json {"chat_template": ...}. bos_token/eos_token
- * come from tokenizer_config.json (strings or {"content": ...} objects) when present. */
+ * come from tokenizer_config.json (strings or {"content": ...} objects) when present. A model with
+ * no template at all is ST_ERR_UNSUPPORTED; one that does not read or parse, ST_ERR_FORMAT. */
 enum st_status st_chat_template_load(struct st_chat_template **out, const char *model_dir,
                                      struct st_error *err);
 void st_chat_template_free(struct st_chat_template *t);

@@ -29,6 +29,9 @@ struct st_example_options {
     int train_on_prompt; /* train every token (chat and completions too) */
     int add_eos;         /* append EOS to text and completion records */
     int max_len;         /* truncate to this many tokens */
+    /* why the model's chat template did not load (NULL: it loaded, or the model has none): chat
+     * and completion records, which would use it, are then an error quoting it */
+    const char *tmpl_error;
 };
 void st_example_options_default(struct st_example_options *o);
 

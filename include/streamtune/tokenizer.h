@@ -73,6 +73,11 @@ struct st_decode_stream {
 };
 void st_decode_stream_init(struct st_decode_stream *s, const struct st_tokenizer *t,
                            int skip_special);
+/* Start after ids (a prompt): its last few ids are context, never emitted, so the first new
+ * token decodes as it does after them (its leading space kept where a Strip or Metaspace decoder
+ * would drop it at the start of a text). */
+enum st_status st_decode_stream_prefill(struct st_decode_stream *s, const int32_t *ids, size_t n,
+                                        struct st_error *err);
 /* Append id; *piece (owned by s, valid until the next call) is the new text, maybe "". */
 enum st_status st_decode_stream_step(struct st_decode_stream *s, int32_t id, const char **piece,
                                      struct st_error *err);

@@ -382,20 +382,6 @@ static enum st_status pipe_next(struct pipe *p, struct st_decoded_sample *s, str
     return p->m ? st_mix_next(p->m, s, err) : st_decoder_next(p->d, s, err);
 }
 
-/* The next sample across epochs: ST_STREAM_END ends an epoch, and the call after it starts the
- * next one, or returns ST_STREAM_END again when --epochs says the stream is over (data.h) */
-static enum st_status pipe_next_all(struct pipe *p, struct st_decoded_sample *s,
-                                    struct st_error *err) {
-    enum st_status st = pipe_next(p, s, err);
-    return st == ST_STREAM_END ? pipe_next(p, s, err) : st;
-}
-
-static enum st_status stream_next_all(struct st_stream *s, struct st_sample *out,
-                                      struct st_error *err) {
-    enum st_status st = st_stream_next(s, out, err);
-    return st == ST_STREAM_END ? st_stream_next(s, out, err) : st;
-}
-
 static size_t pipe_state(struct pipe *p, char *buf, size_t cap) {
     return p->m ? st_mix_state(p->m, buf, cap) : st_decoder_state(p->d, buf, cap);
 }
@@ -410,6 +396,35 @@ static void pipe_stats(struct pipe *p, struct st_decode_stats *st) {
 static void pipe_close(struct pipe *p) {
     st_mix_close(p->m);
     st_decoder_close(p->d);
+}
+
+/* The next sample across epochs: ST_STREAM_END ends an epoch, and the stream is over once the
+ * epoch after it reaches --epoch + --epochs (an epoch whose samples were all skipped also ends
+ * at once: two ENDs in a row are not the end of the stream) */
+static int epochs_over(const struct data_args *a, int64_t next_epoch) {
+    return a->o.epochs > 0 && next_epoch >= a->o.epoch + a->o.epochs;
+}
+
+static enum st_status pipe_next_all(struct pipe *p, const struct data_args *a,
+                                    struct st_decoded_sample *s, struct st_error *err) {
+    for (;;) {
+        enum st_status st = pipe_next(p, s, err);
+        if (st != ST_STREAM_END) return st;
+        struct st_decode_stats stt;
+        pipe_stats(p, &stt);
+        if (epochs_over(a, stt.stream.epoch)) return ST_STREAM_END;
+    }
+}
+
+static enum st_status stream_next_all(struct st_stream *s, const struct data_args *a,
+                                      struct st_sample *out, struct st_error *err) {
+    for (;;) {
+        enum st_status st = st_stream_next(s, out, err);
+        if (st != ST_STREAM_END) return st;
+        struct st_stream_stats stt;
+        st_stream_stats(s, &stt);
+        if (epochs_over(a, stt.epoch)) return ST_STREAM_END;
+    }
 }
 
 /* The record may grow between two calls (the reader reads on): ask until it fits. */
@@ -533,7 +548,7 @@ static int cmd_cat_decoded(struct data_args *a) {
     enum st_status st = ST_OK;
     struct st_decoded_sample smp;
     while (a->limit < 0 || n < a->limit) {
-        st = pipe_next_all(&p, &smp, &err);
+        st = pipe_next_all(&p, a, &smp, &err);
         if (st != ST_OK) break;
         if (a->field) {
             const struct st_decoded_field *f = st_decoded_field(&smp, a->field);
@@ -574,7 +589,7 @@ static int cmd_cat(struct data_args *a) {
     enum st_status st = ST_OK;
     struct st_sample smp;
     while (a->limit < 0 || n < a->limit) {
-        st = stream_next_all(s, &smp, &err);
+        st = stream_next_all(s, a, &smp, &err);
         if (st != ST_OK) break;
         print_sample(&smp, a->field);
         n++;
@@ -629,7 +644,7 @@ static int cmd_bench_decoded(struct data_args *a) {
     double t0 = st_time_now();
     struct st_decoded_sample smp;
     while ((a->limit < 0 || n < a->limit) && (a->seconds <= 0 || st_time_now() - t0 < a->seconds)) {
-        enum st_status st = pipe_next_all(&p, &smp, &err);
+        enum st_status st = pipe_next_all(&p, a, &smp, &err);
         if (st == ST_STREAM_END) break;
         if (st != ST_OK) {
             pipe_close(&p);
@@ -715,13 +730,16 @@ static int cmd_preview(struct data_args *a) {
         rc = cli_fail(a->json, &err);
         goto out;
     }
-    if (a->json)
-        printf("{\"out\": \"%s\", \"width\": %d, \"height\": %d, \"tiles\": %d, \"images\": %d, "
+    if (a->json) {
+        printf("{\"out\": ");
+        cli_json_string(stdout, a->out);
+        printf(", \"width\": %d, \"height\": %d, \"tiles\": %d, \"images\": %d, "
                "\"audio\": %d, \"tile\": %d}\n",
-               a->out, W, H, k, n_img, n_aud, tile);
-    else
+               W, H, k, n_img, n_aud, tile);
+    } else {
         fprintf(stderr, "wrote %s (%dx%d): %d images, %d log-mel pictures, tiles of %d px\n",
                 a->out, W, H, n_img, n_aud, tile);
+    }
 out:
     free(grid);
     free(cell);
@@ -740,7 +758,7 @@ static int cmd_bench(struct data_args *a) {
     enum st_status st;
     struct st_sample smp;
     while ((a->limit < 0 || n < a->limit) && (a->seconds <= 0 || st_time_now() - t0 < a->seconds)) {
-        st = stream_next_all(s, &smp, &err);
+        st = stream_next_all(s, a, &smp, &err);
         if (st == ST_STREAM_END) break;
         if (st != ST_OK) {
             st_stream_close(s);

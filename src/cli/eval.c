@@ -36,7 +36,14 @@ static enum st_status parse_ids(const char *line, size_t len, const char *path, 
     if (z >= 0)
         return st_errorf(err, ST_ERR_FORMAT, "%s:%ld: byte %ld: a string holds \\u0000 (a NUL "
                          "character), which is not supported", path, lineno, z);
-    cJSON *root = cJSON_ParseWithLength(line, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(line, len, &end, 0);
+    while (root && end < line + len && (*end == ' ' || *end == '\t' || *end == '\r')) end++;
+    if (root && end != line + len) {
+        cJSON_Delete(root);
+        return st_errorf(err, ST_ERR_FORMAT, "%s:%ld: text after the JSON object at byte %ld",
+                         path, lineno, (long)(end - line));
+    }
     if (!root) return st_errorf(err, ST_ERR_FORMAT, "%s:%ld: not valid JSON", path, lineno);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "ids");
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text");

@@ -220,6 +220,10 @@ int cmd_generate(int argc, char **argv) {
     struct st_decode_stream ds;
     st_decode_stream_init(&ds, tok, 1);
     struct printer pr = {1, tok ? &ds : NULL};
+    if (tok && st_decode_stream_prefill(&ds, ids, n_ids, &err)) { /* the prompt as context */
+        st_decode_stream_free(&ds);
+        st_decode_stream_init(&ds, tok, 1);
+    }
     if (tok && !json) fputs(prompt_text, stdout);
     double t0 = st_time_now();
     enum st_status rc = out ? st_model_generate(&m, ids, n_ids, &gp, out, &n_out,
@@ -234,13 +238,32 @@ int cmd_generate(int argc, char **argv) {
         for (size_t i = 0; i < n_out; i++) printf(i ? ", %d" : "%d", out[i]);
         printf("]");
         if (tok) {
-            char *text;
-            size_t tl;
-            if (st_tokenizer_decode(tok, out, n_out, 1, &text, &tl, &err) == ST_OK) {
-                printf(", \"text\": ");
-                cli_json_string_n(stdout, text, tl);
-                st_free(text);
+            /* the continuation as it reads after the prompt: decode(prompt's tail + out) past
+             * decode(prompt's tail), as the streamed text (a leading space stays) */
+            size_t nt = n_ids < 8 ? n_ids : 8;
+            int32_t *all = st_malloc((nt + n_out + 1) * sizeof *all);
+            char *ctx = NULL, *text = NULL;
+            size_t cl = 0, tl = 0;
+            if (all) {
+                memcpy(all, ids + n_ids - nt, nt * sizeof *all);
+                memcpy(all + nt, out, n_out * sizeof *all);
             }
+            if (all && st_tokenizer_decode(tok, all, nt, 1, &ctx, &cl, &err) == ST_OK &&
+                st_tokenizer_decode(tok, all, nt + n_out, 1, &text, &tl, &err) == ST_OK) {
+                size_t from = cl <= tl && memcmp(text, ctx, cl) == 0 ? cl : 0;
+                if (!from) { /* a decoder rewrote the prompt's text: the ids alone */
+                    st_free(text);
+                    text = NULL;
+                    if (st_tokenizer_decode(tok, out, n_out, 1, &text, &tl, &err)) text = NULL;
+                }
+                if (text) {
+                    printf(", \"text\": ");
+                    cli_json_string_n(stdout, text + from, tl - from);
+                }
+            }
+            st_free(text);
+            st_free(ctx);
+            st_free(all);
         }
         printf("}\n");
     }

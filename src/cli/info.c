@@ -25,7 +25,9 @@ int cmd_info(int argc, char **argv) {
     if (st_model_load(&m, dir, &err)) return cli_fail(json, &err);
     const struct st_model_config *c = &m.cfg;
     size_t kv_per_token = 2 * (size_t)c->n_layers * (size_t)c->n_kv_heads * (size_t)c->head_dim * 4;
-    size_t resident = m.n_params * 4; /* F32 compute copy: mapped (F32) or converted */
+    /* what the loaded weights hold: F32 tensors used from the map, F32 copies of 16-bit ones,
+     * and quantised storage (a bitsandbytes checkpoint's codes stay mapped) */
+    size_t resident = m.mapped_bytes + m.converted.size + m.qarena.size;
     size_t act_1x = st_acts_bytes(c, 1, (size_t)(c->max_seq_len < 2048 ? c->max_seq_len : 2048), 0, 0);
     int n_sliding = 0;
     for (int l = 0; l < c->n_layers; l++) n_sliding += c->layer_sliding[l];
@@ -61,9 +63,10 @@ int cmd_info(int argc, char **argv) {
                : c->rope_type == ST_ROPE_LINEAR ? " (linear scaling)"
                                                 : "");
         printf("embeddings    %s\n", c->tie_embeddings ? "tied" : "untied");
-        printf("memory        weights %.1f MiB on disk, %.1f MiB as F32; KV cache %.1f KiB/token\n",
+        printf("memory        weights %.1f MiB on disk, %.1f MiB loaded%s; KV cache %.1f "
+               "KiB/token\n",
                (double)m.bytes_on_disk / 1048576.0, (double)resident / 1048576.0,
-               (double)kv_per_token / 1024.0);
+               m.quant ? " (quantised)" : " (F32)", (double)kv_per_token / 1024.0);
     }
     st_model_free(&m);
     return 0;

@@ -36,13 +36,21 @@ int cli_fail(int json, const struct st_error *err) {
     return CLI_EXIT_ERR;
 }
 
+/* --json anywhere on the command line: usage errors are a JSON object on stdout too */
+static int json_requested;
+
 int cli_usage(const char *usage, const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "streamtune: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n%s", usage);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (json_requested) {
+        fputs("{\"error\": ", stdout);
+        cli_json_string(stdout, msg);
+        fputs(", \"status\": \"usage error\"}\n", stdout);
+    }
+    fprintf(stderr, "streamtune: %s\n%s", msg, usage);
     return CLI_EXIT_USAGE;
 }
 
@@ -181,6 +189,7 @@ int main(int argc, char **argv) {
         execv("/proc/self/exe", argv); /* on failure, carry on with the default policy */
     }
     int threads = 0;
+    for (int i = 1; i < argc; i++) json_requested |= strcmp(argv[i], "--json") == 0;
     /* pull global options out of argv */
     int out = 1;
     for (int i = 1; i < argc; i++) {

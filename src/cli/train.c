@@ -133,6 +133,9 @@ static int stream_option(struct st_train_options *o, const char *flag, const cha
 
 /* -c FILE: a JSON object or simple YAML ("key: value" lines) of option names without the
  * leading dashes; command-line flags given after it override it (they come later in argv). */
+/* A -c file's options as flags: a JSON object, or the YAML subset `key: value` (# comments).
+ * Anything else is an error naming the file and line: a config that half-parses would train
+ * with defaults the user did not choose. */
 static int config_args(const char *path, char ***out, int *n) {
     char *text;
     size_t len;
@@ -142,32 +145,62 @@ static int config_args(const char *path, char ***out, int *n) {
         return 1;
     }
     char **v = calloc(512, sizeof *v);
-    int k = 0;
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    if (root && cJSON_IsObject(root)) {
-        for (cJSON *x = root->child; x && k < 510; x = x->next) {
+    int k = 0, bad = !v;
+    size_t lead = 0;
+    while (lead < len && (text[lead] == ' ' || text[lead] == '\t' || text[lead] == '\r' ||
+                          text[lead] == '\n'))
+        lead++;
+    cJSON *root = NULL;
+    if (!bad && lead < len && text[lead] == '{') {
+        const char *end = NULL;
+        root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+        while (root && end < text + len && (*end == ' ' || *end == '\t' || *end == '\r' ||
+                                             *end == '\n'))
+            end++;
+        if (!root || end != text + len) {
+            fprintf(stderr, "streamtune: %s: not valid JSON (near byte %ld)\n", path,
+                    end ? (long)(end - text) : 0L);
+            bad = 1;
+        }
+        for (cJSON *x = root ? root->child : NULL; x && !bad; x = x->next) {
             char flag[256], val[1024];
             snprintf(flag, sizeof flag, "--%s", x->string);
-            if (cJSON_IsBool(x)) {
+            if (k > 508) {
+                fprintf(stderr, "streamtune: %s: too many options\n", path);
+                bad = 1;
+            } else if (cJSON_IsBool(x)) {
                 if (cJSON_IsTrue(x)) v[k++] = strdup(flag);
-                continue;
+            } else if (cJSON_IsString(x) || cJSON_IsNumber(x)) {
+                if (cJSON_IsString(x)) snprintf(val, sizeof val, "%s", x->valuestring);
+                else snprintf(val, sizeof val, "%.17g", x->valuedouble);
+                v[k++] = strdup(flag);
+                v[k++] = strdup(val);
+            } else {
+                fprintf(stderr, "streamtune: %s: \"%s\": expected a string, a number or "
+                        "true/false\n", path, x->string);
+                bad = 1;
             }
-            if (cJSON_IsString(x)) snprintf(val, sizeof val, "%s", x->valuestring);
-            else if (cJSON_IsNumber(x)) snprintf(val, sizeof val, "%.17g", x->valuedouble);
-            else continue;
-            v[k++] = strdup(flag);
-            v[k++] = strdup(val);
         }
-    } else { /* YAML subset: key: value, # comments */
-        char *save = NULL;
-        for (char *line = strtok_r(text, "\n", &save); line && k < 510; line = strtok_r(NULL, "\n", &save)) {
+    } else if (!bad) { /* YAML subset: key: value, # comments */
+        long lineno = 0;
+        for (char *line = text, *next; line && !bad; line = next) {
+            lineno++;
+            next = strchr(line, '\n');
+            if (next) *next++ = '\0';
             char *hash = strchr(line, '#');
             if (hash) *hash = '\0';
             char *colon = strchr(line, ':');
-            if (!colon) continue;
+            char *key = line;
+            while (*key == ' ' || *key == '\t' || *key == '\r') key++;
+            if (!colon) {
+                if (*key) {
+                    fprintf(stderr, "streamtune: %s:%ld: expected 'key: value'\n", path, lineno);
+                    bad = 1;
+                }
+                continue;
+            }
             *colon = '\0';
-            char *key = line, *val = colon + 1;
-            while (*key == ' ' || *key == '\t') key++;
+            char *val = colon + 1;
             while (*val == ' ' || *val == '\t') val++;
             for (char *e2 = key + strlen(key); e2 > key && (e2[-1] == ' ' || e2[-1] == '\t');) *--e2 = '\0';
             for (char *e2 = val + strlen(val); e2 > val && (e2[-1] == ' ' || e2[-1] == '\t' || e2[-1] == '\r');) *--e2 = '\0';
@@ -175,12 +208,22 @@ static int config_args(const char *path, char ***out, int *n) {
             if (vl >= 2 && (val[0] == '"' || val[0] == '\'') && val[vl - 1] == val[0]) {
                 val[vl - 1] = '\0';
                 val++;
+            } else if (!*val || !*key) {
+                fprintf(stderr, "streamtune: %s:%ld: %s\n", path, lineno,
+                        !*key ? "expected 'key: value'" : "a key without a value (lists and "
+                        "nested keys are not options)");
+                bad = 1;
+                continue;
             }
-            if (!*key) continue;
+            if (k > 508) {
+                fprintf(stderr, "streamtune: %s: too many options\n", path);
+                bad = 1;
+                continue;
+            }
             char flag[256];
             snprintf(flag, sizeof flag, "--%s", key);
             if (!strcmp(val, "true")) v[k++] = strdup(flag);
-            else if (strcmp(val, "false") != 0 && *val) {
+            else if (strcmp(val, "false") != 0) {
                 v[k++] = strdup(flag);
                 v[k++] = strdup(val);
             }
@@ -188,6 +231,11 @@ static int config_args(const char *path, char ***out, int *n) {
     }
     cJSON_Delete(root);
     st_free(text);
+    if (bad) {
+        for (int i = 0; v && i < k; i++) free(v[i]);
+        free(v);
+        return 1;
+    }
     *out = v;
     *n = k;
     return 0;

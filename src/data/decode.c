@@ -405,6 +405,7 @@ struct st_decoder {
     pthread_t reader;
     int reader_started;
     int64_t read_epoch, end_epoch;
+    int64_t next_epoch; /* the consumer's: the epoch its next sample belongs to (stats) */
     int reader_done; /* no more entries will come: reader_rc says why */
     enum st_status reader_rc;
     struct st_error reader_err;
@@ -462,11 +463,21 @@ static enum st_status decode_image(struct st_decoder *d, struct entry *e,
     return ST_OK;
 }
 
+/* s in at most cap - 1 bytes: its head and tail around "...", so a long URL or key leaves room for
+ * the reason after it in a message, and two long keys that differ at the end stay apart */
+static const char *shortened(char *out, size_t cap, const char *s) {
+    size_t n = strlen(s);
+    if (n < cap) return s;
+    size_t tail = (cap - 4) / 2, head = cap - 4 - tail;
+    snprintf(out, cap, "%.*s...%s", (int)head, s, s + n - tail);
+    return out;
+}
+
 static enum st_status decode_audio(struct st_decoder *d, struct entry *e,
                                    struct st_decoded_field *f, struct st_audio_mel **mel,
                                    struct st_error *err) {
-    char label[200];
-    snprintf(label, sizeof label, "%s.%s", e->key, f->name);
+    char label[200], kb[96];
+    snprintf(label, sizeof label, "%s.%s", shortened(kb, sizeof kb, e->key), f->name);
     struct st_audio a;
     enum st_status rc = st_audio_decode(f->raw, f->raw_size, label, &d->alim, &a, err);
     if (rc) return rc;
@@ -522,11 +533,15 @@ static void decode_entry(struct st_decoder *d, struct entry *e, struct st_image_
         enum st_status rc = ST_OK;
         if (f->kind == ST_FIELD_IMAGE) {
             rc = decode_image(d, e, f, work, &err);
-            if (rc) st_error_prefix(&err, "%s: %s.%s: ", e->url, e->key, f->name);
+            char ub[128], kb[96];
+            if (rc)
+                st_error_prefix(&err, "%s: %s.%s: ", shortened(ub, sizeof ub, e->url),
+                                shortened(kb, sizeof kb, e->key), f->name);
             e->n_img++;
         } else if (f->kind == ST_FIELD_AUDIO) {
             rc = decode_audio(d, e, f, mel, &err); /* message starts with KEY.EXT */
-            if (rc) st_error_prefix(&err, "%s: ", e->url);
+            char ub[128];
+            if (rc) st_error_prefix(&err, "%s: ", shortened(ub, sizeof ub, e->url));
             e->n_aud++;
         }
         if (rc) {
@@ -933,6 +948,7 @@ enum st_status st_decoder_open(struct st_decoder **out, const struct st_stream_o
         if ((rc = parse_state(d, so->resume_state, &stream_state, err))) goto fail;
         sopt.resume_state = stream_state;
     }
+    d->next_epoch = d->read_epoch;
     rc = st_stream_open(&d->s, &sopt, err);
     st_free(stream_state);
     if (rc) goto fail;
@@ -966,7 +982,8 @@ static void count_skip(struct st_decoder *d, const struct entry *e) {
         d->st.skipped_corrupt++;
     if (d->st.n_skip_log < ST_DECODE_SKIP_LOG) {
         struct st_decode_skip *k = &d->st.skip_log[d->st.n_skip_log++];
-        snprintf(k->key, sizeof k->key, "%s", e->key);
+        char kb[sizeof k->key];
+        snprintf(k->key, sizeof k->key, "%s", shortened(kb, sizeof kb, e->key));
         snprintf(k->reason, sizeof k->reason, "%s", e->err.msg);
     }
     st_log(ST_LOG_WARN, "skipped a bad sample: %s", e->err.msg);
@@ -1006,6 +1023,7 @@ enum st_status st_decoder_next(struct st_decoder *d, struct st_decoded_sample *o
                 d->head++;
                 pthread_cond_signal(&d->cv_space);
                 if (e->kind == E_END) {
+                    d->next_epoch = e->epoch + 1;
                     d->st.wait_s += waited;
                     pthread_mutex_unlock(&d->mu);
                     entry_free(drop);
@@ -1064,8 +1082,10 @@ enum st_status st_decoder_next(struct st_decoder *d, struct st_decoded_sample *o
 void st_decoder_stats(struct st_decoder *d, struct st_decode_stats *out) {
     pthread_mutex_lock(&d->mu);
     *out = d->st;
+    int64_t epoch = d->next_epoch;
     pthread_mutex_unlock(&d->mu);
     st_stream_stats(d->s, &out->stream);
+    out->stream.epoch = epoch; /* the consumer's, not the reader's (which reads ahead) */
     out->elapsed_s = st_time_now() - d->t_open;
     out->samples_per_s = out->elapsed_s > 0 ? (double)out->samples / out->elapsed_s : 0;
 }

@@ -381,6 +381,20 @@ static enum st_status jpeg_body(struct jpeg_job *j, struct st_error *err) {
     return ST_OK;
 }
 
+/* Whether an end-of-image marker follows the last start-of-scan: inside entropy-coded data 0xFF
+ * is always followed by 0x00 or a restart marker, so FF DA / FF D9 there are real markers (an EXIF
+ * thumbnail's come before the main image's scans). A decode of the top rows only (a crop) stops
+ * before a cut tail, so this is checked up front: a file is bad whatever region is asked for. */
+static int jpeg_complete(const uint8_t *d, size_t n) {
+    size_t sos = 0, eoi = 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (d[i] == 0xff) {
+            if (d[i + 1] == 0xda) sos = i + 1;
+            else if (d[i + 1] == 0xd9) eoi = i + 1;
+        }
+    return sos && eoi > sos;
+}
+
 enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
                                     const struct st_image_limits *lim, int num, int rx0, int ry0,
                                     int rx1, int ry1, struct st_image_work *work,
@@ -393,6 +407,9 @@ enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
         return st_errorf(err, ST_ERR_ARG, "not a JPEG (%s)", st_image_format_name(info.format));
     if ((rc = img_check_limits(&info, lim, err))) return rc;
     if (num < 1 || num > 8) return st_errorf(err, ST_ERR_ARG, "JPEG: bad DCT scale %d/8", num);
+    if (!jpeg_complete(data, len))
+        return st_errorf(err, ST_ERR_FORMAT, "JPEG: truncated data (%zu bytes; no end-of-image "
+                         "marker after the last scan)", len);
     struct jpeg_job *j = st_calloc(1, sizeof *j);
     if (!j) return st_errorf(err, ST_ERR_NOMEM, "JPEG: out of memory for the decoder");
     j->info = &info;

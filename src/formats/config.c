@@ -76,6 +76,15 @@ static enum st_status parse_rope(struct st_model_config *c, const cJSON *root, c
         TRY(get_num(params, "rope_theta", c->rope_theta, &c->rope_theta, what, err));
     if (!(c->rope_theta > 0))
         return st_errorf(err, ST_ERR_FORMAT, "%s: 'rope_theta' must be positive", what);
+    /* RoPE on part of each head (Phi, GPT-NeoX style): not implemented, so refused rather than
+     * computed on the whole head */
+    for (int i = 0; i < 2; i++) {
+        const cJSON *pf = get(i ? params : root, "partial_rotary_factor");
+        if (pf && !cJSON_IsNull(pf) && !(cJSON_IsNumber(pf) && pf->valuedouble == 1.0))
+            return st_errorf(err, ST_ERR_UNSUPPORTED, "%s: '%spartial_rotary_factor' other than 1 "
+                             "(rotary embedding on part of each head) is not supported", what,
+                             i ? "rope_parameters." : "");
+    }
     const cJSON *rs = get(root, "rope_scaling");
     if (!cJSON_IsObject(rs) && cJSON_IsObject(params)) rs = params;
     c->rope_type = ST_ROPE_DEFAULT;

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "streamtune/model.h"
@@ -125,6 +126,16 @@ enum st_status st_model_fuse_ex(const char *model_dir, const char *adapter_dir,
     st_model_load_options_init(&lopt);
     if (o) lopt = *o;
     lopt.compute_bf16 = lopt.pack_f32 = 0;
+    /* the output over the base (or the adapter) would replace the files being read */
+    struct stat so, sm, sa;
+    int out_exists = stat(out_dir, &so) == 0;
+    int on_model = out_exists && stat(model_dir, &sm) == 0 && so.st_dev == sm.st_dev &&
+                   so.st_ino == sm.st_ino;
+    int on_adapter = out_exists && stat(adapter_dir, &sa) == 0 && so.st_dev == sa.st_dev &&
+                     so.st_ino == sa.st_ino;
+    if (on_model || on_adapter)
+        return st_errorf(err, ST_ERR_ARG, "fuse: --out %s is the %s's folder: write the fused "
+                         "model to another", out_dir, on_model ? "base model" : "adapter");
     enum st_status rc = st_model_load_ex(&m, model_dir, &lopt, err);
     if (rc) return rc;
     struct st_lora lo;

@@ -195,7 +195,7 @@ enum st_status st_chat_template_load(struct st_chat_template **out, const char *
                 goto done;
             }
         } else {
-            rc = st_errorf(err, ST_ERR_FORMAT,
+            rc = st_errorf(err, ST_ERR_UNSUPPORTED,
                            "%s: no chat template (no chat_template.jinja, no \"chat_template\" in "
                            "tokenizer_config.json, no chat_template.json)",
                            dir);

@@ -271,6 +271,25 @@ void st_decode_stream_free(struct st_decode_stream *s) {
     memset(s, 0, sizeof *s);
 }
 
+enum st_status st_decode_stream_prefill(struct st_decode_stream *s, const int32_t *ids, size_t n,
+                                        struct st_error *err) {
+    if (n > 8) ids += n - 8, n = 8; /* enough context for any decoder's first-token rule */
+    if (n > s->cap) {
+        int32_t *a = st_realloc(s->ids, 64 * sizeof *a);
+        if (!a) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        s->ids = a;
+        s->cap = 64;
+    }
+    memcpy(s->ids, ids, n * sizeof *ids);
+    s->n = s->read_index = n;
+    s->prefix_index = 0;
+    st_free(s->prefix);
+    s->prefix = NULL;
+    s->prefix_len = 0;
+    return st_tokenizer_decode(s->t, s->ids, s->n, s->skip_special, &s->prefix, &s->prefix_len,
+                               err);
+}
+
 static int ends_with_fffd(const char *s, size_t n) {
     return n >= 3 && !memcmp(s + n - 3, "\xef\xbf\xbd", 3);
 }

@@ -74,32 +74,105 @@ static enum st_status encode_masked(struct st_example *ex, const struct st_token
     return rc;
 }
 
-/* Message content as a string: a string as is; a list of typed parts joined ("text" or "value"). */
-static char *content_string(const cJSON *c) {
-    if (cJSON_IsString(c)) return st_strdup(c->valuestring);
-    if (!cJSON_IsArray(c)) return st_strdup("");
-    size_t total = 1;
-    for (const cJSON *p = c->child; p; p = p->next) {
-        const cJSON *t = cJSON_GetObjectItem(p, "text");
-        if (!cJSON_IsString(t)) t = cJSON_GetObjectItem(p, "value");
-        if (cJSON_IsString(t)) total += strlen(t->valuestring);
-        else if (cJSON_IsString(p)) total += strlen(p->valuestring);
+/* A tool call written as JSON text ({"name": ..., "arguments": ...}: LLaMA-Factory's tool_call
+ * part, ShareGPT's function_call turn) as a chat template's tool_calls entry; NULL when it is
+ * not one */
+static cJSON *tool_call_entry(const char *json) {
+    cJSON *f = cJSON_Parse(json);
+    if (!cJSON_IsObject(f) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(f, "name"))) {
+        cJSON_Delete(f);
+        return NULL;
     }
-    char *s = st_malloc(total);
-    if (!s) return NULL;
-    s[0] = '\0';
-    for (const cJSON *p = c->child; p; p = p->next) {
-        const cJSON *t = cJSON_GetObjectItem(p, "text");
-        if (!cJSON_IsString(t)) t = cJSON_GetObjectItem(p, "value");
-        if (cJSON_IsString(t)) strcat(s, t->valuestring);
-        else if (cJSON_IsString(p)) strcat(s, p->valuestring);
+    cJSON *c = cJSON_CreateObject();
+    if (!c) {
+        cJSON_Delete(f);
+        return NULL;
     }
-    return s;
+    cJSON_AddStringToObject(c, "type", "function");
+    cJSON_AddItemToObject(c, "function", f);
+    return c;
+}
+
+/* Message content into nm: a string as is; a list of typed parts ("text" or "value"), text parts
+ * joined into "content", "reasoning" parts into "reasoning_content" and "tool_call" parts (JSON
+ * text) into "tool_calls", as chat templates expect them. Another part type is an error: its
+ * text glued into the content would train on something the template never shows. */
+static enum st_status put_content(cJSON *nm, const cJSON *c, const char *where, int i,
+                                  struct st_error *err) {
+    if (!cJSON_IsArray(c)) {
+        if (!cJSON_AddStringToObject(nm, "content", cJSON_IsString(c) ? c->valuestring : ""))
+            return st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        return ST_OK;
+    }
+    struct dbuf_s {
+        char *p;
+        size_t n;
+    } txt = {0}, rsn = {0}, *d;
+    cJSON *calls = NULL;
+    enum st_status rc = ST_OK;
+    int k = 0;
+    for (const cJSON *p = c->child; p && !rc; p = p->next, k++) {
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(p, "type");
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
+        if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(p, "value");
+        if (cJSON_IsString(p)) t = p;
+        const char *type = cJSON_IsString(ty) ? ty->valuestring : "text";
+        if (!cJSON_IsString(t)) {
+            rc = st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d].content[%d] has no \"text\" or "
+                           "\"value\" string", where, i, k);
+            break;
+        }
+        if (!strcmp(type, "tool_call")) {
+            cJSON *e = tool_call_entry(t->valuestring);
+            if (!e) {
+                rc = st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d].content[%d]: a tool_call "
+                               "part's value is not a JSON object with a \"name\"", where, i, k);
+                break;
+            }
+            if (!calls && !(calls = cJSON_CreateArray())) {
+                cJSON_Delete(e);
+                rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+                break;
+            }
+            cJSON_AddItemToArray(calls, e);
+            continue;
+        }
+        if (!strcmp(type, "text")) d = &txt;
+        else if (!strcmp(type, "reasoning") || !strcmp(type, "thinking")) d = &rsn;
+        else {
+            rc = st_errorf(err, ST_ERR_UNSUPPORTED, "%s: messages[%d].content[%d] is a \"%s\" "
+                           "part: text training takes text, reasoning and tool_call parts", where,
+                           i, k, type);
+            break;
+        }
+        size_t l = strlen(t->valuestring);
+        char *q = st_realloc(d->p, d->n + l + 1);
+        if (!q) {
+            rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+            break;
+        }
+        memcpy(q + d->n, t->valuestring, l + 1);
+        d->p = q;
+        d->n += l;
+    }
+    if (!rc && (!cJSON_AddStringToObject(nm, "content", txt.p ? txt.p : "") ||
+                (rsn.p && !cJSON_AddStringToObject(nm, "reasoning_content", rsn.p))))
+        rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+    if (!rc && calls) {
+        cJSON_AddItemToObject(nm, "tool_calls", calls);
+        calls = NULL;
+    }
+    cJSON_Delete(calls);
+    st_free(txt.p);
+    st_free(rsn.p);
+    return rc;
 }
 
 static const char *sharegpt_role(const char *from) {
     if (!strcmp(from, "human") || !strcmp(from, "user")) return "user";
-    if (!strcmp(from, "gpt") || !strcmp(from, "assistant") || !strcmp(from, "model")) return "assistant";
+    if (!strcmp(from, "gpt") || !strcmp(from, "assistant") || !strcmp(from, "model") ||
+        !strcmp(from, "function_call"))
+        return "assistant";
     if (!strcmp(from, "system")) return "system";
     if (!strcmp(from, "observation") || !strcmp(from, "tool") || !strcmp(from, "function")) return "tool";
     return NULL;
@@ -107,67 +180,111 @@ static const char *sharegpt_role(const char *from) {
 
 /* Normalise messages (OpenAI or ShareGPT style) into what chat templates expect; weight[i] = 0
  * for messages not to be trained (loss_weight 0). */
-static enum st_status normalise_messages(const cJSON *msgs, cJSON **out, uint8_t **weight,
-                                         const char *where, struct st_error *err) {
+static enum st_status normalise_messages(const cJSON *msgs, const cJSON *system, cJSON **out,
+                                         uint8_t **weight, const char *where,
+                                         struct st_error *err) {
     int n = cJSON_GetArraySize(msgs), i = 0;
+    /* ShareGPT's record-level "system" string: a system turn first, unless the list has one */
+    const cJSON *first = msgs->child;
+    const cJSON *fr = first ? cJSON_GetObjectItem(first, "role") : NULL;
+    if (!cJSON_IsString(fr) && first) fr = cJSON_GetObjectItem(first, "from");
+    int add_sys = cJSON_IsString(system) && *system->valuestring &&
+                  !(cJSON_IsString(fr) && !strcmp(fr->valuestring, "system"));
     cJSON *arr = cJSON_CreateArray();
-    uint8_t *w = st_calloc((size_t)(n ? n : 1), 1);
-    if (!arr || !w) {
-        cJSON_Delete(arr);
-        st_free(w);
-        return st_errorf(err, ST_ERR_NOMEM, "out of memory");
+    uint8_t *w = st_calloc((size_t)(n + add_sys ? n + add_sys : 1), 1);
+    enum st_status rc = ST_OK;
+    if (!arr || !w) rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+    if (!rc && add_sys) {
+        cJSON *sm = cJSON_CreateObject();
+        if (!sm || !cJSON_AddStringToObject(sm, "role", "system") ||
+            !cJSON_AddStringToObject(sm, "content", system->valuestring)) {
+            cJSON_Delete(sm);
+            rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+        } else {
+            cJSON_AddItemToArray(arr, sm);
+        }
     }
-    for (const cJSON *m = msgs->child; m; m = m->next, i++) {
+    for (const cJSON *m = msgs->child; m && !rc; m = m->next, i++) {
         const cJSON *role = cJSON_GetObjectItem(m, "role");
         const cJSON *content = cJSON_GetObjectItem(m, "content");
-        const char *r = cJSON_IsString(role) ? role->valuestring : NULL;
+        const char *r = cJSON_IsString(role) ? role->valuestring : NULL, *from = NULL;
         if (!r) { /* ShareGPT: {"from": "human", "value": "..."} */
-            const cJSON *from = cJSON_GetObjectItem(m, "from");
-            r = cJSON_IsString(from) ? sharegpt_role(from->valuestring) : NULL;
+            const cJSON *fm = cJSON_GetObjectItem(m, "from");
+            from = cJSON_IsString(fm) ? fm->valuestring : NULL;
+            r = from ? sharegpt_role(from) : NULL;
             content = cJSON_GetObjectItem(m, "value");
+        } else if (sharegpt_role(r)) { /* "human", "gpt", "model" under "role" too */
+            from = r;
+            r = sharegpt_role(r);
         }
         if (!cJSON_IsObject(m) || !r) {
-            cJSON_Delete(arr);
-            st_free(w);
-            return st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d] has no role (or known 'from')",
-                             where, i);
+            rc = st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d] has no role (or known 'from')",
+                           where, i);
+            break;
         }
         cJSON *nm = cJSON_CreateObject();
-        cJSON_AddStringToObject(nm, "role", r);
-        char *c = content_string(content);
-        if (!c) {
+        if (!nm || !cJSON_AddStringToObject(nm, "role", r)) {
             cJSON_Delete(nm);
-            cJSON_Delete(arr);
-            st_free(w);
-            return st_errorf(err, ST_ERR_NOMEM, "out of memory");
+            rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
+            break;
         }
-        cJSON_AddStringToObject(nm, "content", c);
-        st_free(c);
+        if (from && !strcmp(from, "function_call")) { /* the value is the call, as JSON */
+            cJSON *e = cJSON_IsString(content) ? tool_call_entry(content->valuestring) : NULL;
+            cJSON *calls = e ? cJSON_CreateArray() : NULL;
+            if (!calls) {
+                cJSON_Delete(e);
+                cJSON_Delete(nm);
+                rc = st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d]: a function_call turn's "
+                               "value is not a JSON object with a \"name\"", where, i);
+                break;
+            }
+            cJSON_AddItemToArray(calls, e);
+            cJSON_AddStringToObject(nm, "content", "");
+            cJSON_AddItemToObject(nm, "tool_calls", calls);
+        } else if ((rc = put_content(nm, content, where, i, err))) {
+            cJSON_Delete(nm);
+            break;
+        }
         for (const cJSON *f = m->child; f; f = f->next) /* keep tool_calls, name, reasoning, ... */
             if (strcmp(f->string, "role") && strcmp(f->string, "content") &&
                 strcmp(f->string, "from") && strcmp(f->string, "value") &&
-                strcmp(f->string, "loss_weight"))
+                strcmp(f->string, "loss_weight") && !cJSON_GetObjectItemCaseSensitive(nm, f->string))
                 cJSON_AddItemToObject(nm, f->string, cJSON_Duplicate(f, 1));
         cJSON_AddItemToArray(arr, nm);
+        /* loss_weight: 0 (not trained) or 1; a fraction cannot weigh tokens here */
         const cJSON *lw = cJSON_GetObjectItem(m, "loss_weight");
-        w[i] = !(cJSON_IsNumber(lw) && lw->valuedouble == 0);
+        if (lw && !(cJSON_IsNumber(lw) && (lw->valuedouble == 0 || lw->valuedouble == 1))) {
+            rc = st_errorf(err, ST_ERR_UNSUPPORTED, "%s: messages[%d].loss_weight must be 0 or 1",
+                           where, i);
+            break;
+        }
+        w[i + add_sys] = !(lw && lw->valuedouble == 0);
     }
+    if (rc) {
+        cJSON_Delete(arr);
+        st_free(w);
+        return rc;
+    }
+    if (add_sys) w[0] = 1;
     *out = arr;
     *weight = w;
     return ST_OK;
 }
 
 static enum st_status chat_example(struct st_example *ex, const cJSON *msgs, const cJSON *tools,
-                                   const char *where, const struct st_tokenizer *tok,
+                                   const cJSON *system, const char *where, const struct st_tokenizer *tok,
                                    const struct st_chat_template *tmpl,
                                    const struct st_example_options *o, struct st_error *err) {
+    if (!tmpl && o->tmpl_error)
+        return st_errorf(err, ST_ERR_FORMAT, "%s: the model's chat template does not load: %s",
+                         where, o->tmpl_error);
     if (!tmpl)
         return st_errorf(err, ST_ERR_UNSUPPORTED, "%s: a chat record needs the model's chat "
                          "template (tokenizer_config.json chat_template or chat_template.jinja)",
                          where);
     cJSON *norm = NULL;
     uint8_t *weight = NULL;
-    enum st_status rc = normalise_messages(msgs, &norm, &weight, where, err);
+    enum st_status rc = normalise_messages(msgs, system, &norm, &weight, where, err);
     if (rc) return rc;
     char *mj = cJSON_PrintUnformatted(norm), *tj = tools ? cJSON_PrintUnformatted(tools) : NULL;
     cJSON_Delete(norm);
@@ -221,7 +338,6 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
         cJSON_Delete(r);
         return st_errorf(err, ST_ERR_FORMAT, "%s: not a JSON object", where);
     }
-    enum st_status rc = ST_OK;
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(r, o->text_field);
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(r, o->prompt_field);
     const cJSON *compl = cJSON_GetObjectItemCaseSensitive(r, o->completion_field);
@@ -229,7 +345,23 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
     if (!cJSON_IsArray(msgs)) msgs = cJSON_GetObjectItemCaseSensitive(r, "conversations");
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(r, "ids");
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(r, o->tools_field);
-    if (tools && !cJSON_IsArray(tools)) tools = NULL;
+    const cJSON *system = cJSON_GetObjectItemCaseSensitive(r, "system");
+    cJSON *tools_parsed = NULL;
+    enum st_status rc = ST_OK;
+    if (cJSON_IsString(tools)) { /* LLaMA-Factory stores the list as JSON text */
+        int empty = !*tools->valuestring;
+        tools = tools_parsed = empty ? NULL : cJSON_Parse(tools->valuestring);
+        if (!empty && !cJSON_IsArray(tools)) {
+            rc = st_errorf(err, ST_ERR_FORMAT, "%s: \"%s\" is a string that is not a JSON list",
+                           where, o->tools_field);
+            goto done;
+        }
+    } else if (tools && !cJSON_IsArray(tools) && !cJSON_IsNull(tools)) {
+        rc = st_errorf(err, ST_ERR_FORMAT, "%s: \"%s\" is not a list", where, o->tools_field);
+        goto done;
+    }
+    if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) == 0) tools = NULL;
+    if (!cJSON_IsArray(tools)) tools = NULL;
     enum st_data_format f = o->format;
     if (f == ST_FMT_AUTO) {
         if (cJSON_IsArray(msgs)) f = ST_FMT_CHAT;
@@ -272,7 +404,7 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
             rc = st_errorf(err, ST_ERR_FORMAT, "%s: a completion record needs tokenizer.json", where);
             break;
         }
-        if (tmpl) { /* as a two-turn chat, like mlx-lm */
+        if (tmpl || o->tmpl_error) { /* as a two-turn chat, like mlx-lm */
             cJSON *m = cJSON_CreateArray(), *u = cJSON_CreateObject(), *a = cJSON_CreateObject();
             cJSON_AddStringToObject(u, "role", "user");
             cJSON_AddStringToObject(u, "content", prompt->valuestring);
@@ -280,7 +412,7 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
             cJSON_AddStringToObject(a, "content", compl->valuestring);
             cJSON_AddItemToArray(m, u);
             cJSON_AddItemToArray(m, a);
-            rc = chat_example(ex, m, NULL, where, tok, tmpl, o, err);
+            rc = chat_example(ex, m, NULL, NULL, where, tok, tmpl, o, err);
             cJSON_Delete(m);
             break;
         }
@@ -294,7 +426,8 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
         memcpy(t + pl, compl->valuestring, cl + 1);
         rc = encode_masked(ex, tok, t, pl + cl, 1, pl, o->train_on_prompt, where, err);
         st_free(t);
-        if (!rc && o->add_eos && eos >= 0 && ex_push(ex, eos, eos))
+        if (!rc && o->add_eos && eos >= 0 && (ex->n == 0 || ex->ids[ex->n - 1] != eos) &&
+            ex_push(ex, eos, eos))
             rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
         break;
     }
@@ -307,7 +440,7 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
             rc = st_errorf(err, ST_ERR_FORMAT, "%s: a chat record needs tokenizer.json", where);
             break;
         }
-        rc = chat_example(ex, msgs, tools, where, tok, tmpl, o, err);
+        rc = chat_example(ex, msgs, tools, system, where, tok, tmpl, o, err);
         break;
     case ST_FMT_IDS: {
         if (!cJSON_IsArray(ids)) {
@@ -335,6 +468,7 @@ enum st_status st_example_from_json(struct st_example *ex, const char *json, siz
                            cfg->vocab_size);
     if (!rc && o->max_len > 0 && ex->n > (size_t)o->max_len) ex->n = (size_t)o->max_len;
 done:
+    cJSON_Delete(tools_parsed);
     cJSON_Delete(r);
     return rc;
 }

@@ -103,38 +103,68 @@ static void sources_free(struct sources *s) {
     memset(s, 0, sizeof *s);
 }
 
-static enum st_status list_urls(const struct st_train_options *o, const char *url, char ***out,
-                                int *n, int split, char ***val, int *nval, struct st_error *err) {
+/* The shard listing of url, with the run's stream options */
+static enum st_status list_shards(const struct st_train_options *o, const char *url,
+                                  struct st_shard_list *l, struct st_error *err) {
     struct st_stream_options so = o->stream;
     so.url = url;
     so.urls = NULL;
     so.n_urls = 0;
+    return st_data_list(&so, l, err);
+}
+
+static int is_val_name(const char *base) {
+    return starts_with_ci(base, "valid") || starts_with_ci(base, "val.") ||
+           starts_with_ci(base, "val_") || starts_with_ci(base, "val-");
+}
+
+/* The shards of url for training (and, with val, its valid* shards for validation), as mlx-lm
+ * reads a data folder: train* when there are any, else every shard but valid* and test*; a
+ * validation or test file is never trained on (a single file named so is used as given). */
+static enum st_status list_urls(const struct st_train_options *o, const char *url, char ***out,
+                                int *n, char ***val, int *nval, struct st_error *err) {
     struct st_shard_list l;
-    enum st_status rc = st_data_list(&so, &l, err);
+    enum st_status rc = list_shards(o, url, &l, err);
     if (rc) return rc;
-    int has_train = 0, has_val = 0;
+    int has_train = 0, held_out = 0;
     for (uint32_t i = 0; i < l.n; i++) {
         const char *base = strrchr(l.shards[i].name, '/');
         base = base ? base + 1 : l.shards[i].name;
         has_train |= starts_with_ci(base, "train");
-        has_val |= starts_with_ci(base, "valid") || starts_with_ci(base, "val.") ||
-                   starts_with_ci(base, "val_") || starts_with_ci(base, "val-");
     }
-    int do_split = split && has_train && has_val;
     *out = st_calloc(l.n + 1, sizeof **out);
     if (val) *val = st_calloc(l.n + 1, sizeof **val);
     for (uint32_t i = 0; i < l.n && *out && (!val || *val); i++) {
         const char *base = strrchr(l.shards[i].name, '/');
         base = base ? base + 1 : l.shards[i].name;
-        int is_val = starts_with_ci(base, "valid") || starts_with_ci(base, "val.") ||
-                     starts_with_ci(base, "val_") || starts_with_ci(base, "val-");
-        if (do_split && is_val) (*val)[(*nval)++] = st_strdup(l.shards[i].url);
-        else if (!do_split || starts_with_ci(base, "train")) (*out)[(*n)++] = st_strdup(l.shards[i].url);
+        int is_val = is_val_name(base), is_test = starts_with_ci(base, "test");
+        if (val && is_val) (*val)[(*nval)++] = st_strdup(l.shards[i].url);
+        if (has_train ? starts_with_ci(base, "train") : l.n == 1 || (!is_val && !is_test))
+            (*out)[(*n)++] = st_strdup(l.shards[i].url);
+        else
+            held_out++;
     }
+    if (held_out && *out)
+        st_log(ST_LOG_INFO, "%s: %d file%s not trained on (only %s)", url, held_out,
+               held_out > 1 ? "s" : "", has_train ? "train*" : "files not named valid* or test*");
     st_shard_list_free(&l);
     if (!*out || (val && !*val)) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
-    if (*n == 0) return st_errorf(err, ST_ERR_FORMAT, "%s: no training shards", url);
+    if (*n == 0)
+        return st_errorf(err, ST_ERR_FORMAT, "%s: no training shards (only validation or test "
+                         "files)", url);
     return ST_OK;
+}
+
+/* Every shard of url (--val-data) */
+static enum st_status list_val(const struct st_train_options *o, const char *url, char ***out,
+                               int *n, struct st_error *err) {
+    struct st_shard_list l;
+    enum st_status rc = list_shards(o, url, &l, err);
+    if (rc) return rc;
+    *out = st_calloc(l.n + 1, sizeof **out);
+    for (uint32_t i = 0; i < l.n && *out; i++) (*out)[(*n)++] = st_strdup(l.shards[i].url);
+    st_shard_list_free(&l);
+    return *out ? ST_OK : st_errorf(err, ST_ERR_NOMEM, "out of memory");
 }
 
 /* A batch and the data position right after it (what a checkpoint after it must record). */
@@ -210,25 +240,50 @@ static void *loader_main(void *arg) {
     struct st_sample smp;
     struct qitem it;
     char where[600];
+    uint64_t epoch_records = 0, epoch_used = 0;
     for (;;) {
         enum st_status rc = st_stream_next(L->stream, &smp, &L->err);
-        if (rc == ST_STREAM_END) continue; /* next epoch */
+        if (rc == ST_STREAM_END) { /* next epoch, unless this one gave nothing to train on */
+            if (epoch_used == 0) {
+                if (epoch_records == 0)
+                    st_errorf(&L->err, ST_ERR_FORMAT, "%s: no records", L->o->data);
+                else
+                    st_errorf(&L->err, ST_ERR_FORMAT,
+                              "%s: none of its %llu records has a token to train on (a record "
+                              "needs 2 or more tokens and a trained one: an empty completion "
+                              "or assistant turn trains nothing)",
+                              L->o->data, (unsigned long long)epoch_records);
+                break;
+            }
+            epoch_records = epoch_used = 0;
+            continue;
+        }
         if (rc) break;
         L->records++;
+        epoch_records++;
         const struct st_sample_field *f = st_sample_field(&smp, "json");
         if (!f) {
             st_errorf(&L->err, ST_ERR_FORMAT, "%s: sample %s is not a JSON record (tar samples "
                       "are for multimodal training)", smp.url, smp.key);
             break;
         }
-        snprintf(where, sizeof where, "%s:%llu", smp.url, (unsigned long long)smp.index + 1);
+        /* the record's number, not a line's: blank lines are not records */
+        snprintf(where, sizeof where, "%s: record %llu (byte offset %llu)", smp.url,
+                 (unsigned long long)smp.index + 1, (unsigned long long)smp.offset);
         if (st_example_from_json(&ex, (const char *)f->data, f->size, where, L->tok, L->tmpl,
                                  L->cfg, &L->o->examples, &L->err))
             break;
-        if (ex.n < 2) {
-            L->skipped++;
+        /* a record with no trained target (token t + 1's label) adds nothing to the loss, and
+         * (packed or not) no context to other records: skipped, the first one named */
+        size_t trained = 0;
+        for (size_t t = 1; t < ex.n; t++) trained += ex.labels[t] >= 0;
+        if (trained == 0) {
+            if (L->skipped++ == 0)
+                st_log(ST_LOG_WARN, "%s: %s: skipped (and any more like it)", where,
+                       ex.n < 2 ? "fewer than 2 tokens" : "no token to train on");
             continue;
         }
+        epoch_used++;
         int full = st_packer_add(L->packer, &ex, &L->err);
         if (full < 0) break;
         if (!full) continue;
@@ -351,7 +406,9 @@ static enum st_status load_val(const struct st_train_options *o, char **urls, in
                                smp.key);
                 break;
             }
-            snprintf(where, sizeof where, "%s:%llu", smp.url, (unsigned long long)smp.index + 1);
+            /* the record's number, not a line's: blank lines are not records */
+            snprintf(where, sizeof where, "%s: record %llu (byte offset %llu)", smp.url,
+                     (unsigned long long)smp.index + 1, (unsigned long long)smp.offset);
             if ((rc = st_example_from_json(&ex, (const char *)f->data, f->size, where, tok, tmpl,
                                            cfg, &o->examples, err)))
                 break;
@@ -571,6 +628,19 @@ static enum st_status load_checkpoint(const struct st_train_options *o, const ch
     cJSON_Delete(js);
     if (!s->pending) return st_errorf(err, ST_ERR_NOMEM, "out of memory");
     if ((rc = st_lora_load(lo, c, ck, err))) return rc;
+    /* the adapter's shape and scale come from the checkpoint: flags that say otherwise would be
+     * ignored, so they are an error (as --seed and --batch-size above) */
+    const struct st_lora_config *h = &lo->cfg, *w = &o->lora;
+    if (h->rank != w->rank || h->alpha != w->alpha || !h->rslora != !w->rslora ||
+        h->targets != w->targets || h->first_layer != w->first_layer)
+        return st_errorf(err, ST_ERR_ARG,
+                         "%s: the checkpoint's adapter has rank %d, alpha %g%s, target mask 0x%x "
+                         "and adapters from layer %d; this run asks for rank %d, alpha %g%s, mask "
+                         "0x%x from layer %d: resume with the same --rank, --alpha, --rslora, "
+                         "--targets and --layers",
+                         ck, h->rank, (double)h->alpha, h->rslora ? " (rsLoRA)" : "", h->targets,
+                         h->first_layer, w->rank, (double)w->alpha, w->rslora ? " (rsLoRA)" : "",
+                         w->targets, w->first_layer);
     snprintf(path, sizeof path, "%s/optimizer.safetensors", ck);
     struct st_safetensors *st;
     if ((rc = st_safetensors_open(&st, path, err))) return rc;
@@ -740,6 +810,34 @@ static void append_metrics(FILE *mf, const struct st_train_event *ev) {
     fflush(mf);
 }
 
+/* Resuming at step: metrics.jsonl keeps its lines up to that step (the run being resumed may have
+ * logged later steps before it stopped, and a kill can leave half a line): a run's log lists each
+ * step once. Rewritten atomically; a missing file is fine. */
+static enum st_status trim_metrics(const char *path, long step, struct st_error *err) {
+    char *text;
+    size_t len;
+    if (access(path, F_OK) != 0) return ST_OK;
+    enum st_status rc = st_read_file(path, (size_t)1 << 30, &text, &len, err);
+    if (rc) return rc;
+    size_t w = 0;
+    for (size_t i = 0; i < len;) {
+        char *nl = memchr(text + i, '\n', len - i);
+        if (!nl) break; /* a line a kill cut short */
+        size_t n = (size_t)(nl - (text + i)) + 1;
+        cJSON *j = cJSON_ParseWithLength(text + i, n - 1);
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "step");
+        if (cJSON_IsNumber(st) && st->valuedouble <= (double)step) {
+            memmove(text + w, text + i, n);
+            w += n;
+        }
+        cJSON_Delete(j);
+        i += n;
+    }
+    rc = w == len ? ST_OK : st_write_file_atomic(path, text, w, err);
+    st_free(text);
+    return rc;
+}
+
 enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *ctx,
                         struct st_error *err) {
     enum st_status rc = ST_OK;
@@ -772,15 +870,26 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         rc = st_errorf(err, ST_ERR_ARG, "--lr must be positive");
         goto done;
     }
+    if (o->min_lr > o->lr) { /* the schedule would climb from --lr to it */
+        rc = st_errorf(err, ST_ERR_ARG, "--min-lr %g is above --lr %g: the schedule decays from "
+                       "--lr to --min-lr", o->min_lr, o->lr);
+        goto done;
+    }
     if ((rc = st_model_load_ex(&m, o->model_dir, &o->load, err))) goto done;
     have_model = 1;
     size_t live_model = st_alloc_live_bytes(); /* the plan counts what comes after separately */
     struct st_error terr;
     if (st_tokenizer_load(&tok, o->model_dir, &terr)) tok = NULL;
-    if (st_chat_template_load(&tmpl, o->model_dir, &terr)) tmpl = NULL;
+    struct st_error cterr = {0};
+    enum st_status ctrc = st_chat_template_load(&tmpl, o->model_dir, &cterr);
+    if (ctrc) tmpl = NULL;
+    if (ctrc && ctrc != ST_ERR_UNSUPPORTED) /* broken, not absent: said now, and fatal for the
+                                            * records that would use it */
+        st_log(ST_LOG_WARN, "the model's chat template does not load: %s", cterr.msg);
     size_t T = (size_t)(o->max_seq_len < m.cfg.max_seq_len ? o->max_seq_len : m.cfg.max_seq_len);
     struct st_train_options oo = *o; /* examples.max_len follows the planned row length */
     oo.examples.max_len = (int)T;
+    if (ctrc && ctrc != ST_ERR_UNSUPPORTED) oo.examples.tmpl_error = cterr.msg;
     o = &oo;
     int32_t pad = m.cfg.pad_token_id >= 0 && m.cfg.pad_token_id < m.cfg.vocab_size
                       ? m.cfg.pad_token_id : 0;
@@ -788,9 +897,9 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
 
     /* data sources: explicit validation, or a train.. / valid.. split of the data source */
     if (o->val_data) {
-        if ((rc = list_urls(o, o->data, &src.train, &src.n_train, 0, NULL, NULL, err))) goto done;
-        if ((rc = list_urls(o, o->val_data, &src.val, &src.n_val, 0, NULL, NULL, err))) goto done;
-    } else if ((rc = list_urls(o, o->data, &src.train, &src.n_train, 1, &src.val, &src.n_val, err))) {
+        if ((rc = list_urls(o, o->data, &src.train, &src.n_train, NULL, NULL, err))) goto done;
+        if ((rc = list_val(o, o->val_data, &src.val, &src.n_val, err))) goto done;
+    } else if ((rc = list_urls(o, o->data, &src.train, &src.n_train, &src.val, &src.n_val, err))) {
         goto done;
     }
     if (src.n_val && (rc = load_val(o, src.val, src.n_val, B, T, pad, tok, tmpl, &m.cfg, &vb, &nvb,
@@ -799,6 +908,17 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
 
     /* adapter: resumed, given, or fresh */
     char ck[4400] = "";
+    if (!o->resume) { /* a fresh run would overwrite another run's adapter and log, and leave
+                       * its later checkpoints beside its own */
+        char lp[4400];
+        snprintf(lp, sizeof lp, "%s/checkpoints/latest", o->out_dir);
+        if (access(lp, F_OK) == 0) {
+            rc = st_errorf(err, ST_ERR_ARG, "%s already holds a training run (%s): --resume %s "
+                           "continues it; to start over, remove it or choose another --out",
+                           o->out_dir, lp, o->out_dir);
+            goto done;
+        }
+    }
     if (o->resume) {
         if ((rc = find_checkpoint(o->resume, ck, sizeof ck, err))) goto done;
         if ((rc = load_checkpoint(o, ck, &m.cfg, &lo, &m1, &m2, &s, err))) goto done;
@@ -979,6 +1099,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     if ((rc = st_mkdirs(o->out_dir, err))) goto done;
     char mpath[4200];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);
+    if (o->resume && (rc = trim_metrics(mpath, s.step, err))) goto done;
     mf = fopen(mpath, o->resume ? "a" : "w");
     if (!mf) {
         rc = st_errorf(err, ST_ERR_IO, "%s: cannot open: %s", mpath, strerror(errno));
@@ -1101,6 +1222,9 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     rc = st_lora_save(&lo, o->out_dir, o->model_dir, err);
 done:
     loader_stop(&L);
+    if (L.started == 0 && L.skipped) /* the loader has stopped: its counts are final */
+        st_log(ST_LOG_WARN, "%llu of the %llu records read were skipped: no token to train on",
+               (unsigned long long)L.skipped, (unsigned long long)L.records);
     if (mf) fclose(mf);
     st_free(micro);
     st_free(s.data_state);
