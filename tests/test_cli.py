@@ -204,12 +204,19 @@ with tempfile.TemporaryDirectory() as t:
         rc, _, err = run_t("train", "-c", write(name, text), "--model", d, "--data", good,
                            "--out", os.path.join(t, "o2"), "--dry-run")
         check(rc == 2 and want in err, f"train -c {name} that does not parse: {want}")
-    rc, _, err = run_t("train", "-c", write("ok.yaml", "# run\nsteps: 2\nbatch-size: '2'\n\nrank: 4\n"),
+    rc, _, err = run_t("train", "-c", write("ok.yaml", "---\n# run\nsteps: 2\nbatch-size: '2'\n\nrank: 4\n...\n"),
                        "--model", d, "--data", good, "--out", os.path.join(t, "o3"), "--max-seq-len", "32")
     rc2, _, err2 = run_t(*base, "--data", good, "--out", os.path.join(t, "o3"), "--rank", "8",
                          "--steps", "3", "--resume", os.path.join(t, "o3"))
     check(rc == 0 and rc2 == 1 and "resume with the same --rank" in err2,
           "train -c YAML runs; a resume with another --rank is refused")
+    # a checkpoint at an epoch's end (12 records, --no-pack, batches of 4: step 3), resumed: the
+    # resumed stream's first call ends that epoch at once, which is not "no records"
+    rc, _, err = run_t(*base, "--data", good, "--out", os.path.join(t, "o4"), "--steps", "3",
+                       "--batch-size", "4", "--no-pack")
+    rc2, _, err2 = run_t(*base, "--data", good, "--out", os.path.join(t, "o4"), "--steps", "5",
+                         "--batch-size", "4", "--no-pack", "--resume", os.path.join(t, "o4"))
+    check(rc == 0 and rc2 == 0, f"train: a resume at an epoch's end goes on ({err2.strip().splitlines()[-1:]})")
     rc, _, err = run_t(*base, "--data", good, "--out", os.path.join(t, "o3"), "--rank", "4")
     check(rc == 1 and "already holds a training run" in err,
           "train: a fresh run into another run's --out is refused (--resume continues it)")

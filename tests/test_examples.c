@@ -352,6 +352,21 @@ TEST(record_shapes) {
                  "{\"role\": \"tool\", \"content\": \"42\"}, {\"role\": \"assistant\", \"content\": "
                  "\"A\"}]}",
                  tok, tmpl, &cfg, &o);
+    same_example("a list of tool calls (parallel calls) in one function_call turn",
+                 "{\"conversations\": [{\"from\": \"human\", \"value\": \"Q\"}, {\"from\": "
+                 "\"function_call\", \"value\": \"[{\\\"name\\\": \\\"f\\\", \\\"arguments\\\": "
+                 "{}}, {\\\"name\\\": \\\"g\\\", \\\"arguments\\\": {}}]\"}]}",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}, {\"role\": \"assistant\", "
+                 "\"content\": \"\", \"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\": "
+                 "\"f\", \"arguments\": {}}}, {\"type\": \"function\", \"function\": {\"name\": \"g\", "
+                 "\"arguments\": {}}}]}]}",
+                 tok, tmpl, &cfg, &o);
+    same_example("loss_weight null is absent, true is 1",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\", \"loss_weight\": null}, "
+                 "{\"role\": \"assistant\", \"content\": \"A\", \"loss_weight\": true}]}",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Q\"}, {\"role\": \"assistant\", "
+                 "\"content\": \"A\"}]}",
+                 tok, tmpl, &cfg, &o);
     same_example("ShareGPT role names under \"role\"",
                  "{\"messages\": [{\"role\": \"human\", \"content\": \"Q\"}, {\"role\": \"gpt\", "
                  "\"content\": \"A\"}]}",

@@ -391,6 +391,18 @@ TEST(limits_and_errors) {
                          "JPEG: truncated", NULL);
             st_free(wide);
         }
+        /* data after the EOI (a Motion Photo's video, an SEF trailer) with marker-like bytes in
+         * it: the image is whole */
+        uint8_t *tail = st_malloc(len + 16);
+        CHECK(tail != NULL);
+        if (tail) {
+            memcpy(tail, jpg, len);
+            memcpy(tail + len, "\xff\xda\x00\x08trail\xff\x00\x01", 13);
+            rc = st_image_decode(tail, len + 13, NULL, &im, &err);
+            CHECKF(rc == ST_OK, "JPEG with a trailer after its EOI: %s", err.msg);
+            if (!rc) st_image_free(&im);
+            st_free(tail);
+        }
         struct st_image_limits small = {1000};
         rc = st_image_decode(jpg, len, &small, &im, &err);
         expect_error("JPEG over a small limit", rc, &err, ST_ERR_NOMEM, "131x97", "1000 pixels");

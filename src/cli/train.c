@@ -193,7 +193,7 @@ static int config_args(const char *path, char ***out, int *n) {
             char *key = line;
             while (*key == ' ' || *key == '\t' || *key == '\r') key++;
             if (!colon) {
-                if (*key) {
+                if (*key && strncmp(key, "---", 3) != 0 && strncmp(key, "...", 3) != 0) {
                     fprintf(stderr, "streamtune: %s:%ld: expected 'key: value'\n", path, lineno);
                     bad = 1;
                 }
@@ -241,6 +241,8 @@ static int config_args(const char *path, char ***out, int *n) {
     return 0;
 }
 
+static int train_args(int argc, char **argv);
+
 int cmd_train(int argc, char **argv) {
     /* -c FILE / --config FILE: expand its options in front of the command line */
     for (int i = 1; i + 1 < argc; i++) {
@@ -249,15 +251,27 @@ int cmd_train(int argc, char **argv) {
         int cn;
         if (config_args(argv[i + 1], &cv, &cn)) return CLI_EXIT_USAGE;
         char **nv = calloc((size_t)(argc + cn), sizeof *nv);
+        if (!nv) {
+            for (int j = 0; j < cn; j++) free(cv[j]);
+            free(cv);
+            fprintf(stderr, "streamtune: out of memory\n");
+            return CLI_EXIT_ERR;
+        }
         int k = 0;
         nv[k++] = argv[0];
         for (int j = 0; j < cn; j++) nv[k++] = cv[j];
         for (int j = 1; j < argc; j++)
             if (j != i && j != i + 1) nv[k++] = argv[j];
-        argv = nv;
-        argc = k;
-        break;
+        int rc = train_args(k, nv);
+        for (int j = 0; j < cn; j++) free(cv[j]);
+        free(cv);
+        free(nv);
+        return rc;
     }
+    return train_args(argc, argv);
+}
+
+static int train_args(int argc, char **argv) {
     struct st_train_options o;
     st_train_options_default(&o);
     int json = 0;

@@ -381,18 +381,34 @@ static enum st_status jpeg_body(struct jpeg_job *j, struct st_error *err) {
     return ST_OK;
 }
 
-/* Whether an end-of-image marker follows the last start-of-scan: inside entropy-coded data 0xFF
- * is always followed by 0x00 or a restart marker, so FF DA / FF D9 there are real markers (an EXIF
- * thumbnail's come before the main image's scans). A decode of the top rows only (a crop) stops
- * before a cut tail, so this is checked up front: a file is bad whatever region is asked for. */
+/* Whether the main image's segments run to its end-of-image marker: 1 yes, 0 the data ends first
+ * (truncated), -1 the structure is not one to judge (libjpeg then reports what is wrong). Walks
+ * the marker segments by their lengths (an EXIF thumbnail sits inside APP1), each scan's
+ * entropy-coded data up to the next marker (there 0xFF is followed by 0x00 or a restart marker),
+ * and stops at the EOI: data after it (a Motion Photo's video, MPO's second image) is not read.
+ * A decode of some rows only (a crop) stops before a cut tail, so this is checked up front: a
+ * file is bad whatever region is asked for. */
 static int jpeg_complete(const uint8_t *d, size_t n) {
-    size_t sos = 0, eoi = 0;
-    for (size_t i = 0; i + 1 < n; i++)
-        if (d[i] == 0xff) {
-            if (d[i + 1] == 0xda) sos = i + 1;
-            else if (d[i + 1] == 0xd9) eoi = i + 1;
-        }
-    return sos && eoi > sos;
+    if (n < 4 || d[0] != 0xff || d[1] != 0xd8) return -1;
+    size_t i = 2;
+    while (i < n) {
+        if (d[i] != 0xff) return -1;
+        while (i < n && d[i] == 0xff) i++; /* fill bytes */
+        if (i >= n) return 0;
+        uint8_t m = d[i++];
+        if (m == 0xd9) return 1;
+        if (m == 0xd8 || m == 0x01 || (m >= 0xd0 && m <= 0xd7)) continue; /* no length */
+        if (n - i < 2) return 0;
+        size_t len = (size_t)d[i] << 8 | d[i + 1];
+        if (len < 2) return -1;
+        if (n - i < len) return 0;
+        i += len;
+        if (m == 0xda)
+            while (i < n && !(d[i] == 0xff && i + 1 < n && d[i + 1] != 0x00 &&
+                              !(d[i + 1] >= 0xd0 && d[i + 1] <= 0xd7)))
+                i++;
+    }
+    return 0;
 }
 
 enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
@@ -407,7 +423,7 @@ enum st_status img_jpeg_decode_part(const uint8_t *data, size_t len,
         return st_errorf(err, ST_ERR_ARG, "not a JPEG (%s)", st_image_format_name(info.format));
     if ((rc = img_check_limits(&info, lim, err))) return rc;
     if (num < 1 || num > 8) return st_errorf(err, ST_ERR_ARG, "JPEG: bad DCT scale %d/8", num);
-    if (!jpeg_complete(data, len))
+    if (jpeg_complete(data, len) == 0)
         return st_errorf(err, ST_ERR_FORMAT, "JPEG: truncated data (%zu bytes; no end-of-image "
                          "marker after the last scan)", len);
     struct jpeg_job *j = st_calloc(1, sizeof *j);

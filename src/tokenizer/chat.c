@@ -209,7 +209,10 @@ enum st_status st_chat_template_load(struct st_chat_template **out, const char *
     {
         struct st_chat_template *ct = NULL;
         rc = st_chat_template_parse(&ct, src, src_len, what, err);
-        if (rc) goto done;
+        if (rc) { /* a template that does not parse is broken, not absent (whatever the cause) */
+            if (rc != ST_ERR_NOMEM) rc = err->code = ST_ERR_FORMAT;
+            goto done;
+        }
         ct->bos = bos;
         ct->eos = eos;
         bos = eos = NULL;

@@ -280,7 +280,7 @@ enum st_status st_decode_stream_prefill(struct st_decode_stream *s, const int32_
         s->ids = a;
         s->cap = 64;
     }
-    memcpy(s->ids, ids, n * sizeof *ids);
+    if (n) memcpy(s->ids, ids, n * sizeof *ids);
     s->n = s->read_index = n;
     s->prefix_index = 0;
     st_free(s->prefix);

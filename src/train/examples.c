@@ -74,23 +74,31 @@ static enum st_status encode_masked(struct st_example *ex, const struct st_token
     return rc;
 }
 
-/* A tool call written as JSON text ({"name": ..., "arguments": ...}: LLaMA-Factory's tool_call
- * part, ShareGPT's function_call turn) as a chat template's tool_calls entry; NULL when it is
- * not one */
-static cJSON *tool_call_entry(const char *json) {
-    cJSON *f = cJSON_Parse(json);
-    if (!cJSON_IsObject(f) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(f, "name"))) {
-        cJSON_Delete(f);
-        return NULL;
+/* Tool calls written as JSON text: an object {"name": ..., "arguments": ...} or a list of them
+ * (LLaMA-Factory's tool_call part, ShareGPT's function_call turn; a list for parallel calls),
+ * appended to calls as chat templates' tool_calls entries. 0 when the text is neither. */
+static int add_tool_calls(cJSON *calls, const char *json) {
+    cJSON *v = cJSON_Parse(json);
+    int n = 0, ok = cJSON_IsObject(v) || (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0);
+    for (cJSON *f = cJSON_IsArray(v) ? v->child : v; ok && f; f = cJSON_IsArray(v) ? f->next : NULL)
+        ok = cJSON_IsObject(f) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(f, "name"));
+    while (ok && v) {
+        cJSON *f = cJSON_IsArray(v) ? cJSON_DetachItemFromArray(v, 0) : v;
+        if (f == v) v = NULL;
+        if (!f) break;
+        cJSON *c = cJSON_CreateObject();
+        if (!c || !cJSON_AddStringToObject(c, "type", "function")) {
+            cJSON_Delete(c);
+            cJSON_Delete(f);
+            ok = 0;
+            break;
+        }
+        cJSON_AddItemToObject(c, "function", f);
+        cJSON_AddItemToArray(calls, c);
+        n++;
     }
-    cJSON *c = cJSON_CreateObject();
-    if (!c) {
-        cJSON_Delete(f);
-        return NULL;
-    }
-    cJSON_AddStringToObject(c, "type", "function");
-    cJSON_AddItemToObject(c, "function", f);
-    return c;
+    cJSON_Delete(v);
+    return ok && n > 0;
 }
 
 /* Message content into nm: a string as is; a list of typed parts ("text" or "value"), text parts
@@ -123,18 +131,14 @@ static enum st_status put_content(cJSON *nm, const cJSON *c, const char *where, 
             break;
         }
         if (!strcmp(type, "tool_call")) {
-            cJSON *e = tool_call_entry(t->valuestring);
-            if (!e) {
-                rc = st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d].content[%d]: a tool_call "
-                               "part's value is not a JSON object with a \"name\"", where, i, k);
-                break;
-            }
             if (!calls && !(calls = cJSON_CreateArray())) {
-                cJSON_Delete(e);
                 rc = st_errorf(err, ST_ERR_NOMEM, "out of memory");
                 break;
             }
-            cJSON_AddItemToArray(calls, e);
+            if (!add_tool_calls(calls, t->valuestring))
+                rc = st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d].content[%d]: a tool_call "
+                               "part's value is not a JSON object with a \"name\" (or a list of "
+                               "them)", where, i, k);
             continue;
         }
         if (!strcmp(type, "text")) d = &txt;
@@ -229,16 +233,15 @@ static enum st_status normalise_messages(const cJSON *msgs, const cJSON *system,
             break;
         }
         if (from && !strcmp(from, "function_call")) { /* the value is the call, as JSON */
-            cJSON *e = cJSON_IsString(content) ? tool_call_entry(content->valuestring) : NULL;
-            cJSON *calls = e ? cJSON_CreateArray() : NULL;
-            if (!calls) {
-                cJSON_Delete(e);
+            cJSON *calls = cJSON_CreateArray();
+            if (!calls || !cJSON_IsString(content) || !add_tool_calls(calls, content->valuestring)) {
+                cJSON_Delete(calls);
                 cJSON_Delete(nm);
                 rc = st_errorf(err, ST_ERR_FORMAT, "%s: messages[%d]: a function_call turn's "
-                               "value is not a JSON object with a \"name\"", where, i);
+                               "value is not a JSON object with a \"name\" (or a list of them)",
+                               where, i);
                 break;
             }
-            cJSON_AddItemToArray(calls, e);
             cJSON_AddStringToObject(nm, "content", "");
             cJSON_AddItemToObject(nm, "tool_calls", calls);
         } else if ((rc = put_content(nm, content, where, i, err))) {
@@ -252,13 +255,15 @@ static enum st_status normalise_messages(const cJSON *msgs, const cJSON *system,
                 cJSON_AddItemToObject(nm, f->string, cJSON_Duplicate(f, 1));
         cJSON_AddItemToArray(arr, nm);
         /* loss_weight: 0 (not trained) or 1; a fraction cannot weigh tokens here */
-        const cJSON *lw = cJSON_GetObjectItem(m, "loss_weight");
-        if (lw && !(cJSON_IsNumber(lw) && (lw->valuedouble == 0 || lw->valuedouble == 1))) {
+        const cJSON *lw = cJSON_GetObjectItem(m, "loss_weight"); /* null: absent */
+        int train = !(cJSON_IsFalse(lw) || (cJSON_IsNumber(lw) && lw->valuedouble == 0));
+        if (lw && !cJSON_IsNull(lw) && !cJSON_IsBool(lw) &&
+            !(cJSON_IsNumber(lw) && (lw->valuedouble == 0 || lw->valuedouble == 1))) {
             rc = st_errorf(err, ST_ERR_UNSUPPORTED, "%s: messages[%d].loss_weight must be 0 or 1",
                            where, i);
             break;
         }
-        w[i + add_sys] = !(lw && lw->valuedouble == 0);
+        w[i + add_sys] = (uint8_t)train;
     }
     if (rc) {
         cJSON_Delete(arr);

@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,6 +119,11 @@ static int is_val_name(const char *base) {
            starts_with_ci(base, "val_") || starts_with_ci(base, "val-");
 }
 
+/* test.jsonl, test-00.tar, test_x: not testimonials.jsonl */
+static int is_test_name(const char *base) {
+    return starts_with_ci(base, "test") && !isalnum((unsigned char)base[4]);
+}
+
 /* The shards of url for training (and, with val, its valid* shards for validation), as mlx-lm
  * reads a data folder: train* when there are any, else every shard but valid* and test*; a
  * validation or test file is never trained on (a single file named so is used as given). */
@@ -137,8 +143,8 @@ static enum st_status list_urls(const struct st_train_options *o, const char *ur
     for (uint32_t i = 0; i < l.n && *out && (!val || *val); i++) {
         const char *base = strrchr(l.shards[i].name, '/');
         base = base ? base + 1 : l.shards[i].name;
-        int is_val = is_val_name(base), is_test = starts_with_ci(base, "test");
-        if (val && is_val) (*val)[(*nval)++] = st_strdup(l.shards[i].url);
+        int is_val = is_val_name(base), is_test = is_test_name(base);
+        if (val && is_val && l.n > 1) (*val)[(*nval)++] = st_strdup(l.shards[i].url);
         if (has_train ? starts_with_ci(base, "train") : l.n == 1 || (!is_val && !is_test))
             (*out)[(*n)++] = st_strdup(l.shards[i].url);
         else
@@ -194,6 +200,7 @@ struct loader {
     struct st_error err;
     double wait_s;
     uint64_t records, skipped;
+    int resumed; /* the stream continues from a checkpoint's data position */
 };
 
 static void pending_free(struct st_example *p, size_t n) {
@@ -241,10 +248,12 @@ static void *loader_main(void *arg) {
     struct qitem it;
     char where[600];
     uint64_t epoch_records = 0, epoch_used = 0;
+    /* a resumed stream starts mid-epoch: its first epoch end says nothing of the data */
+    int whole = !L->resumed;
     for (;;) {
         enum st_status rc = st_stream_next(L->stream, &smp, &L->err);
         if (rc == ST_STREAM_END) { /* next epoch, unless this one gave nothing to train on */
-            if (epoch_used == 0) {
+            if (whole && epoch_used == 0) {
                 if (epoch_records == 0)
                     st_errorf(&L->err, ST_ERR_FORMAT, "%s: no records", L->o->data);
                 else
@@ -256,6 +265,7 @@ static void *loader_main(void *arg) {
                 break;
             }
             epoch_records = epoch_used = 0;
+            whole = 1;
             continue;
         }
         if (rc) break;
@@ -631,8 +641,9 @@ static enum st_status load_checkpoint(const struct st_train_options *o, const ch
     /* the adapter's shape and scale come from the checkpoint: flags that say otherwise would be
      * ignored, so they are an error (as --seed and --batch-size above) */
     const struct st_lora_config *h = &lo->cfg, *w = &o->lora;
-    if (h->rank != w->rank || h->alpha != w->alpha || !h->rslora != !w->rslora ||
-        h->targets != w->targets || h->first_layer != w->first_layer)
+    if (!o->init_adapter && /* (a run started from --adapter took its shape from it) */
+        (h->rank != w->rank || h->alpha != w->alpha || !h->rslora != !w->rslora ||
+         h->targets != w->targets || h->first_layer != w->first_layer))
         return st_errorf(err, ST_ERR_ARG,
                          "%s: the checkpoint's adapter has rank %d, alpha %g%s, target mask 0x%x "
                          "and adapters from layer %d; this run asks for rank %d, alpha %g%s, mask "
@@ -908,8 +919,8 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
 
     /* adapter: resumed, given, or fresh */
     char ck[4400] = "";
-    if (!o->resume) { /* a fresh run would overwrite another run's adapter and log, and leave
-                       * its later checkpoints beside its own */
+    if (!o->resume && !o->dry_run) { /* a fresh run would overwrite another run's adapter and
+                                      * log, and leave its later checkpoints beside its own */
         char lp[4400];
         snprintf(lp, sizeof lp, "%s/checkpoints/latest", o->out_dir);
         if (access(lp, F_OK) == 0) {
@@ -1078,6 +1089,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     L.tok = tok;
     L.tmpl = tmpl;
     L.cfg = &m.cfg;
+    L.resumed = s.data_state != NULL;
     if ((rc = st_stream_open(&L.stream, &so, err))) goto done;
     if ((rc = st_packer_init(&L.packer, B, T, o->pack, pad, err))) goto done;
     for (size_t i = 0; i < s.n_pending; i++)

@@ -20,7 +20,8 @@ static inline float fexp(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
+    int32_t ni = n == n ? (int32_t)n : 0; /* NaN in, NaN out (y is NaN): no int of a NaN */
+    uint32_t e = (uint32_t)(ni + 127) << 23;
     float sc;
     memcpy(&sc, &e, 4);
     return y * sc;
