@@ -217,6 +217,19 @@ with tempfile.TemporaryDirectory() as t:
     rc2, _, err2 = run_t(*base, "--data", good, "--out", os.path.join(t, "o4"), "--steps", "5",
                          "--batch-size", "4", "--no-pack", "--resume", os.path.join(t, "o4"))
     check(rc == 0 and rc2 == 0, f"train: a resume at an epoch's end goes on ({err2.strip().splitlines()[-1:]})")
+    rc, _, err = run_t(*base, "--data", good, "--out", os.path.join(t, "o4"), "--steps", "6",
+                       "--batch-size", "4", "--no-pack", "--resume", os.path.join(t, "o4"), "--seed", "1")
+    check(rc == 1 and "the checkpoint was made with --seed 0" in err,
+          "train: a resume with another --seed is an error naming the checkpoint's (it crashed)")
+    # stream flags take no value (--no-shuffle swallowed the flag after it); the record field
+    # names are train options too
+    rc, _, err = run_t(*base, "--data", good, "--out", os.path.join(t, "o5"), "--dry-run",
+                       "--no-shuffle", "--grad-checkpoint")
+    check(rc == 0 and "gradient checkpointing on" in err, "train: --no-shuffle does not eat the next flag")
+    rc, _, err = run_t("train", "--model", d, "--data", good, "--out", os.path.join(t, "o6"),
+                       "--data-format", "text", "--text-field", "body", "--steps", "1", "--max-seq-len", "32")
+    check(rc == 1 and 'no "body" string' in err,
+          f"train: --data-format and --text-field reach the record reader ({err.strip().splitlines()[-1:]})")
     rc, _, err = run_t(*base, "--data", good, "--out", os.path.join(t, "o3"), "--rank", "4")
     check(rc == 1 and "already holds a training run" in err,
           "train: a fresh run into another run's --out is refused (--resume continues it)")

@@ -593,6 +593,19 @@ TEST(cli_commands) {
     CHECK(j && cJSON_GetObjectItem(j, "first_sample_s")->valuedouble >= 0);
     cJSON_Delete(j);
     free(out.p);
+    /* an index written outside the dataset's folder: its shard paths still resolve */
+    {
+        char idx2[700];
+        snprintf(idx2, sizeof idx2, "%s-outside.json", g_dir);
+        snprintf(args, sizeof args, "data index %s -o %s", g_dir, idx2);
+        CHECKF(cli(args, &out, err, sizeof err) == 0, "%s", err);
+        free(out.p);
+        snprintf(args, sizeof args, "data cat %s", idx2);
+        CHECKF(cli(args, &out, err, sizeof err) == 0 && count_lines(&out) == g_total,
+               "index outside the folder: %s", err);
+        free(out.p);
+        unlink(idx2);
+    }
     /* --epochs N reads N epochs (each epoch's end is not the stream's) */
     snprintf(args, sizeof args, "data cat %s --epochs 3", idx);
     CHECKF(cli(args, &out, err, sizeof err) == 0, "%s", err);

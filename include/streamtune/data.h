@@ -141,6 +141,9 @@ void st_stream_options_init(struct st_stream_options *o);
  * sets *known = 0 when name is not a stream option (so a CLI can try its own options). */
 enum st_status st_stream_option_set(struct st_stream_options *o, const char *name,
                                     const char *value, int *known, struct st_error *err);
+/* 1 when the stream option name (without the dashes) takes no value: shuffle, no-shuffle,
+ * no-json-check, anonymous. */
+int st_stream_option_is_flag(const char *name);
 /* One line per option for --help texts. */
 extern const char st_stream_options_help[];
 

@@ -187,9 +187,7 @@ static int parse_args(int argc, char **argv, struct data_args *a, const char *cm
             memcpy(name, arg + 2, n);
             name[n] = '\0';
             const char *val = eq ? eq + 1 : NULL;
-            int flag = strcmp(name, "no-shuffle") == 0 || strcmp(name, "shuffle") == 0 ||
-                       strcmp(name, "no-json-check") == 0 || strcmp(name, "anonymous") == 0 ||
-                       strcmp(name, "random-crop") == 0;
+            int flag = st_stream_option_is_flag(name) || strcmp(name, "random-crop") == 0;
             if (!eq && !flag && i + 1 < argc) val = argv[++i];
             int known;
             struct st_error err;

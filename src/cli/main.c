@@ -19,10 +19,11 @@ static const char *usage_text =
     "  tokenize  --model DIR --text T|--file F  token ids (--json: one array per line)\n"
     "  detokenize --model DIR --ids 1,2|--file F  text from ids\n"
     "  chat-template --model DIR --messages F.json  render a conversation with the model's template\n"
-    "  data      ls|cat|index|bench URL      stream a dataset from disk, http(s):// or s3://\n"
+    "  data      ls|cat|index|bench|preview URL  stream a dataset from disk, http(s):// or s3://\n"
     "\n"
     "global options: --threads N (default: all cores), --verbose, --quiet, --version\n"
-    "every command takes --json (one JSON object on stdout) and --help\n";
+    "every command takes --help and --json: one JSON object on stdout (train: one per event,\n"
+    "tokenize, detokenize and data cat: one per line)\n";
 
 int cli_fail(int json, const struct st_error *err) {
     if (json) {

@@ -49,7 +49,10 @@ static const char *usage =
     "  --resume DIR         continue from DIR's latest checkpoint (same data and settings)\n"
     "  --adapter DIR        start from an existing PEFT adapter\n"
     "  --data-format F      auto | text | completions | chat | ids (auto: per record)\n"
-    "  --text-field, --prompt-field, --completion-field, --messages-field NAME  JSON keys\n"
+    "  --data-rank R        this process's data partition with --world-size W (the stream's\n"
+    "                       --rank; here --rank is the LoRA rank)\n"
+    "  --text-field, --prompt-field, --completion-field, --messages-field, --tools-field NAME\n"
+    "                       the records' JSON keys\n"
     "  --train-on-prompt    also train prompt / non-assistant tokens\n"
     "  --no-pack            one record per row (padded) instead of packing records into rows\n"
     "  --no-eos             do not append EOS to text and completion records\n"
@@ -65,6 +68,7 @@ struct progress {
 
 static void on_event(void *ctx, const struct st_train_event *ev) {
     struct progress *p = ctx;
+    if (!p->json && st_log_get_level() < ST_LOG_INFO) return; /* --quiet: errors only */
     if (!strcmp(ev->kind, "plan")) {
         if (p->json) {
             printf("{\"kind\": \"plan\", \"bytes\": %zu, \"steps\": %ld}\n", ev->plan_bytes,
@@ -118,24 +122,32 @@ static void on_event(void *ctx, const struct st_train_event *ev) {
     fflush(stdout);
 }
 
-static int stream_option(struct st_train_options *o, const char *flag, const char *value) {
+/* A stream option at argv[*i] (--stream-memory 512M, --no-shuffle, ...): 1 when it was one (*i
+ * moved past its value, if it takes one), 0 when it is not a stream option. */
+static int stream_option(struct st_train_options *o, int argc, char **argv, int *i) {
+    const char *name = argv[*i] + 2, *value = NULL;
+    int flag = st_stream_option_is_flag(name);
+    if (!flag) {
+        if (*i + 1 >= argc) return 0; /* (a known one gets "needs a value" below) */
+        value = argv[*i + 1];
+    }
     int known = 1;
     struct st_error e;
-    if (st_stream_option_set(&o->stream, flag + 2, value, &known, &e) != ST_OK) {
+    if (st_stream_option_set(&o->stream, name, value, &known, &e) != ST_OK) {
         if (known) {
-            fprintf(stderr, "streamtune: %s\n", e.msg);
+            cli_usage("", "%s", e.msg);
             exit(CLI_EXIT_USAGE);
         }
         return 0;
     }
+    if (known && !flag) (*i)++;
     return known;
 }
 
-/* -c FILE: a JSON object or simple YAML ("key: value" lines) of option names without the
- * leading dashes; command-line flags given after it override it (they come later in argv). */
-/* A -c file's options as flags: a JSON object, or the YAML subset `key: value` (# comments).
- * Anything else is an error naming the file and line: a config that half-parses would train
- * with defaults the user did not choose. */
+/* -c FILE: a JSON object or the YAML subset `key: value` (# comments) of option names without
+ * the leading dashes, as flags; command-line flags given after it override it (they come later
+ * in argv). Anything else is an error naming the file and line: a config that half-parses would
+ * train with defaults the user did not choose. */
 static int config_args(const char *path, char ***out, int *n) {
     char *text;
     size_t len;
@@ -349,14 +361,25 @@ static int train_args(int argc, char **argv) {
             if (st_quant_parse(v, &o.load.quantize)) BAD("--quantize: expected nf4, int8 or none");
         } else if (OPT("--compute")) {
             if (cli_compute(v, &o.load)) BAD("--compute: expected bf16, f32 or f32-blas");
-        } else if (OPT("--max-memory")) {
+        } else if (OPT("--data-format")) {
+            struct st_error fe;
+            if (st_data_format_parse(v, &o.examples.format, &fe)) BAD("--data-format: %s", fe.msg);
+        } else if (OPT("--text-field")) o.examples.text_field = v;
+        else if (OPT("--prompt-field")) o.examples.prompt_field = v;
+        else if (OPT("--completion-field")) o.examples.completion_field = v;
+        else if (OPT("--messages-field")) o.examples.messages_field = v;
+        else if (OPT("--tools-field")) o.examples.tools_field = v;
+        else if (OPT("--data-rank")) { /* the stream's --rank: --rank is the LoRA rank here */
+            struct st_error re;
+            int known;
+            if (st_stream_option_set(&o.stream, "rank", v, &known, &re)) BAD("--data-rank: %s", re.msg);
+        }
+        else if (OPT("--max-memory")) {
             if (st_parse_bytes(v, &o.max_memory)) BAD("--max-memory: expected a size like 8G");
         } else if (missing) BAD("%s needs a value", a);
-        else if (!strncmp(a, "--", 2) && strcmp(a, "--help") != 0 && i + 1 < argc &&
-                 stream_option(&o, a, argv[i + 1])) {
-            /* a stream option (--stream-memory, --endpoint-url, --connections, ...) */
-            i++;
-        }
+        else if (!strncmp(a, "--", 2) && strcmp(a, "--help") != 0 &&
+                 stream_option(&o, argc, argv, &i))
+            ; /* a stream option (--stream-memory, --endpoint-url, --connections, ...) */
         else if (!strcmp(a, "--grad-checkpoint")) o.grad_checkpoint = 1;
         else if (!strcmp(a, "--no-double-quant")) o.load.double_quant = 0;
         else if (!strcmp(a, "--keep-embeddings")) o.load.keep_embeddings = 1;
@@ -401,7 +424,7 @@ static int train_args(int argc, char **argv) {
             printf("{\"kind\": \"done\", \"adapter\": ");
             cli_json_string(stdout, o.out_dir);
             printf("}\n");
-        } else {
+        } else if (st_log_get_level() >= ST_LOG_INFO) {
             fprintf(stderr, "adapter written to %s (adapter_config.json, "
                             "adapter_model.safetensors)\n", o.out_dir);
         }

@@ -8,9 +8,11 @@
  * sequentially in ranged parts (retries as in the stream), hashed over its stored bytes, and
  * decoded and parsed with the stream's own parsers, so an index is only written for shards the
  * stream can read. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "data/internal.h"
 
@@ -160,18 +162,43 @@ enum st_status st_index_write(const struct st_stream_options *opts, const char *
             strncat(base, "/", sizeof base - strlen(base) - 1);
         }
     }
+    /* A manifest written to a local file and local shards: their paths relative to the
+     * manifest's folder (how a reader resolves them), or absolute when outside it. (Remote
+     * shards stay relative to their source: that manifest is meant to sit beside them.) */
+    int to_file = strcmp(out_path, "-") != 0, local = to_file && !base_url;
+    for (uint32_t i = 0; local && i < d.list.n; i++)
+        local = strstr(d.list.shards[i].url, "://") == NULL;
+    char mdir[PATH_MAX] = "";
+    if (local) {
+        char od[PATH_MAX];
+        snprintf(od, sizeof od, "%s", out_path);
+        char *sl = strrchr(od, '/');
+        if (sl) sl[sl == od] = '\0';
+        else snprintf(od, sizeof od, ".");
+        if (!realpath(od, mdir)) local = 0;
+    }
     FILE *f = NULL;
-    if (rc == ST_OK) {
-        f = strcmp(out_path, "-") == 0 ? stdout : fopen(out_path, "w");
-        if (!f) rc = st_errorf(err, ST_ERR_IO, "%s: cannot write", out_path);
+    char tmp[PATH_MAX + 32] = "";
+    if (rc == ST_OK) { /* to a temporary file, renamed over out_path once whole */
+        if (to_file) snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_path, (long)getpid());
+        f = to_file ? fopen(tmp, "w") : stdout;
+        if (!f) rc = st_errorf(err, ST_ERR_IO, "%s: cannot write", to_file ? tmp : out_path);
     }
     if (rc == ST_OK) {
         uint64_t ts = 0, tb = 0;
         fprintf(f, "{\"streamtune_index\": 1, \"shards\": [\n");
         for (uint32_t i = 0; i < d.list.n; i++) {
             const char *u = d.list.shards[i].url;
-            size_t bl = strlen(base);
-            if (bl && strncmp(u, base, bl) == 0 && u[bl]) u += bl;
+            char abs[PATH_MAX];
+            size_t ml = strlen(mdir);
+            if (local && realpath(u, abs)) {
+                u = abs;
+                if (strncmp(abs, mdir, ml) == 0 && abs[ml] == '/') u = abs + ml + 1;
+                else if (ml == 1 && abs[0] == '/') u = abs + 1; /* the manifest in / */
+            } else {
+                size_t bl = strlen(base);
+                if (bl && strncmp(u, base, bl) == 0 && u[bl]) u += bl;
+            }
             fprintf(f, "  {\"url\": ");
             json_str(f, u);
             fprintf(f, ", \"bytes\": %llu, \"samples\": %llu, \"sha256\": \"%s\"}%s\n",
@@ -183,11 +210,14 @@ enum st_status st_index_write(const struct st_stream_options *opts, const char *
         fprintf(f, "], \"samples\": %llu, \"bytes\": %llu}\n", (unsigned long long)ts,
                 (unsigned long long)tb);
         if (f != stdout) {
-            if (fclose(f) != 0) rc = st_errorf(err, ST_ERR_IO, "%s: write failed", out_path);
+            int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+            if (fclose(f) != 0 || bad || rename(tmp, out_path) != 0)
+                rc = st_errorf(err, ST_ERR_IO, "%s: write failed", out_path);
         } else {
             fflush(f);
         }
     }
+    if (rc && tmp[0]) unlink(tmp);
     st_free(ns);
     st_free(nb);
     st_free(sha);

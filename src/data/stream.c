@@ -225,6 +225,11 @@ const char st_stream_options_help[] =
     "~/.aws)\n"
     "  --anonymous            unsigned S3 requests (public buckets)\n";
 
+int st_stream_option_is_flag(const char *name) {
+    return strcmp(name, "no-shuffle") == 0 || strcmp(name, "shuffle") == 0 ||
+           strcmp(name, "no-json-check") == 0 || strcmp(name, "anonymous") == 0;
+}
+
 enum st_status st_stream_option_set(struct st_stream_options *o, const char *name,
                                     const char *value, int *known, struct st_error *err) {
     *known = 1;

@@ -288,9 +288,12 @@ static void *loader_main(void *arg) {
         size_t trained = 0;
         for (size_t t = 1; t < ex.n; t++) trained += ex.labels[t] >= 0;
         if (trained == 0) {
+            int cut = L->o->examples.max_len > 0 && ex.n == (size_t)L->o->examples.max_len;
             if (L->skipped++ == 0)
-                st_log(ST_LOG_WARN, "%s: %s: skipped (and any more like it)", where,
-                       ex.n < 2 ? "fewer than 2 tokens" : "no token to train on");
+                st_log(ST_LOG_WARN, "%s: %s: skipped (and any more like it)%s", where,
+                       ex.n < 2 ? "fewer than 2 tokens" : "no token to train on",
+                       cut ? "; it was cut to the row length (--max-seq-len), which may have "
+                             "dropped its trained part" : "");
             continue;
         }
         epoch_used++;
@@ -598,14 +601,14 @@ static enum st_status load_checkpoint(const struct st_train_options *o, const ch
         }
         v[i] = x->valuedouble;
     }
+    int pack = cJSON_IsTrue(cJSON_GetObjectItem(js, "pack"));
     if ((uint64_t)v[2] != o->seed || (int)v[3] != o->batch_size || (int)v[4] != o->grad_accum ||
-        (int)v[5] != o->max_seq_len || cJSON_IsTrue(cJSON_GetObjectItem(js, "pack")) != !!o->pack) {
+        (int)v[5] != o->max_seq_len || pack != !!o->pack) {
         cJSON_Delete(js);
         return st_errorf(err, ST_ERR_ARG,
                          "%s: the checkpoint was made with --seed %.0f --batch-size %.0f "
                          "--grad-accum %.0f --max-seq-len %.0f and packing %s; resume with the "
-                         "same values", path, v[2], v[3], v[4], v[5],
-                         cJSON_IsTrue(cJSON_GetObjectItem(js, "pack")) ? "on" : "off");
+                         "same values", path, v[2], v[3], v[4], v[5], pack ? "on" : "off");
     }
     s->step = (long)v[0];
     s->tokens = (size_t)v[1];
@@ -898,6 +901,9 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
                                             * records that would use it */
         st_log(ST_LOG_WARN, "the model's chat template does not load: %s", cterr.msg);
     size_t T = (size_t)(o->max_seq_len < m.cfg.max_seq_len ? o->max_seq_len : m.cfg.max_seq_len);
+    if ((size_t)o->max_seq_len > T)
+        st_log(ST_LOG_INFO, "--max-seq-len %d is past the model's context: rows of %zu tokens",
+               o->max_seq_len, T);
     struct st_train_options oo = *o; /* examples.max_len follows the planned row length */
     oo.examples.max_len = (int)T;
     if (ctrc && ctrc != ST_ERR_UNSUPPORTED) oo.examples.tmpl_error = cterr.msg;
@@ -935,6 +941,11 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
         if ((rc = load_checkpoint(o, ck, &m.cfg, &lo, &m1, &m2, &s, err))) goto done;
     } else if (o->init_adapter) {
         if ((rc = st_lora_load(&lo, &m.cfg, o->init_adapter, err))) goto done;
+        if (lo.cfg.rank != o->lora.rank || lo.cfg.targets != o->lora.targets ||
+            lo.cfg.alpha != o->lora.alpha || lo.cfg.first_layer != o->lora.first_layer)
+            st_log(ST_LOG_INFO, "--adapter %s: its rank %d, alpha %g and modules are used "
+                   "(--rank, --alpha, --targets and --layers do not apply)", o->init_adapter,
+                   lo.cfg.rank, (double)lo.cfg.alpha);
     } else {
         if ((rc = st_lora_init(&lo, &m.cfg, &o->lora, o->seed, err))) goto done;
     }
