@@ -252,6 +252,8 @@ with tempfile.TemporaryDirectory() as t:
     rc, out, err = run("chat-template", "--model", t, "--messages", good, "--tools",
                        write("tools.json", '{"a": 1}'))
     check(rc == 1 and "tools.json: expected a JSON list" in err, "chat-template --tools must be a list")
+    rc, out, err = run("chat-template", "--model", t, "--messages", good, "--vars", "notjson")
+    check(rc == 2 and "--vars: expected a JSON object" in err, "chat-template: a bad --vars is a usage error")
     rc, out, err = run("eval", "--model", d, "--data", write("nul.jsonl", '{"text": "a\\u0000b"}\n'))
     check(rc == 1 and "nul.jsonl:1: byte 11: a string holds" in err, "eval: a \\u0000 in a text record is an error")
 
@@ -301,7 +303,7 @@ else:
         back = [json.loads(l) for l in out.splitlines()] if rc == 0 else []
         check(back == lines, "detokenize --json inverts tokenize")
         rc, _, err = run("detokenize", "--model", tokdir, "--ids", "1,x")
-        check(rc == 1 and "--ids" in err, "detokenize: bad ids named")
+        check(rc == 2 and "--ids" in err, "detokenize: malformed --ids is a usage error naming it")
         rc, _, err = run("tokenize", "--model", "/nonexistent", "--text", "x")
         check(rc == 1 and "/nonexistent/tokenizer.json" in err, "tokenize: missing tokenizer named")
 

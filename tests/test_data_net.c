@@ -18,6 +18,7 @@
 #include "streamtune/data.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
 
 #define N_SHARDS 20
 #define PER 500
@@ -453,6 +454,57 @@ TEST(stall_retried) {
     td_stop(&px);
 }
 
+struct next_call {
+    struct st_stream *s;
+    enum st_status rc;
+    struct st_error err;
+};
+
+static void *call_next(void *arg) {
+    struct next_call *c = arg;
+    struct st_sample smp;
+    c->rc = st_stream_next(c->s, &smp, &c->err);
+    return NULL;
+}
+
+TEST(cancel_unblocks_next) {
+    if (!g_have_nginx) TEST_SKIP("%s", g_why_nginx);
+    /* next() waits on a transfer that stalls for 20 s (abandoned and retried after ~6 s); a
+     * cancel from another thread returns it at once with an error, and close is prompt (a
+     * trainer past its last step is not held by a slow server) */
+    struct td_server px;
+    const char *args[] = {"--faults", "stall", "--fault-first", "1", "--stall-ms", "20000"};
+    if (start_proxy(&px, g_nginx.port, args, 6)) {
+        CHECK(0);
+        return;
+    }
+    char url[256];
+    snprintf(url, sizeof url, "%s/%s", px.url, g_urls[0]);
+    struct st_stream_options o;
+    opts(&o);
+    o.url = url;
+    o.shuffle_buffer = 0;
+    struct next_call c = {0};
+    struct st_error err;
+    CHECKF(st_stream_open(&c.s, &o, &err) == ST_OK, "%s", err.msg);
+    if (!c.s) {
+        td_stop(&px);
+        return;
+    }
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, call_next, &c) == 0);
+    struct timespec ts = {0, 300 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    st_stream_cancel(c.s);
+    pthread_join(th, NULL);
+    CHECKF(c.rc != ST_OK && strstr(c.err.msg, "cancelled"), "next after cancel: %d %s", c.rc,
+           c.err.msg);
+    struct st_sample smp;
+    CHECK(st_stream_next(c.s, &smp, &err) != ST_OK); /* and every call after it */
+    st_stream_close(c.s);
+    td_stop(&px);
+}
+
 static void rewrite_mid_read(struct st_stream_options *o, const char *path, const char *what,
                              int s3) {
     /* an 8 MB shard, more than the stream holds with this budget (parts + parsed records under
@@ -812,6 +864,7 @@ int main(int argc, char **argv) {
     RUN(http_resume_new_process);
     RUN(retry_after_honoured);
     RUN(stall_retried);
+    RUN(cancel_unblocks_next);
     RUN(object_changed_mid_read);
     RUN(errors);
     RUN(rss_2gib);

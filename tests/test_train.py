@@ -272,10 +272,59 @@ def slow():
         check(ok, "stories260K on zed: validation loss drops from 2.1066 to < 0.6 in 60 steps")
 
 
+def stalled_server():
+    """Training over HTTP whose last steps need none of a shard that stalls forever: train exits
+    when its steps are done, not after the stall's retries (about 5 minutes with the defaults:
+    --stall-timeout 30, --retries 10). Loopback server: a.jsonl whole, b.jsonl headers then
+    silence."""
+    import http.server
+    import threading
+
+    recs = "".join(json.dumps({"ids": [1 + (i + k) % 60 for k in range(20)]}) + "\n" for i in range(40))
+    stop = threading.Event()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            body = recs.encode()
+            if self.path.endswith("/b.jsonl"):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                stop.wait(600)  # a server that never sends the body
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    try:
+        with tempfile.TemporaryDirectory() as t:
+            try:
+                rc = run("train", "--model", MODEL, "--data", f"http://127.0.0.1:{port}/{{a,b}}.jsonl",
+                         "--out", os.path.join(t, "o"), "--steps", "2", "--batch-size", "2",
+                         "--max-seq-len", "32", "--no-shuffle", "--shuffle-shards", "1", "--threads", "1",
+                         timeout=150)
+                ok, what = rc.returncode == 0, rc.stderr.strip().splitlines()[-1:]
+            except subprocess.TimeoutExpired:
+                ok, what = False, "still waiting on the stalled shard after 150 s"
+            check(ok, f"train over HTTP ends with its steps, not with a stalled shard's retries ({what})")
+    finally:
+        stop.set()
+        srv.shutdown()
+
+
 if WHICH == "slow":
     slow()
 else:
     fast()
     mlx_folders()
+    stalled_server()
 print(f"{failures} failures")
 sys.exit(1 if failures else 0)

@@ -66,6 +66,12 @@ int cmd_chat_template(int argc, char **argv) {
         } else return cli_usage(usage, "chat-template: unknown option '%s'", argv[i]);
     }
     if (!dir || !mfile) return cli_usage(usage, "chat-template: --model and --messages are required");
+    if (vars) { /* a --vars that is not a JSON object is a usage error (exit 2) */
+        cJSON *vj = cJSON_Parse(vars);
+        int ok = cJSON_IsObject(vj);
+        cJSON_Delete(vj);
+        if (!ok) return cli_usage(usage, "--vars: expected a JSON object, got '%.60s'", vars);
+    }
     struct st_error err = {0};
     struct st_chat_template *t;
     if (st_chat_template_load(&t, dir, &err)) return cli_fail(json, &err);

@@ -173,6 +173,13 @@ int cmd_detokenize(int argc, char **argv) {
     }
     if (!dir) return cli_usage(detok_usage, "detokenize: --model DIR is required");
     if (ids && file) return cli_usage(detok_usage, "detokenize: give --ids or --file, not both");
+    if (ids) { /* a malformed --ids is a usage error (exit 2), caught before any loading */
+        int32_t *chk = NULL;
+        size_t cn = 0, cc = 0;
+        int bad = parse_ids_line(ids, &chk, &cn, &cc);
+        st_free(chk);
+        if (bad) return cli_usage(detok_usage, "--ids: expected token ids, got '%.60s'", ids);
+    }
     struct st_error err = {0};
     struct st_tokenizer *t;
     if (st_tokenizer_load(&t, dir, &err)) return cli_fail(json, &err);

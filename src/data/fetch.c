@@ -394,9 +394,15 @@ enum fetch_verdict fetch_judge(struct fetch_xfer *x, int curl_code, uint64_t *si
         }
         return FV_OK;
     }
-    if (st == 416 && x->have_cr == 2 && x->cr_total != UINT64_MAX && x->off >= x->cr_total) {
-        *size = x->cr_total; /* asked past the end of an object of unknown size */
+    if (st == 416 && x->have_cr == 2 && x->cr_total != UINT64_MAX && x->off == x->cr_total) {
+        *size = x->cr_total; /* asked from the end of an object of unknown size: nothing more */
         return FV_OK;
+    }
+    if (st == 416 && x->have_cr == 2 && x->cr_total != UINT64_MAX && x->off > x->cr_total) {
+        st_errorf(err, ST_ERR_FORMAT, "%s: asked for byte %llu of an object of %llu bytes: it "
+                  "changed (shrank) since it was read", what, (unsigned long long)x->off,
+                  (unsigned long long)x->cr_total);
+        return FV_FATAL;
     }
     char code[64], msg[200];
     s3_parse_error(x->errbody, x->errbody_len, code, sizeof code, msg, sizeof msg);

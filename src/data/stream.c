@@ -1610,6 +1610,20 @@ static void stop_threads(struct st_stream *s) {
     s->n_parse_threads = 0;
 }
 
+void st_stream_cancel(struct st_stream *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    if (!s->failed) {
+        s->failed = 1;
+        st_errorf(&s->fail_err, ST_ERR_IO, "the stream was cancelled");
+    }
+    s->stop = 1; /* the I/O and parse threads leave their loops; close joins them */
+    pthread_cond_broadcast(&s->cv_parse);
+    pthread_cond_broadcast(&s->cv_data);
+    pthread_mutex_unlock(&s->mu);
+    if (s->multi) curl_multi_wakeup(s->multi);
+}
+
 void st_stream_close(struct st_stream *s) {
     if (!s) return;
     stop_threads(s);
@@ -1692,12 +1706,21 @@ enum st_status st_stream_open(struct st_stream **out, const struct st_stream_opt
     size_t nread = (size_t)(s->K + s->L);
     size_t q = o->memory_budget > fixed ? (o->memory_budget - fixed) / (nread * 8 + 1) * 8 : 0;
     if (q < MIN_QUOTA) {
+        /* the least budget that passes: the readers' quotas and the connections after the
+         * shuffle buffer's quarter of the budget itself, and that quarter big enough for two of
+         * the largest records (the check below) */
+        size_t base = fixed - s->buf_cap + (nread * 8 + 1) * MIN_QUOTA / 8, least = base;
+        if (s->B) {
+            least = (base * 4 + 2) / 3;
+            size_t for_buf = 8 * (MIN_QUOTA / 8 + NODE_OVERHEAD_MAX);
+            if (least < for_buf) least = for_buf;
+        }
         rc = st_errorf(err, ST_ERR_ARG,
                        "--stream-memory %zu MiB is too small for %zu shard readers and %d "
                        "connections: give at least %zu MiB (or lower --shuffle-shards, "
                        "--prefetch-shards, --connections)",
                        o->memory_budget >> 20, nread, o->connections,
-                       (fixed + (nread * 8 + 1) * MIN_QUOTA / 8 + (1 << 20) - 1) >> 20);
+                       (least + (1 << 20) - 1) >> 20);
         st_stream_close(s);
         return rc;
     }

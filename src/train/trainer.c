@@ -359,8 +359,9 @@ static void loader_stop(struct loader *L) {
         L->stop = 1;
         pthread_cond_broadcast(&L->cv);
         pthread_mutex_unlock(&L->mu);
-        /* the stream may block in next(): closing it after join would deadlock, so the loader
-         * only blocks on our queue, which stop releases */
+        /* the loader may wait in the stream's next() for data nobody needs now (a slow or
+         * dead server would hold the exit for its retries): cancel the stream, then join */
+        st_stream_cancel(L->stream);
         pthread_join(L->th, NULL);
         L->started = 0;
     }
@@ -1092,8 +1093,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     so.url = NULL;
     so.urls = (const char *const *)src.train;
     so.n_urls = src.n_train;
-    so.shuffle = 1;
-    so.seed = o->seed;
+    so.seed = o->seed; /* (shuffled unless --no-shuffle: the stream's default) */
     so.epochs = 0;
     so.resume_state = s.data_state;
     L.o = o;
