@@ -426,22 +426,29 @@ TEST(retry_after_honoured) {
     td_stop(&px);
 }
 
+/* A proxy whose first answer sends part of its body, then nothing for 20 s; o reads the first
+ * shard through it (url holds the URL), its samples in file order. 1 when it cannot start. */
+static int stalled_first_shard(struct td_server *px, char url[256], struct st_stream_options *o) {
+    const char *args[] = {"--faults", "stall", "--fault-first", "1", "--stall-ms", "20000"};
+    if (start_proxy(px, g_nginx.port, args, 6)) return 1;
+    snprintf(url, 256, "%s/%s", px->url, g_urls[0]);
+    opts(o);
+    o->url = url;
+    o->shuffle_buffer = 0;
+    return 0;
+}
+
 TEST(stall_retried) {
     if (!g_have_nginx) TEST_SKIP("%s", g_why_nginx);
-    /* the first answer sends part of its body, then nothing for 20 s: the transfer is abandoned
-     * (curl's low-speed check averages over ~5 s, so this takes about 6 s) and resumed */
+    /* the stalled transfer is abandoned (curl's low-speed check averages over ~5 s, so this
+     * takes about 6 s) and resumed */
     struct td_server px;
-    const char *args[] = {"--faults", "stall", "--fault-first", "1", "--stall-ms", "20000"};
-    if (start_proxy(&px, g_nginx.port, args, 6)) {
+    char url[256];
+    struct st_stream_options o;
+    if (stalled_first_shard(&px, url, &o)) {
         CHECK(0);
         return;
     }
-    char url[256];
-    snprintf(url, sizeof url, "%s/%s", px.url, g_urls[0]);
-    struct st_stream_options o;
-    opts(&o);
-    o.url = url;
-    o.shuffle_buffer = 0; /* one shard: its samples in file order */
     static struct run r;
     run_stream(&o, -1, &r);
     CHECKF(r.rc == ST_OK && r.n == PER, "%s", r.err.msg);
@@ -473,17 +480,12 @@ TEST(cancel_unblocks_next) {
      * cancel from another thread returns it at once with an error, and close is prompt (a
      * trainer past its last step is not held by a slow server) */
     struct td_server px;
-    const char *args[] = {"--faults", "stall", "--fault-first", "1", "--stall-ms", "20000"};
-    if (start_proxy(&px, g_nginx.port, args, 6)) {
+    char url[256];
+    struct st_stream_options o;
+    if (stalled_first_shard(&px, url, &o)) {
         CHECK(0);
         return;
     }
-    char url[256];
-    snprintf(url, sizeof url, "%s/%s", px.url, g_urls[0]);
-    struct st_stream_options o;
-    opts(&o);
-    o.url = url;
-    o.shuffle_buffer = 0;
     struct next_call c = {0};
     struct st_error err;
     CHECKF(st_stream_open(&c.s, &o, &err) == ST_OK, "%s", err.msg);
