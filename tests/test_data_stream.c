@@ -606,6 +606,34 @@ TEST(cli_commands) {
         free(out.p);
         unlink(idx2);
     }
+    /* a shard that is a symlink (a Hugging Face snapshot links train.jsonl to a blob) keeps its
+     * own name in the index: its format and split come from it */
+    {
+        char sub[600], blob[700], link[700], ix[700];
+        snprintf(sub, sizeof sub, "%s-snap", g_dir);
+        snprintf(blob, sizeof blob, "%s/blob0", sub);
+        snprintf(link, sizeof link, "%s/train.jsonl", sub);
+        snprintf(ix, sizeof ix, "%s/index.json", sub);
+        CHECK(mkdir(sub, 0755) == 0);
+        td_write(blob, "{\"a\": 1}\n{\"a\": 2}\n", 18);
+        CHECK(symlink("blob0", link) == 0);
+        snprintf(args, sizeof args, "data index %s -o %s", link, ix);
+        CHECKF(cli(args, &out, err, sizeof err) == 0, "%s", err);
+        free(out.p);
+        char *text = NULL;
+        size_t tl = 0;
+        struct st_error e2;
+        CHECK(st_read_file(ix, 1 << 20, &text, &tl, &e2) == ST_OK);
+        CHECKF(text && strstr(text, "\"url\": \"train.jsonl\""), "%s", text ? text : "");
+        st_free(text);
+        snprintf(args, sizeof args, "data cat %s", ix);
+        CHECKF(cli(args, &out, err, sizeof err) == 0 && count_lines(&out) == 2, "%s", err);
+        free(out.p);
+        unlink(ix);
+        unlink(link);
+        unlink(blob);
+        rmdir(sub);
+    }
     /* --epochs N reads N epochs (each epoch's end is not the stream's) */
     snprintf(args, sizeof args, "data cat %s --epochs 3", idx);
     CHECKF(cli(args, &out, err, sizeof err) == 0, "%s", err);

@@ -181,9 +181,10 @@ enum st_status st_stream_open(struct st_stream **out, const struct st_stream_opt
  * ST_STREAM_END at the end of an epoch, or an error (the stream is then unusable: close it). */
 enum st_status st_stream_next(struct st_stream *s, struct st_sample *out, struct st_error *err);
 
-/* From another thread: make the stream's current and later st_stream_next calls return an error
- * at once and its transfers stop (a consumer that needs no more samples, e.g. a trainer past its
- * last step, is not kept waiting on a slow or dead server). Then st_stream_close it. */
+/* From another thread: stop the stream's transfers and make its st_stream_next calls return an
+ * error instead of waiting for data (a consumer that needs no more samples, e.g. a trainer past
+ * its last step, is not kept waiting on a slow or dead server). Samples the shuffle buffer
+ * already holds may still come first, as before any read error. Then st_stream_close it. */
 void st_stream_cancel(struct st_stream *s);
 
 /* Write the resume record (a one-line JSON object) describing the position after the last

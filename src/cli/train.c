@@ -125,11 +125,26 @@ static void on_event(void *ctx, const struct st_train_event *ev) {
 /* A stream option at argv[*i] (--stream-memory 512M, --no-shuffle, ...): 1 when it was one (*i
  * moved past its value, if it takes one), 0 when it is not a stream option. */
 static int stream_option(struct st_train_options *o, int argc, char **argv, int *i) {
-    const char *name = argv[*i] + 2, *value = NULL;
-    int flag = st_stream_option_is_flag(name);
-    if (!flag) {
-        if (*i + 1 >= argc) return 0; /* (a known one gets "needs a value" below) */
+    char name[64];
+    const char *a = argv[*i] + 2, *eq = strchr(a, '='), *value = NULL;
+    size_t n = eq ? (size_t)(eq - a) : strlen(a);
+    if (n >= sizeof name) return 0;
+    memcpy(name, a, n);
+    name[n] = '\0';
+    int flag = st_stream_option_is_flag(name), take = 0;
+    if (eq) {
+        value = eq + 1; /* --stream-memory=512M */
+    } else if (!flag) {
+        if (*i + 1 >= argc) { /* last on the line: a known option without its value */
+            int known = 1;
+            struct st_error e;
+            st_stream_option_set(&o->stream, name, NULL, &known, &e);
+            if (!known) return 0;
+            cli_usage("", "%s needs a value", argv[*i]);
+            exit(CLI_EXIT_USAGE);
+        }
         value = argv[*i + 1];
+        take = 1;
     }
     int known = 1;
     struct st_error e;
@@ -140,7 +155,7 @@ static int stream_option(struct st_train_options *o, int argc, char **argv, int 
         }
         return 0;
     }
-    if (known && !flag) (*i)++;
+    if (known && take) (*i)++;
     return known;
 }
 
@@ -417,7 +432,7 @@ static int train_args(int argc, char **argv) {
     }
     struct progress p = {json, isatty(2) && !json, 0};
     enum st_status rc = st_train(&o, on_event, &p, &err);
-    if (p.tty) fputc('\n', stderr);
+    if (p.tty && st_log_get_level() >= ST_LOG_INFO) fputc('\n', stderr);
     if (rc) return cli_fail(json, &err);
     if (!o.dry_run) {
         if (json) {

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "data/internal.h"
@@ -128,6 +129,18 @@ static void json_str(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+/* path with its folder resolved (realpath) and its own name kept: a shard that is a symlink (a
+ * Hugging Face snapshot links train.jsonl to a blob) keeps the name its format and split come
+ * from. 0 when the folder does not resolve. */
+static int real_dir_path(const char *path, char out[PATH_MAX]) {
+    char dir[PATH_MAX], rd[PATH_MAX];
+    const char *sl = strrchr(path, '/'), *name = sl ? sl + 1 : path;
+    if (sl) snprintf(dir, sizeof dir, "%.*s", (int)(sl == path ? 1 : sl - path), path);
+    else snprintf(dir, sizeof dir, ".");
+    if (!*name || !realpath(dir, rd)) return 0;
+    return snprintf(out, PATH_MAX, "%s%s%s", rd, strcmp(rd, "/") ? "/" : "", name) < PATH_MAX;
+}
+
 enum st_status st_index_write(const struct st_stream_options *opts, const char *base_url,
                               const char *out_path,
                               void (*progress)(uint32_t done, uint32_t total, void *ctx), void *ctx,
@@ -179,10 +192,13 @@ enum st_status st_index_write(const struct st_stream_options *opts, const char *
     }
     FILE *f = NULL;
     char tmp[PATH_MAX + 32] = "";
-    if (rc == ST_OK) { /* to a temporary file, renamed over out_path once whole */
-        if (to_file) snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_path, (long)getpid());
-        f = to_file ? fopen(tmp, "w") : stdout;
-        if (!f) rc = st_errorf(err, ST_ERR_IO, "%s: cannot write", to_file ? tmp : out_path);
+    /* a file: via a temporary one renamed over it once whole; not /dev/stdout, a pipe, a link */
+    struct stat ost;
+    int direct = to_file && lstat(out_path, &ost) == 0 && !S_ISREG(ost.st_mode);
+    if (rc == ST_OK) {
+        if (to_file && !direct) snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_path, (long)getpid());
+        f = !to_file ? stdout : direct ? fopen(out_path, "w") : fopen(tmp, "w");
+        if (!f) rc = st_errorf(err, ST_ERR_IO, "%s: cannot write", tmp[0] ? tmp : out_path);
     }
     if (rc == ST_OK) {
         uint64_t ts = 0, tb = 0;
@@ -191,7 +207,7 @@ enum st_status st_index_write(const struct st_stream_options *opts, const char *
             const char *u = d.list.shards[i].url;
             char abs[PATH_MAX];
             size_t ml = strlen(mdir);
-            if (local && realpath(u, abs)) {
+            if (local && real_dir_path(u, abs)) {
                 u = abs;
                 if (strncmp(abs, mdir, ml) == 0 && abs[ml] == '/') u = abs + ml + 1;
                 else if (ml == 1 && abs[0] == '/') u = abs + 1; /* the manifest in / */
@@ -210,8 +226,8 @@ enum st_status st_index_write(const struct st_stream_options *opts, const char *
         fprintf(f, "], \"samples\": %llu, \"bytes\": %llu}\n", (unsigned long long)ts,
                 (unsigned long long)tb);
         if (f != stdout) {
-            int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
-            if (fclose(f) != 0 || bad || rename(tmp, out_path) != 0)
+            int bad = fflush(f) != 0 || (!direct && fsync(fileno(f)) != 0);
+            if (fclose(f) != 0 || bad || (!direct && rename(tmp, out_path) != 0))
                 rc = st_errorf(err, ST_ERR_IO, "%s: write failed", out_path);
         } else {
             fflush(f);

@@ -114,9 +114,12 @@ static enum st_status list_shards(const struct st_train_options *o, const char *
     return st_data_list(&so, l, err);
 }
 
+/* valid.jsonl, validation-00.tar, val_x: not validated_train.jsonl */
 static int is_val_name(const char *base) {
-    return starts_with_ci(base, "valid") || starts_with_ci(base, "val.") ||
-           starts_with_ci(base, "val_") || starts_with_ci(base, "val-");
+    return (starts_with_ci(base, "valid") && !isalnum((unsigned char)base[5])) ||
+           (starts_with_ci(base, "validation") && !isalnum((unsigned char)base[10])) ||
+           starts_with_ci(base, "val.") || starts_with_ci(base, "val_") ||
+           starts_with_ci(base, "val-");
 }
 
 /* test.jsonl, test-00.tar, test_x: not testimonials.jsonl */
