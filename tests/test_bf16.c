@@ -1,11 +1,12 @@
 /* test_bf16.c: the BF16 GEMM (include/streamtune/bf16.h) against float64 loops over the same
- * BF16-rounded operands, on odd shapes (edges of the 8 x 32 tile, odd K, K across blocks), with
- * bias, accumulate, both packings (X W^T and dY W), row strides; the AVX512_BF16 kernel and the
- * portable fallback (ST_NO_AVX512BF16=1, rerun by ctest) alike, with 1 and 3 threads (bitwise the
- * same); on AArch64 the BFDOT kernel and the portable one (no FEAT_BF16, or ST_NO_NEON=1) under
- * qemu (tests/test_aarch64.sh). It prints which kernel ran. Products of two BF16 values are exact
- * in float, so the only error is float summation (BFDOT: rounded to odd, denormals flushed): the
- * tolerance is 1e-5 of sum |x w|. */
+ * BF16-rounded operands, on odd shapes (edges of the 8 x 32 and AMX 32 x 32 tiles, odd K, K across
+ * blocks), with bias, accumulate, both packings (X W^T and dY W), row strides; the AMX-BF16 kernel
+ * (where the CPU has it; ST_AMX_KC=32 reruns it with small k blocks), the AVX512_BF16 one
+ * (ST_NO_AMX=1) and the portable fallback (ST_NO_AVX512BF16=1) alike, with 1 and 3 threads
+ * (bitwise the same); on AArch64 the BFDOT kernel and the portable one (no FEAT_BF16, or
+ * ST_NO_NEON=1) under qemu (tests/test_aarch64.sh). It prints which kernel ran. Products of two
+ * BF16 values are exact in float, so the only error is float summation (BFDOT: rounded to odd,
+ * denormals flushed; AMX: denormals flushed): the tolerance is 1e-5 of sum |x w|. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -16,7 +16,10 @@ extern "C" {
 /* 1 when this CPU runs a native BF16 kernel: AVX512_BF16 on x86-64 (ST_NO_AVX512BF16=1 forces
  * the portable one), BFDOT on AArch64 with FEAT_BF16 (ST_NO_NEON=1 forces the portable one). */
 int st_bf16_native(void);
-/* The kernel st_bf16_gemm runs here: "AVX512_BF16", "AArch64 BFDOT" or "portable". */
+/* 1 when the native kernel is AMX-BF16's tile multiply (x86-64 with AMX, enabled by the OS;
+ * ST_NO_AMX=1 forces AVX512_BF16). X's packed layout depends on it (st_bf16_x_bytes). */
+int st_bf16_amx(void);
+/* The kernel st_bf16_gemm runs here: "AMX-BF16", "AVX512_BF16", "AArch64 BFDOT" or "portable". */
 const char *st_bf16_kernel_name(void);
 
 /* Bytes of the packed panels of a (K, N) right-hand side. */
@@ -38,6 +41,9 @@ void st_bf16_pack_w_rows(uint16_t *dst, size_t OC, size_t C, st_bf16_row_fn fn, 
 
 /* Scratch for the BF16 copy of X (M, K). */
 size_t st_bf16_x_bytes(size_t M, size_t K);
+/* The most rows of X (M, K) whose copy fits in bytes (a whole number of the kernel's row tiles;
+ * 0 when not even one fits). */
+size_t st_bf16_x_rows(size_t bytes, size_t K);
 
 /* out (M, N; row stride ldo) = X (M, K; stride ldx) @ B (+ bias (N) if not NULL), or += when
  * accumulate. panels: B packed as above; xscratch: st_bf16_x_bytes(M, K) bytes. */

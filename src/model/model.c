@@ -251,8 +251,8 @@ static enum st_status pack_all(struct st_model *m, int pk, struct request *req, 
     size_t V = (size_t)c->vocab_size, D = (size_t)c->dim;
     if (tied_head)
         p_bytes += st_arena_round(panel_bytes(pk, D, V)) + st_arena_round(panel_bytes(pk, V, D));
-    /* room for at least one tile of 8 rows of the widest K (the vocabulary, in the head's
-     * backward): the GEMM rounds X in tiles of 8 rows */
+    /* room for at least one row tile of the widest K (the vocabulary, in the head's backward):
+     * the GEMM rounds X in tiles of rows (st_bf16_x_rows) */
     size_t kmax = V, H = (size_t)c->hidden_dim, QD = (size_t)c->n_heads * (size_t)c->head_dim;
     kmax = kmax > H ? kmax : H;
     kmax = kmax > QD ? kmax : QD;
@@ -298,8 +298,7 @@ static void panel_mm_src(const struct st_model *m, float *out, const float *x, c
         st_f32_gemm(out, N, x, K, pan, bias, M, K, N, acc);
         return;
     }
-    size_t rows = m->bscratch_bytes / (((K + 1) / 2) * 4);
-    rows -= rows % 8; /* whole tiles of 8 rows; pack_all leaves room for one */
+    size_t rows = st_bf16_x_rows(m->bscratch_bytes, K); /* pack_all leaves room for one tile */
     for (size_t r0 = 0; r0 < M; r0 += rows) {
         size_t mr = M - r0 < rows ? M - r0 : rows;
         struct st_lowrank lc;

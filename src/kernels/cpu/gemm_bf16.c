@@ -227,8 +227,25 @@ void st_bf16_pack_w_rows(uint16_t *dst, size_t OC, size_t C, st_bf16_row_fn fn, 
 /* X is rounded into row tiles of MR rows interleaved by pair: tile t holds, for each pair q,
  * the MR rows' pairs side by side (xp[(t * kp + q) * MR + r]), so the micro-kernel's broadcasts
  * walk one contiguous stream instead of MR rows; rows past M are zero. */
+/* On AMX CPUs (st_bf16_amx) X is instead in A tiles: AT rows x AT pairs, 1 KiB each, stored
+ * whole (row r, pair q at xp[(r / AT) AT ks + (q / AT) AT AT + (r % AT) AT + q % AT]), ks = kp
+ * rounded up to whole tiles, rows rounded up to 2 AT (the kernel's two A tiles), padding zero.
+ * A tile load is then one contiguous 1 KiB stream; as rows of the matrix (32 rows 1.5 KiB apart
+ * at K = 768) the kernel ran at a third of the speed (the prefetchers do not follow). */
+#define AT 16 /* AMX tile: 16 rows of 64 bytes (16 pairs; 16 floats of C) */
+static size_t amx_ks(size_t kp) { return (kp + AT - 1) / AT * AT; }
+static size_t amx_rows(size_t M) { return (M + 2 * AT - 1) / (2 * AT) * (2 * AT); }
+
 size_t st_bf16_x_bytes(size_t M, size_t K) {
-    return (M + MR - 1) / MR * MR * ((K + 1) / 2) * sizeof(uint32_t);
+    size_t kp = (K + 1) / 2;
+    if (st_bf16_amx()) return amx_rows(M) * amx_ks(kp) * sizeof(uint32_t);
+    return (M + MR - 1) / MR * MR * kp * sizeof(uint32_t);
+}
+
+size_t st_bf16_x_rows(size_t bytes, size_t K) {
+    size_t kp = (K + 1) / 2, unit = st_bf16_amx() ? 2 * AT : MR;
+    size_t rows = bytes / ((st_bf16_amx() ? amx_ks(kp) : kp ? kp : 1) * sizeof(uint32_t));
+    return rows - rows % unit;
 }
 
 #ifdef X86
@@ -304,10 +321,61 @@ static void ce_row(const struct st_ce_rows *ce, const float *row, size_t m, floa
     *sc = t < 0 ? 0.0f : ce->dloss;
 }
 
+/* pairs [q0, q0 + qn) of a row of K floats (of sc exp(x - lse) when ce) into d[0..qn) */
+static void row_pairs(uint32_t *d, const float *row, size_t q0, size_t qn, size_t K, float lse,
+                      float sc, int ce, int native) {
+    size_t q = 0;
+#ifdef X86
+    if (native) q = pairs_avx512(d, row, q0, qn, K, lse, sc, ce);
+#endif
+    (void)native;
+    for (; q < qn; q++) {
+        size_t k = 2 * (q0 + q);
+        float a = row[k], b = k + 1 < K ? row[k + 1] : 0.0f;
+        if (ce) a = sc * fexp(a - lse), b = sc * fexp(b - lse);
+        uint16_t lo = f2bf(a), hi = k + 1 < K ? f2bf(b) : 0;
+        d[q] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+}
+
+/* the target tg's half of its pair u: sc (exp(x - lse) - 1) */
+static void ce_target(uint32_t *u, int32_t tg, const float *row, float lse, float sc) {
+    uint16_t v = f2bf(sc * (fexp(row[tg] - lse) - 1.0f));
+    *u = tg % 2 ? (*u & 0xffffu) | (uint32_t)v << 16 : (*u & 0xffff0000u) | v;
+}
+
 /* st_bf16_pack_x, of the rows of x or (ce) of the rows sc exp(x - lse): rows with sc 0 (ignored
  * targets) are zero without any exp, as rows past M */
+static void pack_x_amx(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
+                       const struct st_ce_rows *ce) {
+    size_t kp = (K + 1) / 2, ks = amx_ks(kp), mp = amx_rows(M);
+#pragma omp parallel for schedule(static) if (M * K > 16384)
+    for (size_t m = 0; m < mp; m++) {
+        uint32_t *d = xp + m / AT * AT * ks + m % AT * AT; /* pair q at d[q / AT AT AT + q % AT] */
+        float lse = 0, sc = 0;
+        if (ce && m < M) ce_row(ce, x + m * ldx, m, &lse, &sc);
+        for (size_t q0 = 0; q0 < ks; q0 += XQ) {
+            size_t qn = ks - q0 < XQ ? ks - q0 : XQ, qv = q0 < kp ? kp - q0 : 0;
+            uint32_t tmp[XQ];
+            if (qv > qn) qv = qn;
+            if (m >= M || (ce && sc == 0)) qv = 0;
+            row_pairs(tmp, x + m * ldx, q0, qv, K, lse, sc, ce != NULL, 1);
+            memset(tmp + qv, 0, (qn - qv) * sizeof(uint32_t));
+            int32_t tg = ce && qv ? ce->targets[m] : -1;
+            if (tg >= 0 && (size_t)tg / 2 >= q0 && (size_t)tg / 2 < q0 + qn)
+                ce_target(tmp + tg / 2 - q0, tg, x + m * ldx, lse, sc);
+            for (size_t q = 0; q < qn; q += AT)
+                memcpy(d + (q0 + q) * AT, tmp + q, AT * sizeof(uint32_t));
+        }
+    }
+}
+
 static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
                    const struct st_ce_rows *ce) {
+    if (st_bf16_amx()) {
+        pack_x_amx(xp, x, M, K, ldx, ce);
+        return;
+    }
     size_t kp = (K + 1) / 2, nt = (M + MR - 1) / MR;
     int native = st_bf16_native();
 #pragma omp parallel for schedule(static) if (M * K > 16384)
@@ -329,18 +397,7 @@ static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
                     memset(tmp[r], 0, qn * sizeof(uint32_t));
                     continue;
                 }
-                const float *row = x + m * ldx;
-                size_t q = 0;
-#ifdef X86
-                if (native) q = pairs_avx512(tmp[r], row, q0, qn, K, lse[r], sc[r], ce != NULL);
-#endif
-                for (; q < qn; q++) {
-                    size_t k = 2 * (q0 + q);
-                    float a = row[k], b = k + 1 < K ? row[k + 1] : 0.0f;
-                    if (ce) a = sc[r] * fexp(a - lse[r]), b = sc[r] * fexp(b - lse[r]);
-                    uint16_t lo = f2bf(a), hi = k + 1 < K ? f2bf(b) : 0;
-                    tmp[r][q] = (uint32_t)lo | (uint32_t)hi << 16;
-                }
+                row_pairs(tmp[r], x + m * ldx, q0, qn, K, lse[r], sc[r], ce != NULL, native);
             }
             uint32_t *d = xp + (t * kp + q0) * MR;
             for (size_t q = 0; q < qn; q++)
@@ -349,10 +406,9 @@ static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
         /* each target's entry: sc (exp(x - lse) - 1) */
         for (size_t r = 0; ce && r < MR && t * MR + r < M; r++) {
             int32_t tg = ce->targets[t * MR + r];
-            if (tg < 0) continue;
-            uint32_t *u = xp + (t * kp + (size_t)tg / 2) * MR + r;
-            uint16_t v = f2bf(sc[r] * (fexp(x[(t * MR + r) * ldx + tg] - lse[r]) - 1.0f));
-            *u = tg % 2 ? (*u & 0xffffu) | (uint32_t)v << 16 : (*u & 0xffff0000u) | v;
+            if (tg >= 0)
+                ce_target(xp + (t * kp + (size_t)tg / 2) * MR + r, tg,
+                          x + (t * MR + r) * ldx, lse[r], sc[r]);
         }
     }
     (void)native;
@@ -477,6 +533,109 @@ BF16_TARGET static void kernel_avx512(float *c, size_t ldc, const uint32_t *xp, 
 }
 #endif
 
+#ifdef X86
+/* AMX-BF16 (Sapphire Rapids and later). Eight tiles: C as 2 x 2 tiles of 16 x 16 floats (32
+ * rows x the panel's 32 columns), two A tiles (16 rows x 16 pairs of X, row-major, stride ks)
+ * and two B tiles (16 pair lines x 16 columns: the panel's lines are 32 columns' pairs, 128 bytes
+ * apart, so the left and right halves are B tiles as packed). tdpbf16ps adds, for each output,
+ * 16 pairs' products in float (denormals flushed, as AVX512_BF16 does not): the same terms as the
+ * other kernels, summed in another order. */
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
+struct amx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* c (rows x nr; stride ldc) = init + X rows @ the panel's pairs [0, nq), or += when init is NULL;
+ * xa: the first A tile (st_bf16_x_bytes's layout, rows zero-padded to whole pairs of tiles), bp:
+ * the panel's first pair line. A block's pairs after the last whole tile (only on the last k
+ * block: the blocks start on tiles) come from a zero-padded copy of the panel's last lines, X being
+ * zero past kp. lw: the low-rank term (tiles()), added after the tiles are stored. */
+AMX_TARGET static void amx_tiles(float *c, size_t ldc, const uint32_t *xa, size_t ks, size_t rows,
+                                 const uint16_t *bp, size_t nq, size_t nr, const float *init,
+                                 const float *lw, const float *lx, size_t lr) {
+    struct amx_cfg cfg = {.palette = 1};
+    for (int t = 0; t < 8; t++) cfg.colsb[t] = 64, cfg.rows[t] = AT;
+    _tile_loadconfig(&cfg);
+    _Alignas(64) uint16_t bt[AT * NR * 2];  /* the last partial tile of pair lines */
+    _Alignas(64) float cb[2 * AT][NR];      /* C of a partial tile block */
+    _Alignas(64) float ib[AT][NR];          /* init in every row */
+    size_t nfull = nq / AT * AT, ntail = nq - nfull;
+    if (ntail) {
+        memcpy(bt, bp + nfull * NR * 2, ntail * NR * 2 * sizeof(uint16_t));
+        memset(bt + ntail * NR * 2, 0, (AT - ntail) * NR * 2 * sizeof(uint16_t));
+    }
+    for (size_t r = 0; init && r < AT; r++) memcpy(ib[r], init, NR * sizeof(float));
+    for (size_t m = 0; m < rows; m += 2 * AT) {
+        size_t mr = rows - m < 2 * AT ? rows - m : 2 * AT;
+        float *cm = c + m * ldc, *cs = cm;
+        size_t lds = ldc;
+        int two = mr > AT, direct = mr == 2 * AT && nr == NR;
+        if (!direct) { /* stage C through cb */
+            cs = &cb[0][0], lds = NR;
+            for (size_t r = 0; r < 2 * AT; r++)
+                for (size_t n = 0; n < NR; n++)
+                    cb[r][n] = r < mr && n < nr ? (init ? init[n] : cm[r * ldc + n]) : 0.0f;
+        }
+        if (init && direct) {
+            _tile_loadd(0, ib[0], NR * 4);
+            _tile_loadd(1, ib[0] + AT, NR * 4);
+            _tile_loadd(2, ib[0], NR * 4);
+            _tile_loadd(3, ib[0] + AT, NR * 4);
+        } else {
+            _tile_loadd(0, cs, lds * 4);
+            _tile_loadd(1, cs + AT, lds * 4);
+            _tile_loadd(2, cs + AT * lds, lds * 4);
+            _tile_loadd(3, cs + AT * lds + AT, lds * 4);
+        }
+        const uint32_t *a = xa + m * ks;
+        for (size_t q = 0; two && q < nq; q += AT) {
+            const uint16_t *b = q < nfull ? bp + q * NR * 2 : bt;
+            _tile_loadd(4, a + q * AT, AT * 4);
+            _tile_loadd(6, b, NR * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(7, b + NR, NR * 4);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_loadd(5, a + AT * ks + q * AT, AT * 4);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        for (size_t q = 0; !two && q < nq; q += AT) {
+            const uint16_t *b = q < nfull ? bp + q * NR * 2 : bt;
+            _tile_loadd(4, a + q * AT, AT * 4);
+            _tile_loadd(6, b, NR * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(7, b + NR, NR * 4);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        _tile_stored(0, cs, lds * 4);
+        _tile_stored(1, cs + AT, lds * 4);
+        if (two || direct) {
+            _tile_stored(2, cs + AT * lds, lds * 4);
+            _tile_stored(3, cs + AT * lds + AT, lds * 4);
+        }
+        if (!direct)
+            for (size_t r = 0; r < mr; r++) memcpy(cm + r * ldc, cb[r], nr * sizeof(float));
+        /* the low-rank term: c[r][n] += sum_j lx[r][j] lw[j][n] */
+        __mmask16 k0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
+        __mmask16 k1 = (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xffffu : (1u << (nr - 16)) - 1);
+        for (size_t r = 0; lw && r < mr; r++) {
+            float *o = cm + r * ldc;
+            __m512 s0 = _mm512_maskz_loadu_ps(k0, o), s1 = _mm512_maskz_loadu_ps(k1, o + 16);
+            for (size_t j = 0; j < lr; j++) {
+                __m512 xv = _mm512_set1_ps(lx[(m + r) * lr + j]);
+                s0 = _mm512_fmadd_ps(xv, _mm512_load_ps(lw + j * NR), s0);
+                s1 = _mm512_fmadd_ps(xv, _mm512_load_ps(lw + j * NR + 16), s1);
+            }
+            _mm512_mask_storeu_ps(o, k0, s0);
+            _mm512_mask_storeu_ps(o + 16, k1, s1);
+        }
+    }
+    _tile_release();
+}
+#endif
+
 #ifdef A64
 /* One strip (gemm_neon.h) of the tile: columns [0, nc) (nc <= 8) of c and init, bp pointing at
  * the strip's first column pair; rows past mr are zeros in xp (computed, never stored). The
@@ -534,8 +693,38 @@ int st_bf16_native(void) {
 #endif
 }
 
+#ifdef X86
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* AMX-TILE and AMX-BF16 (CPUID.7.0:EDX bits 24, 22), the tile state enabled by the OS (XCR0
+ * bits 17, 18), and Linux's permission for this process to use it (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, process-wide) */
+static int amx_usable(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22)))
+        return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0; /* OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+}
+#endif
+
+int st_bf16_amx(void) {
+#ifdef X86
+    static int v = -1;
+    if (v < 0) v = st_bf16_native() && !st_env_flag("ST_NO_AMX") && amx_usable();
+    return v;
+#else
+    return 0;
+#endif
+}
+
 const char *st_bf16_kernel_name(void) {
     if (!st_bf16_native()) return "portable";
+    if (st_bf16_amx()) return "AMX-BF16";
 #ifdef A64
     return "AArch64 BFDOT";
 #else
@@ -550,11 +739,21 @@ void st_bf16_gemm(float *out, size_t ldo, const float *x, size_t ldx, const uint
     st_bf16_gemm_px(out, ldo, xscratch, panels, bias, M, K, N, accumulate);
 }
 
+/* pairs per k block on AMX (ST_AMX_KC: for measuring) */
+static size_t amx_kc(void) {
+    static size_t v = 0;
+    if (!v) {
+        const char *e = getenv("ST_AMX_KC");
+        v = e && atoi(e) >= AT ? (size_t)atoi(e) : 16384;
+    }
+    return v;
+}
+
 struct bf16_args {
     const uint32_t *xp;
     const uint16_t *panels;
     size_t kp;
-    int native;
+    int native, amx;
     const struct st_lowrank *lr;
     const float *lw; /* NULL, or every panel's lowrank_w (panel p at p r NR) */
 };
@@ -576,6 +775,12 @@ static void tiles(const struct bf16_args *g, float *c, size_t ldc, size_t m0, si
     const uint16_t *bp = g->panels + (p * g->kp + q0) * NR * 2;
     const struct st_lowrank *lr = lw ? g->lr : NULL;
 #ifdef X86
+    if (g->amx) {
+        size_t ks = amx_ks(g->kp);
+        amx_tiles(c, ldc, g->xp + m0 * ks + q0 * AT, ks, m1 - m0, bp, nq, nr, init, lw,
+                  lr ? lr->x + m0 * lr->r : NULL, lr ? lr->r : 0);
+        return;
+    }
     if (g->native) {
         kernel_avx512(c, ldc, xp, MR * g->kp, bp, nq, m1 - m0, nr, init, lw,
                       lr ? lr->x + m0 * lr->r : NULL, lr ? lr->r : 0);
@@ -629,7 +834,7 @@ void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xscratch, const 
                         const float *bias, size_t M, size_t K, size_t N, int accumulate,
                         const struct st_lowrank *lr) {
     ST_ASSERT(!lr || lr->r <= ST_LOWRANK_MAX);
-    struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native(),
+    struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native(), st_bf16_amx(),
                           lr && lr->r > 0 ? lr : NULL, NULL};
     /* the low-rank W tiles once per call, not per row block and panel (the scalar lowrank_w was
      * 0.4% of a training step); without the memory, each tile block builds its own */
@@ -643,6 +848,8 @@ void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xscratch, const 
     /* rows per block: GEMM_MC, or up to 512 when the panels are big (an LM head: 49 MB of BF16
      * for 32000 x 768), so that they stream from memory once per 512 rows, not per 128 */
     size_t mc = N * g.kp * 4 >= ((size_t)16 << 20) ? 512 : GEMM_MC;
-    gemm_drive(out, ldo, bias, M, g.kp, N, gemm_kc(g.kp, KC), mc, accumulate, bf16_tile, &g);
+    size_t kc = gemm_kc(g.kp, KC);
+    if (g.amx) kc = amx_ks(gemm_kc(g.kp, amx_kc())); /* blocks start on whole tiles */
+    gemm_drive(out, ldo, bias, M, g.kp, N, kc, mc, accumulate, bf16_tile, &g);
     st_free(raw);
 }
