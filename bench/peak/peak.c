@@ -2,8 +2,9 @@
  * this CPU really does rather than a datasheet figure. Each thread runs independent chains of
  * register-only FMAs (fp32 vfmadd231ps) and BF16 dot-products (vdpbf16ps), in 512- and 256-bit
  * forms (a core with 256-bit FP pipes issues two 256-bit operations per cycle but one 512-bit:
- * the faster form is the peak). FLOPs: an fp32 FMA lane = 2; a vdpbf16ps fp32 lane = 4 (two
- * products, two adds). All threads run at once; the best of 3 runs is printed.
+ * the faster form is the peak), and AMX tdpbf16ps where the CPU has AMX. FLOPs: an fp32 FMA lane
+ * = 2; a vdpbf16ps fp32 lane = 4 (two products, two adds); a tdpbf16ps 16 x 16 x 32 x 2. All
+ * threads run at once; the best of 3 runs is printed.
  * Usage: bench_peak [threads]   (default: OMP_NUM_THREADS or all cores). Prints one JSON line. */
 #include <omp.h>
 #include <stdio.h>
@@ -83,6 +84,53 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static double bf256(float
     }
     return (double)ITERS * CHAINS * 8 * 4;
 }
+
+/* AMX-BF16: four independent C tiles, tdpbf16ps from register tiles only (16 x 16 outputs, 32
+ * products each: 16384 FLOPs per instruction); the tile unit's peak, which no GEMM that loads its
+ * operands reaches (tile loads from L1 cost about 45% here: see bench/NOTES.md, session 10) */
+struct amx_cfg {
+    unsigned char palette, start_row, reserved[14];
+    unsigned short colsb[16];
+    unsigned char rows[16];
+};
+__attribute__((target("amx-tile,amx-bf16"))) static double amx(float *sink) {
+    struct amx_cfg c = {.palette = 1};
+    for (int i = 0; i < 8; i++) c.colsb[i] = 64, c.rows[i] = 16;
+    _tile_loadconfig(&c);
+    _Alignas(64) unsigned short ab[16 * 32];
+    for (int i = 0; i < 16 * 32; i++) ab[i] = 0x3f80;
+    _tile_loadd(4, ab, 64);
+    _tile_loadd(5, ab, 64);
+    _tile_loadd(6, ab, 64);
+    _tile_loadd(7, ab, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    long n = ITERS / 16;
+    for (long i = 0; i < n; i++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _Alignas(64) float out[16 * 16];
+    _tile_stored(0, out, 64);
+    *sink += out[0];
+    _tile_release();
+    return (double)n * 4 * 16384;
+}
+
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <cpuid.h>
+/* AMX-TILE and AMX-BF16 in CPUID, and Linux's permission for the tile data (as gemm_bf16.c) */
+static int amx_ok(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22)))
+        return 0;
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
 #endif
 
 typedef double (*probe)(float *);
@@ -122,11 +170,15 @@ int main(int argc, char **argv) {
         b512 = measure(bf512, threads);
         b256 = measure(bf256, threads);
     }
+    double ax = amx_ok() ? measure(amx, threads) : 0;
     printf("{\"threads\": %d, \"fp32_fma_gflops\": %.1f, \"bf16_dp_gflops\": %.1f, "
-           "\"fp32_zmm\": %.1f, \"fp32_ymm\": %.1f, \"bf16_zmm\": %.1f, \"bf16_ymm\": %.1f}\n",
-           threads, f512 > f256 ? f512 : f256, b512 > b256 ? b512 : b256, f512, f256, b512, b256);
+           "\"amx_bf16_gflops\": %.1f, \"fp32_zmm\": %.1f, \"fp32_ymm\": %.1f, \"bf16_zmm\": %.1f, "
+           "\"bf16_ymm\": %.1f}\n",
+           threads, f512 > f256 ? f512 : f256, b512 > b256 ? b512 : b256, ax, f512, f256, b512,
+           b256);
 #else
-    printf("{\"threads\": %d, \"fp32_fma_gflops\": 0, \"bf16_dp_gflops\": 0}\n", threads);
+    printf("{\"threads\": %d, \"fp32_fma_gflops\": 0, \"bf16_dp_gflops\": 0, \"amx_bf16_gflops\": 0}\n",
+           threads);
 #endif
     return 0;
 }

@@ -1050,14 +1050,22 @@ static int use_avx512(size_t hd) {
 }
 #endif
 
-/* bf: the BF16 path where asked for and the CPU has AVX512_BF16 and hd % 32 == 0 */
+/* The BF16 path where asked for (bf), hd % 32 == 0 and the CPU's vdpbf16ps is worth it: on CPUs
+ * with AMX (Sapphire Rapids and later) it issues at half the rate of fp32 FMAs (bench_peak: 147
+ * against 276 GFLOP/s on 2 threads), so there the float path is the faster one (bench_attention,
+ * session 10: bench/NOTES.md), the GEMMs running on AMX. */
+static int bf16_path(int bf, size_t hd) {
+    return bf && hd % 32 == 0 && st_bf16_native() && !st_bf16_amx();
+}
+
+/* bf: the BF16 path where asked for (bf16_path) */
 static void forward(int bf, float *out, float *lse, const float *q, const float *k, const float *v,
                     const int32_t *seg, float scale, int window, size_t B, size_t Tq, size_t Tk,
                     size_t nh, size_t nkv, size_t hd) {
 #ifdef X86
     if (use_avx512(hd)) {
         attention_forward_avx512(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd,
-                                 bf && hd % 32 == 0 && st_bf16_native());
+                                 bf16_path(bf, hd));
         return;
     }
 #endif
@@ -1073,7 +1081,7 @@ static void backward(int bf, float *dq, float *dk, float *dv, const float *dout,
 #ifdef X86
     if (use_avx512(hd)) {
         attention_backward_avx512(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq,
-                                  Tk, nh, nkv, hd, bf && hd % 32 == 0 && st_bf16_native());
+                                  Tk, nh, nkv, hd, bf16_path(bf, hd));
         return;
     }
 #endif
