@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "streamtune/bf16.h"
+#include "streamtune/core.h"
 #include "streamtune/nf4.h"
 #include "streamtune/quant.h"
 
@@ -45,6 +46,34 @@ static float absmax_of(const struct st_qweight *w, size_t b) {
     return p + w->nested_offset;
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* One whole NF4 block (64 codes, 32 bytes, high nibble first) times its absmax: the 16-entry
+ * code table is one zmm, so vpermps looks 16 codes up at once; the same products as the scalar
+ * loop, bit for bit. The scalar loop was 4-5% of a QLoRA step once the GEMMs ran on AMX. */
+__attribute__((target("avx512f"))) static void nf4_block_avx512(float *d, const uint8_t *q,
+                                                                 const float *code, float am) {
+    const __m512 lut = _mm512_loadu_ps(code), s = _mm512_set1_ps(am);
+    /* codes 2j, 2j + 1 = the high, low nibble of byte j: from hi (index j), lo (16 + j) */
+    const __m512i i0 = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i i1 = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
+                                        8);
+    for (int h = 0; h < 2; h++) {
+        __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * h)));
+        __m512i hi = _mm512_srli_epi32(x, 4), lo = _mm512_and_si512(x, _mm512_set1_epi32(15));
+        __m512i c0 = _mm512_permutex2var_epi32(hi, i0, lo), c1 = _mm512_permutex2var_epi32(hi, i1, lo);
+        _mm512_storeu_ps(d + 32 * h, _mm512_mul_ps(_mm512_permutexvar_ps(c0, lut), s));
+        _mm512_storeu_ps(d + 32 * h + 16, _mm512_mul_ps(_mm512_permutexvar_ps(c1, lut), s));
+    }
+}
+
+static int nf4_avx512(void) {
+    static int v = -1;
+    if (v < 0) v = !st_env_flag("ST_NO_AVX512") && __builtin_cpu_supports("avx512f");
+    return v;
+}
+#endif
+
 void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, size_t n) {
     size_t C = w->cols;
     if (w->kind == ST_QUANT_INT8) {
@@ -64,6 +93,13 @@ void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, 
         size_t b = i / ST_NF4_BLOCK, stop = (b + 1) * ST_NF4_BLOCK;
         if (stop > end) stop = end;
         float am = absmax_of(w, b);
+#if defined(__x86_64__)
+        if (stop - i == ST_NF4_BLOCK && nf4_avx512()) { /* a whole block (i on its start) */
+            nf4_block_avx512(d, w->q + i / 2, code, am);
+            d += ST_NF4_BLOCK, i = stop;
+            continue;
+        }
+#endif
         /* odd start: low nibble first, then whole bytes (two codes each) */
         if ((i & 1) && i < stop) {
             *d++ = code[w->q[i / 2] & 15] * am;
