@@ -132,6 +132,7 @@ TEST(gemm) {
     gemm_case(3, 1031, 7, 0, 1, 1, 1);
     gemm_case(300, 1500, 70, 1, 1, 0, 2);  /* 3 row blocks, bias */
     gemm_case(260, 600, 65, 0, 0, 0, 0);   /* 3 row blocks, zero start, ragged last panel */
+    gemm_case(1093, 70, 45, 1, 1, 1, 0);   /* AMX: 2 row blocks (of 1024), accumulate, bias */
     gemm_case(5, 33001, 40, 1, 1, 0, 0);   /* K over two k blocks (16501 pairs), bias */
     gemm_case(9, 40000, 33, 0, 0, 1, 2);   /* the dY W packing, accumulate */
     gemm_case(14, 289, 33, 1, 1, 0, 1);   /* a 6-row last tile */
