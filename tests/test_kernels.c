@@ -1220,12 +1220,10 @@ static float *bf16_copy(const float *x, size_t n) {
 
 /* cpu's attention against ref's on case a: max|diff| <= tol * max(1, max|ref|). bf_inputs: ref
  * gets q, k, v and dout rounded to bf16 (what a BF16 kernel multiplies). */
-/* cpu-bf16's attention runs its BF16 path: AVX512_BF16, the AVX-512 kernel, and no AMX (whose
- * CPUs issue vdpbf16ps at half the fp32 FMA rate: they take the float path; test_kernels_noamx
- * runs the BF16 path there) */
-static int bf16_attention(void) {
-    return st_bf16_native() && !st_bf16_amx() && st_cpu_attention_native();
-}
+/* cpu-bf16's attention runs its BF16 path: AVX512_BF16 and the AVX-512 kernel (on AMX CPUs the
+ * forward's products on the tile unit and the backward in float, whose CPUs issue vdpbf16ps at
+ * half the fp32 FMA rate; test_kernels_noamx runs the vdpbf16ps path there) */
+static int bf16_attention(void) { return st_bf16_native() && st_cpu_attention_native(); }
 
 static void xb_attention(const struct st_kernels *cpu, const struct st_kernels *ref,
                          const struct att_case *a, double tol, int bf_inputs) {
@@ -1507,13 +1505,14 @@ TEST(attention_bf16) {
     if (bf16_attention())
         CHECKF(!same, "cpu-bf16 attention gave the float kernel's bits on a CPU with AVX512_BF16");
     else
-        CHECKF(same, "cpu-bf16 attention without AVX512_BF16, or with AMX, must be the float kernel");
+        CHECKF(same, "cpu-bf16 attention without AVX512_BF16 must be the float kernel");
     for (int i = 0; i < 2; i++) free(o[i]), free(l[i]), free(g[i][0]), free(g[i][1]), free(g[i][2]);
     free(q), free(k), free(v), free(dy);
 
-    /* The backward with its per-thread buffer of rounded Q and dO rows and without it (its
-     * allocation failing, or a thread past the buffers taking a task) gives the same bits, on
-     * query offsets Tk - Tq that are odd (panels from an even row of the chunk either way) */
+    /* The forward and the backward with their per-thread buffers of rounded Q (and dO) rows and
+     * without them (the allocation failing, or a thread past the buffers taking a task) give the
+     * same bits, on query offsets Tk - Tq that are odd (panels from an even row of the chunk
+     * either way) */
     const struct att_case *odd[] = {&cases[8], &cases[12]};
     for (size_t c = 0; c < 2; c++) {
         a = odd[c];
@@ -1527,6 +1526,16 @@ TEST(attention_bf16) {
         const int32_t *sg = a->use_seg ? seg : NULL;
         bf->attention_forward(out, lse, x[0], x[1], x[2], sg, 0.125f, a->window, a->B, a->Tq,
                               a->Tk, a->nh, a->nkv, a->hd);
+        { /* the forward's rounded query rows: per chunk in a buffer, or (no buffer) per tile */
+            float *o2 = fnew(nq), *l2 = fnew(a->B * a->nh * a->Tq);
+            st_alloc_fail_nth(1);
+            bf->attention_forward(o2, l2, x[0], x[1], x[2], sg, 0.125f, a->window, a->B, a->Tq,
+                                  a->Tk, a->nh, a->nkv, a->hd);
+            st_alloc_fail_nth(0);
+            CHECKF(memcmp(o2, out, nq * 4) == 0 && memcmp(l2, lse, a->B * a->nh * a->Tq * 4) == 0,
+                   "%s: attention forward with and without its row buffer differ", a->name);
+            free(o2), free(l2);
+        }
         for (int f = 0; f < 2; f++) {
             y[f][0] = fnew(nq), y[f][1] = fnew(nk), y[f][2] = fnew(nk);
             if (f) st_alloc_fail_nth(1);

@@ -547,6 +547,20 @@ AVX512 static uint64_t seg_mask(const __m512i sv[4], int32_t id) {
     return m;
 }
 
+/* vms[r] = the keys of the block [jb, jb + n) that query position p0 + r sees, for r < rc
+ * (causality, window, segment); returns whether any row sees one */
+AVX512 static int tile_vis(uint64_t *vms, size_t rc, size_t p0, size_t jb, size_t n, int window,
+                           const int32_t *sg, const __m512i sv[4]) {
+    int any = 0;
+    for (size_t r = 0; r < rc; r++) {
+        uint64_t vm = vis_mask(p0 + r, jb, n, window);
+        if (sg && vm) vm &= seg_mask(sv, sg[p0 + r]);
+        vms[r] = vm;
+        any |= vm != 0;
+    }
+    return any;
+}
+
 /* Rows i of [i0, i1) (query positions off + i) that see some key of the block [jb, jb + n). */
 static void block_rows(size_t *ra, size_t *rb, size_t i0, size_t i1, size_t off, size_t jb,
                        size_t n, int window) {
@@ -663,6 +677,90 @@ AVX512 INLINE void softmax_step(const int NV, float *P, float *M, float *lsum, f
     _mm512_mask_storeu_ps(cf, rk, cv);
 }
 
+/* ---- AMX (CPUs with AMX-BF16, whose vdpbf16ps issues at half the fp32 FMA rate): the BF16
+ * forward's two products per tile of AT = 16 query rows on the tile unit, the rest as the BF16
+ * path (the same operands: kt2, kv2, Q and P rows as pairs; softmax_step in float). Tiles 0-3:
+ * C (16 rows x 16 floats each: S's 64 keys, or 64 dims of O); 4: A (16 rows x 16 pairs); 6, 7:
+ * B (16 pair rows x 16 columns), loaded in turn. */
+#define AT 16
+#define AMXA __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+struct att_tilecfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+AMXA static void amx_att_release(void) { _tile_release(); }
+AMXA static void amx_att_config(void) {
+    struct att_tilecfg c = {.palette = 1};
+    for (int t = 0; t < 8; t++) c.colsb[t] = 64, c.rows[t] = AT;
+    _tile_loadconfig(&c);
+}
+
+/* S (AT x KB floats, stride KB) = the rows qt (AT rows of hd / 2 pairs, stride hd / 2) times
+ * the key block kt2 (hd / 2 pair rows x KB keys) */
+AMXA static void amx_scores(float *S, const uint32_t *qt, const uint32_t *kt2, size_t hd) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (size_t k = 0; k < hd / 2; k += AT) {
+        const uint32_t *b = kt2 + k * KB;
+        _tile_loadd(4, qt + k, hd / 2 * 4);
+        _tile_loadd(6, b, KB * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, b + 16, KB * 4);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(6, b + 32, KB * 4);
+        _tile_dpbf16ps(2, 4, 6);
+        _tile_loadd(7, b + 48, KB * 4);
+        _tile_dpbf16ps(3, 4, 7);
+    }
+    _tile_stored(0, S, KB * 4);
+    _tile_stored(1, S + 16, KB * 4);
+    _tile_stored(2, S + 32, KB * 4);
+    _tile_stored(3, S + 48, KB * 4);
+}
+
+/* O's rows r < rc (stride qs) = cf[r] O + P V: pb (AT rows of KB / 2 pairs of keys, stride
+ * KB / 2), kv2 (KB / 2 pair rows x hd), in strips of 64 dims through Ot (AT x 64 floats) */
+AMXA static void amx_pv(float *o, size_t qs, size_t rc, const uint32_t *pb, const uint32_t *kv2,
+                        size_t hd, const float *cf, float *Ot) {
+    for (size_t e0 = 0; e0 < hd; e0 += 64) {
+        size_t ne = hd - e0 >= 64 ? 4 : (hd - e0) / 16; /* hd % 32 == 0: 2 or 4 */
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (size_t k = 0; k < KB / 2; k += AT) {
+            const uint32_t *b = kv2 + k * hd + e0;
+            _tile_loadd(4, pb + k, KB / 2 * 4);
+            _tile_loadd(6, b, hd * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(7, b + 16, hd * 4);
+            _tile_dpbf16ps(1, 4, 7);
+            if (ne > 2) {
+                _tile_loadd(6, b + 32, hd * 4);
+                _tile_dpbf16ps(2, 4, 6);
+                _tile_loadd(7, b + 48, hd * 4);
+                _tile_dpbf16ps(3, 4, 7);
+            }
+        }
+        _tile_stored(0, Ot, 64 * 4);
+        _tile_stored(1, Ot + 16, 64 * 4);
+        if (ne > 2) {
+            _tile_stored(2, Ot + 32, 64 * 4);
+            _tile_stored(3, Ot + 48, 64 * 4);
+        }
+        for (size_t r = 0; r < rc; r++) {
+            float *or = o + r * qs + e0;
+            __m512 c = _mm512_set1_ps(cf[r]);
+            for (size_t d = 0; d < 16 * ne; d += 16)
+                _mm512_storeu_ps(or + d, _mm512_fmadd_ps(_mm512_loadu_ps(or + d), c,
+                                                          _mm512_loadu_ps(Ot + r * 64 + d)));
+        }
+    }
+}
+
 /* One (batch, head) of the forward: q, out rows i at + i qs; kb, vb rows j at + j kvs; L (Tq).
  * out =, L =. bf: the BF16 path (hd % 32 == 0). */
 AVX512 static void forward_task(float *out, float *L, const float *q, const float *kb,
@@ -670,10 +768,17 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                                 size_t Tq, size_t Tk, size_t qs, size_t kvs, size_t hd, int bf,
                                 uint32_t *qall) {
     _Alignas(64) union blk u;
-    _Alignas(64) float P[MR * KB];
-    _Alignas(64) uint32_t qb[MR * ATT_HD_MAX / 2], pb[MR * KB / 2];
+    _Alignas(64) float P[AT * KB], Ot[AT * 64];
+    _Alignas(64) uint32_t qb[AT * ATT_HD_MAX / 2], pb[AT * KB / 2];
     float *kt = u.f.kt;
-    float M[QC], lsum[QC], cf[MR]; /* running max and sum per row of the chunk */
+    float M[QC], lsum[QC], cf[AT]; /* running max and sum per row of the chunk */
+    int amx = bf == 2;
+    if (amx) { /* the tiles' rows past a tile's last (never stored) read defined values */
+        memset(P, 0, sizeof P);
+        memset(qb, 0, sizeof qb);
+        memset(pb, 0, sizeof pb);
+        amx_att_config();
+    }
     size_t off = Tk - Tq;
     const __m512 vscale = _mm512_set1_ps(scale);
     for (size_t i0 = 0; i0 < Tq; i0 += QC) {
@@ -685,6 +790,7 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
         /* BF16: the chunk's query rows rounded once (qall: QC x hd / 2 pairs), not once per
          * key block: strided float rows of q, re-read for every block, were ~7% of the task */
         if (bf && qall) rows_bf(qall, hd / 2, q + i0 * qs, ni, qs, hd);
+        if (amx && qall) memset(qall + ni * (hd / 2), 0, AT * (hd / 2) * sizeof *qall);
         size_t pmin = off + i0, pmax = off + i0 + ni - 1;
         size_t jlo = window > 0 && pmin + 1 > (size_t)window ? pmin + 1 - (size_t)window : 0;
         for (size_t jb = jlo - jlo % KB; jb <= pmax; jb += KB) {
@@ -699,7 +805,21 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
             }
             __m512i sv[4];
             seg_load(sv, sg, jb, n);
-            for (size_t r0 = ra; r0 < rb; r0 += MR) {
+            for (size_t r0 = ra; amx && r0 < rb; r0 += AT) { /* AMX: tiles of AT rows */
+                size_t rc = rb - r0 < AT ? rb - r0 : AT;
+                const uint32_t *qt = qall ? qall + (r0 - i0) * (hd / 2) : qb;
+                if (!qall) rows_bf(qb, hd / 2, q + r0 * qs, rc, qs, hd);
+                uint64_t vms[AT] = {0};
+                if (!tile_vis(vms, rc, off + r0, jb, n, window, sg, sv)) continue;
+                amx_scores(P, qt, u.b.kt2, hd);
+                float *Mt = M + (r0 - i0), *lt = lsum + (r0 - i0);
+                softmax_step(4, P, Mt, lt, cf, rc < 8 ? rc : 8, vms, vscale);
+                if (rc > 8)
+                    softmax_step(4, P + 8 * KB, Mt + 8, lt + 8, cf + 8, rc - 8, vms + 8, vscale);
+                rows_bf(pb, KB / 2, P, rc, KB, KB);
+                amx_pv(out + r0 * qs, qs, rc, pb, u.b.kv2, hd, cf, Ot);
+            }
+            for (size_t r0 = ra; !amx && r0 < rb; r0 += MR) {
                 size_t rc = rb - r0 < MR ? rb - r0 : MR, tlo, thi;
                 tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
                 size_t nv = (thi + 15) / 16; /* S (rc x 16 nv): the keys up to the tile's last */
@@ -711,15 +831,7 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
                     mk_set(rc, nv, hd, q + r0 * qs, qs, 1, kt, KB, P, KB, NULL);
                 }
                 uint64_t vms[MR];
-                int any = 0;
-                for (size_t r = 0; r < rc; r++) {
-                    size_t p = off + r0 + r;
-                    uint64_t vm = vis_mask(p, jb, n, window);
-                    if (sg && vm) vm &= seg_mask(sv, sg[p]);
-                    vms[r] = vm;
-                    any |= vm != 0;
-                }
-                if (!any) continue;
+                if (!tile_vis(vms, rc, off + r0, jb, n, window, sg, sv)) continue;
                 float *Mt = M + (r0 - i0), *lt = lsum + (r0 - i0);
                 switch (nv) {
                 case 1: softmax_step(1, P, Mt, lt, cf, rc, vms, vscale); break;
@@ -748,6 +860,7 @@ AVX512 static void forward_task(float *out, float *L, const float *q, const floa
             L[i0 + i] = l > 0 ? M[i] + logf(l) : -INFINITY;
         }
     }
+    if (amx) amx_att_release();
 }
 
 /* The segment ids of one sequence, or NULL when they are all the same (one document: nothing to
@@ -764,7 +877,9 @@ AVX512 static void attention_forward_avx512(float *out, float *lse, const float 
                                             float scale, int window, size_t B, size_t Tq,
                                             size_t Tk, size_t nh, size_t nkv, size_t hd, int bf) {
     size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd;
-    size_t qn = (Tq < QC ? Tq : QC) * (hd / 2), nt = (size_t)omp_get_max_threads();
+    /* (AMX: AT rows more, zeros, for the chunk's last tile) */
+    size_t qn = ((Tq < QC ? Tq : QC) + (bf == 2 ? AT : 0)) * (hd / 2);
+    size_t nt = (size_t)omp_get_max_threads();
     if (nt > B * nh) nt = B * nh; /* a team never has more threads than omp_get_max_threads() */
     /* each thread's rounded query rows (forward_task's qall; without them, per tile) */
     uint32_t *qall = bf && nt > 0 && qn > 0 ? st_malloc(nt * qn * sizeof *qall) : NULL;
@@ -1053,9 +1168,15 @@ static int use_avx512(size_t hd) {
 /* The BF16 path where asked for (bf), hd % 32 == 0 and the CPU's vdpbf16ps is worth it: on CPUs
  * with AMX (Sapphire Rapids and later) it issues at half the rate of fp32 FMAs (bench_peak: 147
  * against 276 GFLOP/s on 2 threads), so there the float path is the faster one (bench_attention,
- * session 10: bench/NOTES.md), the GEMMs running on AMX. */
+ * session 10: bench/NOTES.md), the GEMMs running on AMX. The forward's products run on AMX there
+ * (bf16_forward); the backward takes the float path. */
 static int bf16_path(int bf, size_t hd) {
     return bf && hd % 32 == 0 && st_bf16_native() && !st_bf16_amx();
+}
+
+/* The forward's: 2 on AMX CPUs (its two products on the tile unit), else bf16_path */
+static int bf16_forward(int bf, size_t hd) {
+    return bf && hd % 32 == 0 && st_bf16_native() && st_bf16_amx() ? 2 : bf16_path(bf, hd);
 }
 
 /* bf: the BF16 path where asked for (bf16_path) */
@@ -1065,7 +1186,7 @@ static void forward(int bf, float *out, float *lse, const float *q, const float 
 #ifdef X86
     if (use_avx512(hd)) {
         attention_forward_avx512(out, lse, q, k, v, seg, scale, window, B, Tq, Tk, nh, nkv, hd,
-                                 bf16_path(bf, hd));
+                                 bf16_forward(bf, hd));
         return;
     }
 #endif
