@@ -27,7 +27,12 @@
  * rowsum(dO * O) once per row; per key block (K and V transposed once for all the heads) and
  * head, panels of up to QS rows: P = exp(S scale - lse) and dS = P (dP - D) scale per
  * micro-tile, then dV, dK for the block's keys six at a time over the panel's rows, and dQ for
- * the panel's rows. dq, dk, dv are zeroed first and accumulated in place. */
+ * the panel's rows. dq, dk, dv are zeroed first and accumulated in place.
+ *
+ * With --compute bf16 on AMX CPUs (mode 2: bf16_forward) the products run on the tile unit: S,
+ * dP and P V on tiles of 16 query rows, dQ on the panel's dS rows as pairs of keys, dV and dK on
+ * P and dS paired over the panel's rows and transposed (keys x pairs); operands rounded to BF16
+ * as in the vdpbf16ps path, softmax, P and dS in float. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -721,44 +726,76 @@ AMXA static void amx_scores(float *S, const uint32_t *qt, const uint32_t *kt2, s
     _tile_stored(3, S + 48, KB * 4);
 }
 
-/* O's rows r < rc (stride qs) = cf[r] O + P V: pb (AT rows of KB / 2 pairs of keys, stride
- * KB / 2), kv2 (KB / 2 pair rows x hd), in strips of 64 dims through Ot (AT x 64 floats) */
-AMXA static void amx_pv(float *o, size_t qs, size_t rc, const uint32_t *pb, const uint32_t *kv2,
-                        size_t hd, const float *cf, float *Ot) {
+/* C rows r < nr (<= AT; stride cs; hd columns) += A (AT rows of np pairs, stride as) B (np pair
+ * rows of hd, stride bs), np % AT == 0, in strips of 64 columns; or, with cf, C = cf[r] C + A B.
+ * C is loaded and stored in place when it has AT rows and no cf, else the product goes through
+ * Ot (AT x 64 floats) */
+AMXA static void amx_acc(float *c, size_t cs, size_t nr, size_t hd, const uint32_t *a, size_t as,
+                         size_t np, const uint32_t *b, size_t bs, const float *cf, float *Ot) {
     for (size_t e0 = 0; e0 < hd; e0 += 64) {
         size_t ne = hd - e0 >= 64 ? 4 : (hd - e0) / 16; /* hd % 32 == 0: 2 or 4 */
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (size_t k = 0; k < KB / 2; k += AT) {
-            const uint32_t *b = kv2 + k * hd + e0;
-            _tile_loadd(4, pb + k, KB / 2 * 4);
-            _tile_loadd(6, b, hd * 4);
+        float *cc = c + e0;
+        size_t ccs = cs;
+        if (cf) { /* the product alone, from zero */
+            cc = Ot, ccs = 64;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+        } else {
+            if (nr < AT) { /* C's rows, then zeros */
+                for (size_t r = 0; r < AT; r++) {
+                    if (r < nr) memcpy(Ot + r * 64, cc + r * cs, 16 * ne * sizeof(float));
+                    else memset(Ot + r * 64, 0, 16 * ne * sizeof(float));
+                }
+                cc = Ot, ccs = 64;
+            }
+            _tile_loadd(0, cc, ccs * 4);
+            _tile_loadd(1, cc + 16, ccs * 4);
+            if (ne > 2) {
+                _tile_loadd(2, cc + 32, ccs * 4);
+                _tile_loadd(3, cc + 48, ccs * 4);
+            }
+        }
+        for (size_t k = 0; k < np; k += AT) {
+            const uint32_t *bk = b + k * bs + e0;
+            _tile_loadd(4, a + k, as * 4);
+            _tile_loadd(6, bk, bs * 4);
             _tile_dpbf16ps(0, 4, 6);
-            _tile_loadd(7, b + 16, hd * 4);
+            _tile_loadd(7, bk + 16, bs * 4);
             _tile_dpbf16ps(1, 4, 7);
             if (ne > 2) {
-                _tile_loadd(6, b + 32, hd * 4);
+                _tile_loadd(6, bk + 32, bs * 4);
                 _tile_dpbf16ps(2, 4, 6);
-                _tile_loadd(7, b + 48, hd * 4);
+                _tile_loadd(7, bk + 48, bs * 4);
                 _tile_dpbf16ps(3, 4, 7);
             }
         }
-        _tile_stored(0, Ot, 64 * 4);
-        _tile_stored(1, Ot + 16, 64 * 4);
+        _tile_stored(0, cc, ccs * 4);
+        _tile_stored(1, cc + 16, ccs * 4);
         if (ne > 2) {
-            _tile_stored(2, Ot + 32, 64 * 4);
-            _tile_stored(3, Ot + 48, 64 * 4);
+            _tile_stored(2, cc + 32, ccs * 4);
+            _tile_stored(3, cc + 48, ccs * 4);
         }
-        for (size_t r = 0; r < rc; r++) {
-            float *or = o + r * qs + e0;
-            __m512 c = _mm512_set1_ps(cf[r]);
+        for (size_t r = 0; cc == Ot && r < nr; r++) {
+            float *o = c + e0 + r * cs;
+            if (!cf) {
+                memcpy(o, Ot + r * 64, 16 * ne * sizeof(float));
+                continue;
+            }
+            __m512 f = _mm512_set1_ps(cf[r]);
             for (size_t d = 0; d < 16 * ne; d += 16)
-                _mm512_storeu_ps(or + d, _mm512_fmadd_ps(_mm512_loadu_ps(or + d), c,
-                                                          _mm512_loadu_ps(Ot + r * 64 + d)));
+                _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_loadu_ps(o + d), f,
+                                                         _mm512_loadu_ps(Ot + r * 64 + d)));
         }
     }
+}
+
+/* O's rows r < rc (stride qs) = cf[r] O + P V: pb (AT rows of KB / 2 pairs of keys, stride
+ * KB / 2), kv2 (KB / 2 pair rows x hd) */
+AMXA static void amx_pv(float *o, size_t qs, size_t rc, const uint32_t *pb, const uint32_t *kv2,
+                        size_t hd, const float *cf, float *Ot) {
+    amx_acc(o, qs, rc, hd, pb, KB / 2, KB / 2, kv2, hd, cf, Ot);
 }
 
 /* One (batch, head) of the forward: q, out rows i at + i qs; kb, vb rows j at + j kvs; L (Tq).
@@ -953,7 +990,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
     /* BF16 path: a tile's Q and dO rows (qb, db); the panel's P and dS rows paired over rows (pp,
      * sp: QS / 2 x KB), dS rows as pairs of keys (sb: QS x KB / 2), Q and dO rows paired (qp, dp:
      * QS / 2 x hd) */
-    _Alignas(64) uint32_t qb[MR * ATT_HD_MAX / 2], db[MR * ATT_HD_MAX / 2];
+    _Alignas(64) uint32_t qb[AT * ATT_HD_MAX / 2], db[AT * ATT_HD_MAX / 2];
     _Alignas(64) uint32_t pp[QS / 2 * KB], sp[QS / 2 * KB], sb[QS * KB / 2];
     _Alignas(64) uint32_t qp[QS / 2 * ATT_HD_MAX], dp[QS / 2 * ATT_HD_MAX];
     float *kt = u.f.kt, *vt = u.f.vt;
@@ -962,8 +999,22 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
     /* BF16 with cvt: the chunk's Q and dO rows of every head rounded once (4 arrays of cu units
      * per head), not once per key block: as rows of pairs along hd (the A operands of S and dP)
      * and paired over rows (the B operands of dK and dV) */
-    size_t cu = (QCb + 1) * (hd / 2);
+    size_t cu = (QCb + AT) * (hd / 2);
     const __m512 vscale = _mm512_set1_ps(scale);
+    /* bf 2 (AMX CPUs): S and dP on the tile unit from the BF16 path's operands (tiles of AT rows:
+     * the rows past a tile's last read zeros, never stored), P, dS and the other three products
+     * in float. bf 1: all five through vdpbf16ps. */
+    int amx = bf == 2;
+    size_t tr = amx ? AT : MR; /* rows per tile */
+    /* AMX: P and dS paired over the panel's rows and transposed (keys x pairs: the A operands
+     * of dV and dK), C staging */
+    _Alignas(64) uint32_t ppT[KB * KB], spT[KB * KB];
+    _Alignas(64) float Ot[AT * 64];
+    if (amx) {
+        memset(qb, 0, sizeof qb);
+        memset(db, 0, sizeof db);
+        amx_att_config();
+    }
     for (size_t j = 0; j < Tk; j++) {
         memset(dkb + j * kvs, 0, hd * sizeof(float));
         memset(dvb + j * kvs, 0, hd * sizeof(float));
@@ -983,6 +1034,11 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
             const float *qh = q + h * hd + i0 * qs, *dyh = dout + h * hd + i0 * qs;
             rows_bf(c4, hd / 2, qh, ni, qs, hd);
             rows_bf(c4 + cu, hd / 2, dyh, ni, qs, hd);
+            if (amx) { /* rows only, and AT rows of zeros after them */
+                memset(c4 + ni * (hd / 2), 0, AT * (hd / 2) * sizeof *c4);
+                memset(c4 + cu + ni * (hd / 2), 0, AT * (hd / 2) * sizeof *c4);
+                continue;
+            }
             pairs_bf(c4 + 2 * cu, hd, qh, ni, qs, (ni + 1) / 2, hd);
             pairs_bf(c4 + 3 * cu, hd, dyh, ni, qs, (ni + 1) / 2, hd);
         }
@@ -995,7 +1051,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
             /* BF16: panels from an even row of the chunk, with cvt or without (the same pairs
              * of rows, so the same bits either way); row ra - 1 sees none of the block: P = dS
              * = 0 there */
-            if (bf) ra -= (ra - i0) % 2;
+            if (bf == 1) ra -= (ra - i0) % 2;
             const float *kj = kb + jb * kvs, *vj = vb + jb * kvs;
             float *dkj = dkb + jb * kvs, *dvj = dvb + jb * kvs;
             if (bf) {
@@ -1017,8 +1073,8 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                     int any = 0;
                     /* the panel: P and dS (ns x 64), zero where masked (BF16: straight to
                      * pp, sp and sb, from each tile's S and dP in P and dS) */
-                    for (size_t r0 = s0; r0 < s0 + ns; r0 += MR) {
-                        size_t rc = s0 + ns - r0 < MR ? s0 + ns - r0 : MR, tlo, thi;
+                    for (size_t r0 = s0; r0 < s0 + ns; r0 += tr) {
+                        size_t rc = s0 + ns - r0 < tr ? s0 + ns - r0 : tr, tlo, thi;
                         tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
                         size_t nv = (thi + 15) / 16; /* columns from 16 nv on: zero */
                         float *pr0 = P + (r0 - s0) * KB, *dr0 = dS + (r0 - s0) * KB;
@@ -1030,15 +1086,20 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                                 rows_bf(qb, hd / 2, qh + r0 * qs, rc, qs, hd);
                                 rows_bf(db, hd / 2, dyh + r0 * qs, rc, qs, hd);
                             }
-                            mkb_set(rc, nv, hd / 2, qt, hd / 2, 1, u.b.kt2, KB, pr0, KB, NULL);
-                            mkb_set(rc, nv, hd / 2, dt, hd / 2, 1, u.b.vt2, KB, dr0, KB, NULL);
+                            if (amx) { /* AT rows (the panel holds them: QS % AT == 0) */
+                                amx_scores(pr0, qt, u.b.kt2, hd);
+                                amx_scores(dr0, dt, u.b.vt2, hd);
+                            } else {
+                                mkb_set(rc, nv, hd / 2, qt, hd / 2, 1, u.b.kt2, KB, pr0, KB, NULL);
+                                mkb_set(rc, nv, hd / 2, dt, hd / 2, 1, u.b.vt2, KB, dr0, KB, NULL);
+                            }
                         } else {
                             mk_set(rc, nv, hd, qh + r0 * qs, qs, 1, kt, KB, pr0, KB, NULL);
                             mk_set(rc, nv, hd, dyh + r0 * qs, qs, 1, vt, KB, dr0, KB, NULL);
                         }
                         /* each row's visible keys (0: P = dS = 0), lse and D */
-                        uint64_t vm[MR + 1] = {0};
-                        float Lr[MR + 1] = {0}, Dr[MR + 1] = {0};
+                        uint64_t vm[AT + 1] = {0};
+                        float Lr[AT + 1] = {0}, Dr[AT + 1] = {0};
                         for (size_t r = 0; r < rc; r++) {
                             size_t i = r0 + r, p = off + i;
                             uint64_t m = Lh[i] == -INFINITY ? 0 : vis_mask(p, jb, n, window);
@@ -1050,13 +1111,13 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         }
                         /* BF16: P and dS of pairs of rows straight to their bf16 operands; the
                          * row after an odd last one (vm 0) reads as 0 */
-                        for (size_t r = 0; bf && r < rc; r += 2) {
+                        for (size_t r = 0; bf == 1 && r < rc; r += 2) {
                             size_t pr = r0 - s0 + r;
                             p_ds_pair_bf(pp + pr / 2 * KB, sp + pr / 2 * KB, sb + pr * (KB / 2),
                                          r + 1 < rc, pr0 + r * KB, dr0 + r * KB, vm + r, Lr + r,
                                          Dr + r, nv, scale);
                         }
-                        for (size_t r = 0; !bf && r < rc; r++) {
+                        for (size_t r = 0; bf != 1 && r < rc; r++) {
                             float *pr = pr0 + r * KB, *dr = dr0 + r * KB;
                             __m512 e, g, Lv = _mm512_set1_ps(Lr[r]), Dv = _mm512_set1_ps(Dr[r]);
                             for (size_t v = 0; v < 4; v++) {
@@ -1073,7 +1134,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                     /* the panel's Q and dO paired over rows (with cvt: the chunk's, from the
                      * panel's first pair; the row after the panel is one of the chunk's, or 0) */
                     const uint32_t *qpp = qp, *dpp = dp;
-                    if (bf) { /* the panel's Q and dO operands */
+                    if (bf == 1) { /* the panel's Q and dO operands */
                         size_t np = (ns + 1) / 2;
                         if (c4) {
                             qpp = c4 + 2 * cu + (s0 - i0) / 2 * hd, dpp = qpp + cu;
@@ -1083,12 +1144,30 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         }
                     }
                     /* dV (keys t0.., hd) += P^T dO, dK += dS^T Q over the rows that see the keys
-                     * (BF16: in whole pairs of rows from s0; P and dS are 0 at the rows added) */
-                    for (size_t t0 = 0; t0 < n; t0 += MR) {
+                     * (BF16: in whole pairs of rows from s0; P and dS are 0 at the rows added;
+                     * AMX: the panel's rows in pairs (0 past ns) and the block's keys, in tiles
+                     * of AT keys) */
+                    if (amx) {
+                        size_t np = ((ns + 1) / 2 + AT - 1) / AT * AT;
+                        pairs_bf(pp, KB, P, ns, KB, QS / 2, KB);
+                        pairs_bf(sp, KB, dS, ns, KB, QS / 2, KB);
+                        transpose_kb((float *)ppT, (const float *)pp, QS / 2, KB, KB);
+                        transpose_kb((float *)spT, (const float *)sp, QS / 2, KB, KB);
+                        pairs_bf(dp, hd, dyh + s0 * qs, ns, qs, QS / 2, hd);
+                        pairs_bf(qp, hd, qh + s0 * qs, ns, qs, QS / 2, hd);
+                        for (size_t t0 = 0; t0 < n; t0 += AT) {
+                            size_t kc = n - t0 < AT ? n - t0 : AT;
+                            amx_acc(dvj + t0 * kvs, kvs, kc, hd, ppT + t0 * KB, KB, np, dp, hd,
+                                    NULL, Ot);
+                            amx_acc(dkj + t0 * kvs, kvs, kc, hd, spT + t0 * KB, KB, np, qp, hd,
+                                    NULL, Ot);
+                        }
+                    }
+                    for (size_t t0 = 0; !amx && t0 < n; t0 += MR) {
                         size_t kc = n - t0 < MR ? n - t0 : MR, ka, kz;
                         block_rows(&ka, &kz, s0, s0 + ns, off, jb + t0, kc, window);
                         if (ka >= kz) continue;
-                        if (bf) {
+                        if (bf == 1) {
                             size_t a2 = (ka - s0) / 2, n2 = (kz - s0 + 1) / 2 - a2;
                             mkb_strips(1, kc, hd, n2, pp + a2 * KB + t0, 1, KB, dpp + a2 * hd, hd,
                                        dvj + t0 * kvs, kvs, NULL);
@@ -1102,11 +1181,16 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
                         mk_strips(1, kc, hd, kz - ka, dS + pa, 1, KB, qh + ka * qs, qs,
                                   dkj + t0 * kvs, kvs, NULL);
                     }
-                    /* dQ (rows, hd) += dS K over the keys the rows see (BF16: whole pairs) */
-                    for (size_t r0 = s0; r0 < s0 + ns; r0 += MR) {
+                    /* dQ (rows, hd) += dS K over the keys the rows see (BF16: whole pairs; AMX:
+                     * the panel's dS rows as pairs of keys, all the block's keys) */
+                    if (amx) rows_bf(sb, KB / 2, dS, ns, KB, KB);
+                    for (size_t r0 = s0; amx && r0 < s0 + ns; r0 += AT)
+                        amx_acc(dqh + r0 * qs, qs, s0 + ns - r0 < AT ? s0 + ns - r0 : AT, hd,
+                                sb + (r0 - s0) * (KB / 2), KB / 2, KB / 2, u.b.kv2, hd, NULL, Ot);
+                    for (size_t r0 = s0; !amx && r0 < s0 + ns; r0 += MR) {
                         size_t rc = s0 + ns - r0 < MR ? s0 + ns - r0 : MR, tlo, thi;
                         tile_keys(&tlo, &thi, off + r0, off + r0 + rc - 1, jb, n, window);
-                        if (bf) {
+                        if (bf == 1) {
                             size_t t2 = tlo / 2, n2 = (thi + 1) / 2 - t2;
                             mkb_strips(1, rc, hd, n2, sb + (r0 - s0) * KB / 2 + t2, KB / 2, 1,
                                        u.b.kv2 + t2 * hd, hd, dqh + r0 * qs, qs, NULL);
@@ -1119,6 +1203,7 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
             }
         }
     }
+    if (amx) amx_att_release();
 }
 
 AVX512 static void attention_backward_avx512(float *dq, float *dk, float *dv, const float *dout,
@@ -1130,7 +1215,7 @@ AVX512 static void attention_backward_avx512(float *dq, float *dk, float *dv, co
     size_t group = nh / nkv, kvs = nkv * hd, qs = nh * hd, nt = (size_t)omp_get_max_threads();
     if (nt > B * nkv) nt = B * nkv;
     /* each thread's rounded Q and dO rows (backward_task's cvt; without them, per panel) */
-    size_t cn = 4 * group * (bw_chunk(group) + 1) * (hd / 2);
+    size_t cn = 4 * group * (bw_chunk(group) + AT) * (hd / 2);
     uint32_t *cvt = bf && nt > 0 ? st_malloc(nt * cn * sizeof *cvt) : NULL;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t b = 0; b < B; b++)
@@ -1167,14 +1252,14 @@ static int use_avx512(size_t hd) {
 
 /* The BF16 path where asked for (bf), hd % 32 == 0 and the CPU's vdpbf16ps is worth it: on CPUs
  * with AMX (Sapphire Rapids and later) it issues at half the rate of fp32 FMAs (bench_peak: 147
- * against 276 GFLOP/s on 2 threads), so there the float path is the faster one (bench_attention,
- * session 10: bench/NOTES.md), the GEMMs running on AMX. The forward's products run on AMX there
- * (bf16_forward); the backward takes the float path. */
+ * against 276 GFLOP/s on 2 threads), slower than the float path there (bench_attention, session
+ * 10: bench/NOTES.md); those CPUs run the products on AMX instead (bf16_forward, mode 2). */
 static int bf16_path(int bf, size_t hd) {
     return bf && hd % 32 == 0 && st_bf16_native() && !st_bf16_amx();
 }
 
-/* The forward's: 2 on AMX CPUs (its two products on the tile unit), else bf16_path */
+/* 2 on AMX CPUs (the products on the tile unit, for the forward and the backward), else
+ * bf16_path */
 static int bf16_forward(int bf, size_t hd) {
     return bf && hd % 32 == 0 && st_bf16_native() && st_bf16_amx() ? 2 : bf16_path(bf, hd);
 }
@@ -1202,7 +1287,7 @@ static void backward(int bf, float *dq, float *dk, float *dv, const float *dout,
 #ifdef X86
     if (use_avx512(hd)) {
         attention_backward_avx512(dq, dk, dv, dout, out, lse, q, k, v, seg, scale, window, B, Tq,
-                                  Tk, nh, nkv, hd, bf16_path(bf, hd));
+                                  Tk, nh, nkv, hd, bf16_forward(bf, hd));
         return;
     }
 #endif
