@@ -475,6 +475,32 @@ static void qweight_case(enum st_quant kind, int dq, size_t R, size_t C, enum st
         }
     CHECKF(fe < 1e-5 && be < 1e-5, "%s dq=%d %zux%zu BF16: forward %.3g, backward %.3g of sum|xw|",
            st_quant_name(kind), dq, R, C, fe, be);
+    /* from X rounded beforehand (st_qlinear_forward_bf16_px: the shared rounding of q, k, v), with
+     * a rank-3 low-rank term s xl W^T (W (R, 3)) joining every tile's GEMM at its own columns */
+    {
+        size_t rk = 3;
+        float *xl = xmalloc(N * rk * 4), *wl = xmalloc(R * rk * 4), *o2 = xmalloc(N * R * 4);
+        for (size_t i = 0; i < N * rk; i++) xl[i] = rng_gauss();
+        for (size_t i = 0; i < R * rk; i++) wl[i] = rng_gauss();
+        struct st_lowrank lr = {xl, rk, wl, rk, 1, 0.7f};
+        st_bf16_pack_x(xs, x, N, C, C);
+        st_qlinear_forward_bf16_px(o2, xs, &qw, bias, scr, N, &lr);
+        double le = 0;
+        for (size_t i = 0; i < N; i++)
+            for (size_t o = 0; o < R; o++) {
+                double t = 0, a = 0;
+                for (size_t j = 0; j < rk; j++) {
+                    t += 0.7 * xl[i * rk + j] * wl[o * rk + j];
+                    a += fabs(0.7 * xl[i * rk + j] * wl[o * rk + j]);
+                }
+                double want = out[i * R + o] + t; /* the term on the plain variant's result */
+                for (size_t c = 0; c < C; c++) a += fabs((double)bf16r(x[i * C + c]) * bf16r(deq[o * C + c]));
+                le = fmax(le, fabs(want - o2[i * R + o]) / (a + fabs(bias[o]) + 1e-30));
+            }
+        CHECKF(le < 2e-5, "%s dq=%d %zux%zu BF16 from rounded X, low-rank term: %.3g of sum|xw|",
+               st_quant_name(kind), dq, R, C, le);
+        free(xl), free(wl), free(o2);
+    }
     free(xs);
     void *all[] = {w, h, q, aq, absmax, nested, scale, tmp, chunk, deq, rows, x, out, bias, dout,
                    dinp, scr};

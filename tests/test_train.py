@@ -192,6 +192,24 @@ def fast():
         check(ok, "QLoRA fuse: BF16 model scoring as the NF4 base + adapter")
         rc = run("train", *common, "--out", os.path.join(t, "q8"), "--quantize", "int8", "--steps", "3")
         check(rc.returncode == 0 and len(losses(os.path.join(t, "q8"))) == 3, "--quantize int8 trains")
+        # QLoRA with BF16 compute (the dequantised tiles in BF16 panels; q, k, v and gate, up
+        # share one rounding of their input, and the LoRA term joins the tiles' GEMMs): within
+        # BF16 rounding of the F32 QLoRA run, and the same run to float summation order without
+        # the LoRA fusion (ST_NO_LORA_FUSION=1: separate passes)
+        runs = {}
+        for tag, env in (("fused", None), ("unfused", dict(os.environ, ST_NO_LORA_FUSION="1"))):
+            d = os.path.join(t, "qbf-" + tag)
+            rc = run("train", *common, "--out", d, "--quantize", "nf4", "--compute", "bf16", env=env)
+            runs[tag] = losses(d) if rc.returncode == 0 else {}
+        ok = len(runs["fused"]) == 30 and len(runs["unfused"]) == 30 and len(lq) == 30
+        if ok:
+            rq = max(abs(float(runs["fused"][s_][0]) - float(lq[s_][0])) / float(lq[s_][0]) for s_ in lq)
+            rf = max(abs(float(runs["fused"][s_][0]) - float(runs["unfused"][s_][0])) / float(lq[s_][0])
+                     for s_ in lq)
+            ok = rq < 0.02 and rf < 1e-3
+            print(f"     QLoRA --compute bf16: largest relative loss difference to F32 QLoRA {rq:.2e},"
+                  f" fused against unfused LoRA {rf:.2e}")
+        check(ok, "QLoRA --compute bf16 trains within 2% of F32 QLoRA, the LoRA fusion to 1e-3")
         # BF16 compute: the same run within BF16 rounding of the F32 one; the portable kernel
         # (ST_NO_AVX512BF16) gives the same losses to float summation order
         bd = os.path.join(t, "bf16")

@@ -61,6 +61,12 @@ void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweig
                              const float *bias, float *scratch, uint32_t *xscratch, size_t N);
 void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct st_qweight *w,
                                     float *scratch, uint32_t *xscratch, size_t N);
+/* st_qlinear_forward_bf16 from inp already rounded (st_bf16_pack_x of all N rows, shared by the
+ * matmuls of one input), plus the low-rank term lr (NULL: none; bf16.h) */
+struct st_lowrank;
+void st_qlinear_forward_bf16_px(float *out, const uint32_t *xp, const struct st_qweight *w,
+                                const float *bias, float *scratch, size_t N,
+                                const struct st_lowrank *lr);
 
 /* out (N, rows) = inp (N, cols) @ W^T + bias (may be NULL). scratch: st_qweight_scratch_floats. */
 void st_qlinear_forward(float *out, const float *inp, const struct st_qweight *w,

@@ -327,8 +327,7 @@ static void q_forward(const struct st_model *m, float *out, const float *x,
         st_qlinear_forward(out, x, w, bias, m->qscratch, M);
         return;
     }
-    size_t rows = m->bscratch_bytes / (((w->cols + 1) / 2) * 4);
-    rows -= rows % 8;
+    size_t rows = st_bf16_x_rows(m->bscratch_bytes, w->cols);
     for (size_t r0 = 0; r0 < M; r0 += rows)
         st_qlinear_forward_bf16(out + r0 * w->rows, x + r0 * w->cols, w, bias, m->qscratch,
                                 m->bscratch, M - r0 < rows ? M - r0 : rows);
@@ -340,9 +339,7 @@ static void q_backward(const struct st_model *m, float *dx, const float *dy,
         st_qlinear_backward_input(dx, dy, w, m->qscratch, M);
         return;
     }
-    size_t k = st_qweight_tile_rows(w);
-    size_t rows = m->bscratch_bytes / (((k + 1) / 2) * 4);
-    rows -= rows % 8;
+    size_t rows = st_bf16_x_rows(m->bscratch_bytes, st_qweight_tile_rows(w));
     for (size_t r0 = 0; r0 < M; r0 += rows)
         st_qlinear_backward_input_bf16(dx + r0 * w->cols, dy + r0 * w->rows, w, m->qscratch,
                                        m->bscratch, M - r0 < rows ? M - r0 : rows);
@@ -815,15 +812,16 @@ struct lin {
 };
 
 /* inp (N, C) rounded to BF16 once for the matmuls of modules mods[0..n) (q, k, v; gate, up),
- * which share it; NULL (each matmul rounds it itself) unless all of them have BF16 panels (a
- * quantised one rounds X into the same scratch) and all N rows fit the scratch. */
+ * which share it; NULL (each matmul rounds it itself) unless the model computes in BF16, each of
+ * them has BF16 panels or is quantised (its tiles' panels multiply the shared copy: QLoRA rounded
+ * the input of q, k and v three times) and all N rows fit the scratch. */
 static const uint32_t *shared_x(const struct lin *c, const int *mods, int n, const float *inp,
                                 size_t N, size_t C) {
     const struct st_model *m = c->m;
     const struct st_layer_weights *w = &m->layers[c->layer];
     if (!m->bf16 || st_bf16_x_bytes(N, C) > m->bscratch_bytes) return NULL;
     for (int i = 0; i < n; i++)
-        if (w->q[mods[i]].kind || !w->bf[mods[i]]) return NULL;
+        if (!w->q[mods[i]].kind && !w->bf[mods[i]]) return NULL;
     st_bf16_pack_x(m->bscratch, inp, N, C, C);
     return m->bscratch;
 }
@@ -845,17 +843,23 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
                       m->lora->cfg.dropout);
         x = c->xd;
     }
-    /* BF16 panels: xa first, then scale xa b^T joins the GEMM's tiles before they are stored */
-    if (lm && bf && !qw->kind && m->lora_fused && r <= ST_LOWRANK_MAX) {
+    /* BF16 panels (or a quantised weight's, from the shared rounding of its input): xa first,
+     * then scale xa b^T joins the GEMM's tiles before they are stored */
+    int qx = qw->kind && m->bf16 && xp; /* quantised, its input already rounded */
+    if (lm && ((bf && !qw->kind) || qx) && m->lora_fused && r <= ST_LOWRANK_MAX) {
         m->k->lora_forward(NULL, xa, x, lm->a, lm->b, m->lora->scale, N, C, OC, r);
         struct st_lowrank lr = {xa, r, lm->b, r, 1, m->lora->scale};
-        if (xp)
+        if (qx)
+            st_qlinear_forward_bf16_px(out, xp, qw, bias, m->qscratch, N, &lr);
+        else if (xp)
             st_bf16_gemm_px_lr(out, OC, xp, bf, bias, N, C, OC, 0, &lr);
         else
             panel_mm(m, out, inp, bf, bias, N, C, OC, 0, &lr);
         return;
     }
-    if (qw->kind)
+    if (qx)
+        st_qlinear_forward_bf16_px(out, xp, qw, bias, m->qscratch, N, NULL);
+    else if (qw->kind)
         q_forward(m, out, inp, qw, bias, N);
     else if (bf && xp)
         st_bf16_gemm_px(out, OC, xp, bf, bias, N, C, OC, 0);

@@ -149,17 +149,26 @@ static void tile_row(void *ctx, size_t r, float *buf) {
     st_qweight_dequant_rows(buf, t->w, t->r0 + r, 1);
 }
 
-void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweight *w,
-                             const float *bias, float *scratch, uint32_t *xscratch, size_t N) {
+void st_qlinear_forward_bf16_px(float *out, const uint32_t *xp, const struct st_qweight *w,
+                                const float *bias, float *scratch, size_t N,
+                                const struct st_lowrank *lr) {
     size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
     uint16_t *pan = (uint16_t *)(scratch + tr * C);
-    st_bf16_pack_x(xscratch, inp, N, C, C); /* once for all tiles */
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
         struct tile_rows t = {w, r0};
         st_bf16_pack_wt_rows(pan, nr, C, tile_row, &t, scratch, tr);
-        st_bf16_gemm_px(out + r0, OC, xscratch, pan, bias ? bias + r0 : NULL, N, C, nr, 0);
+        struct st_lowrank lt; /* the tile's output columns r0.. of the low-rank term */
+        if (lr) lt = *lr, lt.w = lr->w + r0 * lr->wn;
+        st_bf16_gemm_px_lr(out + r0, OC, xp, pan, bias ? bias + r0 : NULL, N, C, nr, 0,
+                           lr ? &lt : NULL);
     }
+}
+
+void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweight *w,
+                             const float *bias, float *scratch, uint32_t *xscratch, size_t N) {
+    st_bf16_pack_x(xscratch, inp, N, w->cols, w->cols); /* once for all tiles */
+    st_qlinear_forward_bf16_px(out, xscratch, w, bias, scratch, N, NULL);
 }
 
 void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct st_qweight *w,
