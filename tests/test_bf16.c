@@ -228,9 +228,54 @@ TEST(ce_grad) {
     ce_case(8, 1, 3, 0);      /* one column: every gradient 0 */
 }
 
+/* The packings from rows given by a callback (st_bf16_pack_*_rows: dequantised tiles) equal the
+ * packings of the whole matrix byte for byte, with scratch for 16 rows per thread (the "wt"
+ * packing's groups of 16 rows) and for fewer (row by row), on ragged shapes and odd C */
+struct rows_ctx {
+    const float *w;
+    size_t C;
+};
+static void rows_fn(void *ctx, size_t r, float *buf) {
+    const struct rows_ctx *c = ctx;
+    memcpy(buf, c->w + r * c->C, c->C * sizeof(float));
+}
+TEST(pack_rows) {
+    const size_t shapes[][2] = {{45, 37}, {70, 100}, {16, 64}, {1, 33}, {300, 7}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        size_t OC = shapes[s][0], C = shapes[s][1];
+        float *w = malloc(OC * C * sizeof *w), *scr = malloc(64 * C * sizeof *scr);
+        if (!w || !scr) abort();
+        for (size_t i = 0; i < OC * C; i++) w[i] = urand();
+        w[0] = NAN; /* NaN stays NaN either way */
+        struct rows_ctx ctx = {w, C};
+        for (int t = 0; t < 2; t++) { /* t 0: W^T ("wt"), 1: W ("w") */
+            size_t K = t ? OC : C, N = t ? C : OC, nb = st_bf16_panels_bytes(K, N);
+            uint16_t *ref = malloc(nb), *got = malloc(nb);
+            if (!ref || !got) abort();
+            if (t)
+                st_bf16_pack_w(ref, w, OC, C);
+            else
+                st_bf16_pack_wt(ref, w, OC, C);
+            const size_t scratch_rows[] = {64, 4};
+            for (size_t k = 0; k < 2; k++) {
+                memset(got, 0xA5, nb);
+                if (t)
+                    st_bf16_pack_w_rows(got, OC, C, rows_fn, &ctx, scr, scratch_rows[k]);
+                else
+                    st_bf16_pack_wt_rows(got, OC, C, rows_fn, &ctx, scr, scratch_rows[k]);
+                CHECKF(memcmp(ref, got, nb) == 0, "%s rows OC=%zu C=%zu scratch %zu rows differ",
+                       t ? "w" : "wt", OC, C, scratch_rows[k]);
+            }
+            free(ref), free(got);
+        }
+        free(w), free(scr);
+    }
+}
+
 int main(void) {
     printf("kernel: %s\n", st_bf16_kernel_name());
     RUN(gemm);
     RUN(ce_grad);
+    RUN(pack_rows);
     return test_finish();
 }

@@ -31,8 +31,9 @@ void st_bf16_pack_w(uint16_t *dst, const float *w, size_t OC, size_t C);
 
 /* The same packings with W's rows produced one at a time by fn (for example dequantised from
  * NF4): fn(ctx, r, buf) writes row r (C floats) into buf; rows are split over threads, so fn must
- * be safe to call concurrently for different rows. scratch holds scratch_rows x C floats (two
- * rows per thread: fewer threads are used when it is smaller). */
+ * be safe to call concurrently for different rows. scratch holds scratch_rows x C floats (16
+ * rows per thread for the AVX512_BF16 "wt" packing, else two: fewer threads are used when it is
+ * smaller). */
 typedef void (*st_bf16_row_fn)(void *ctx, size_t r, float *buf);
 void st_bf16_pack_wt_rows(uint16_t *dst, size_t OC, size_t C, st_bf16_row_fn fn, void *ctx,
                           float *scratch, size_t scratch_rows);

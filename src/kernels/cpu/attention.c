@@ -43,6 +43,9 @@
 #include "../ref/ref.h"
 #include "attention.h"
 #include "fexp.h"
+#ifdef __x86_64__
+#include "transpose16.h"
+#endif
 #include "streamtune/bf16.h"
 #include "streamtune/core.h"
 
@@ -427,36 +430,16 @@ AVX512 static void mk_strips(int mode, size_t R, size_t hd, size_t K, const floa
     }
 }
 
-/* kt (hd x KB) = rows 0..n-1 of x (stride kvs) transposed; columns >= n zero. 16 x 16 tiles
- * through registers: unpack pairs of rows, shuffle within 128-bit lanes, then two rounds of
- * 128-bit lane shuffles (64 shuffles per tile instead of 256 scalar loads and stores). */
+/* kt (hd x KB) = rows 0..n-1 of x (stride kvs) transposed; columns >= n zero, in 16 x 16 tiles
+ * through registers (tr16) */
 AVX512 static void transpose_kb(float *kt, const float *x, size_t n, size_t kvs, size_t hd) {
     for (size_t t0 = 0; t0 < KB; t0 += 16)
         for (size_t d0 = 0; d0 < hd; d0 += 16) {
-            __m512 a[16], t[16], r[16];
+            __m512 a[16], o[16];
             for (size_t i = 0; i < 16; i++)
                 a[i] = t0 + i < n ? _mm512_loadu_ps(x + (t0 + i) * kvs + d0) : _mm512_setzero_ps();
-            for (int i = 0; i < 8; i++) {
-                t[2 * i] = _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]);
-                t[2 * i + 1] = _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]);
-            }
-            for (int g = 0; g < 4; g++) { /* r[4g + c], lane L: column 4L + c of rows 4g.. 4g+3 */
-                r[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-                r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-                r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-                r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-            }
-            float *o = kt + d0 * KB + t0;
-            for (int c = 0; c < 4; c++) { /* 4 x 4 transpose of 128-bit lanes */
-                __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
-                __m512 u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-                __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
-                __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-                _mm512_storeu_ps(o + (size_t)c * KB, _mm512_shuffle_f32x4(u0, u2, 0x88));
-                _mm512_storeu_ps(o + (size_t)(4 + c) * KB, _mm512_shuffle_f32x4(u1, u3, 0x88));
-                _mm512_storeu_ps(o + (size_t)(8 + c) * KB, _mm512_shuffle_f32x4(u0, u2, 0xDD));
-                _mm512_storeu_ps(o + (size_t)(12 + c) * KB, _mm512_shuffle_f32x4(u1, u3, 0xDD));
-            }
+            tr16(a, o);
+            for (size_t j = 0; j < 16; j++) _mm512_storeu_ps(kt + (d0 + j) * KB + t0, o[j]);
         }
 }
 
