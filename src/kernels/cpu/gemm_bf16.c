@@ -292,7 +292,8 @@ size_t st_bf16_x_bytes(size_t M, size_t K) {
 
 size_t st_bf16_x_rows(size_t bytes, size_t K) {
     size_t kp = (K + 1) / 2, unit = st_bf16_amx() ? 2 * AT : MR;
-    size_t rows = bytes / ((st_bf16_amx() ? amx_ks(kp) : kp ? kp : 1) * sizeof(uint32_t));
+    size_t per = st_bf16_amx() ? amx_ks(kp) : kp; /* pairs per row */
+    size_t rows = bytes / ((per ? per : 1) * sizeof(uint32_t));
     return rows - rows % unit;
 }
 
