@@ -1220,9 +1220,9 @@ static float *bf16_copy(const float *x, size_t n) {
 
 /* cpu's attention against ref's on case a: max|diff| <= tol * max(1, max|ref|). bf_inputs: ref
  * gets q, k, v and dout rounded to bf16 (what a BF16 kernel multiplies). */
-/* cpu-bf16's attention runs its BF16 path: AVX512_BF16 and the AVX-512 kernel (on AMX CPUs the
- * forward's products on the tile unit and the backward in float, whose CPUs issue vdpbf16ps at
- * half the fp32 FMA rate; test_kernels_noamx runs the vdpbf16ps path there) */
+/* cpu-bf16's attention runs its BF16 path: AVX512_BF16 and the AVX-512 kernel (on AMX CPUs, whose
+ * vdpbf16ps issues at half the fp32 FMA rate, the products on the tile unit; test_kernels_noamx
+ * runs the vdpbf16ps path there) */
 static int bf16_attention(void) { return st_bf16_native() && st_cpu_attention_native(); }
 
 static void xb_attention(const struct st_kernels *cpu, const struct st_kernels *ref,

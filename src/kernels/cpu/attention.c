@@ -672,6 +672,13 @@ AVX512 INLINE void softmax_step(const int NV, float *P, float *M, float *lsum, f
  * B (16 pair rows x 16 columns), loaded in turn. */
 #define AT 16
 #define AMXA __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+/* GCC's _tile_loadd declares no memory read: a compiler barrier first, so the operands just
+ * written (P's pairs, the staging tile) are in memory when the tile unit reads them */
+#define TILE_LOAD(t, p, s)                                                                        \
+    do {                                                                                          \
+        __asm__ volatile("" ::: "memory");                                                        \
+        _tile_loadd(t, p, s);                                                                     \
+    } while (0)
 struct att_tilecfg {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -693,14 +700,14 @@ AMXA static void amx_scores(float *S, const uint32_t *qt, const uint32_t *kt2, s
     _tile_zero(3);
     for (size_t k = 0; k < hd / 2; k += AT) {
         const uint32_t *b = kt2 + k * KB;
-        _tile_loadd(4, qt + k, hd / 2 * 4);
-        _tile_loadd(6, b, KB * 4);
+        TILE_LOAD(4, qt + k, hd / 2 * 4);
+        TILE_LOAD(6, b, KB * 4);
         _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(7, b + 16, KB * 4);
+        TILE_LOAD(7, b + 16, KB * 4);
         _tile_dpbf16ps(1, 4, 7);
-        _tile_loadd(6, b + 32, KB * 4);
+        TILE_LOAD(6, b + 32, KB * 4);
         _tile_dpbf16ps(2, 4, 6);
-        _tile_loadd(7, b + 48, KB * 4);
+        TILE_LOAD(7, b + 48, KB * 4);
         _tile_dpbf16ps(3, 4, 7);
     }
     _tile_stored(0, S, KB * 4);
@@ -733,24 +740,24 @@ AMXA static void amx_acc(float *c, size_t cs, size_t nr, size_t hd, const uint32
                 }
                 cc = Ot, ccs = 64;
             }
-            _tile_loadd(0, cc, ccs * 4);
-            _tile_loadd(1, cc + 16, ccs * 4);
+            TILE_LOAD(0, cc, ccs * 4);
+            TILE_LOAD(1, cc + 16, ccs * 4);
             if (ne > 2) {
-                _tile_loadd(2, cc + 32, ccs * 4);
-                _tile_loadd(3, cc + 48, ccs * 4);
+                TILE_LOAD(2, cc + 32, ccs * 4);
+                TILE_LOAD(3, cc + 48, ccs * 4);
             }
         }
         for (size_t k = 0; k < np; k += AT) {
             const uint32_t *bk = b + k * bs + e0;
-            _tile_loadd(4, a + k, as * 4);
-            _tile_loadd(6, bk, bs * 4);
+            TILE_LOAD(4, a + k, as * 4);
+            TILE_LOAD(6, bk, bs * 4);
             _tile_dpbf16ps(0, 4, 6);
-            _tile_loadd(7, bk + 16, bs * 4);
+            TILE_LOAD(7, bk + 16, bs * 4);
             _tile_dpbf16ps(1, 4, 7);
             if (ne > 2) {
-                _tile_loadd(6, bk + 32, bs * 4);
+                TILE_LOAD(6, bk + 32, bs * 4);
                 _tile_dpbf16ps(2, 4, 6);
-                _tile_loadd(7, bk + 48, bs * 4);
+                TILE_LOAD(7, bk + 48, bs * 4);
                 _tile_dpbf16ps(3, 4, 7);
             }
         }

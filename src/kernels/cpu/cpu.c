@@ -342,6 +342,7 @@ static void detect_once(void) {
     (void)st_cpu_lora_native();
     (void)st_f32_native();
     (void)st_bf16_native();
+    (void)st_bf16_amx();
 }
 
 const struct st_kernels *st_kernels_cpu(void) {

@@ -588,6 +588,14 @@ BF16_TARGET static void kernel_avx512(float *c, size_t ldc, const uint32_t *xp, 
  * 16 pairs' products in float (denormals flushed, as AVX512_BF16 does not): the same terms as the
  * other kernels, summed in another order. */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
+/* GCC's _tile_loadd is an asm that takes the address in a register and declares no memory read:
+ * a compiler barrier first, so stores to a buffer just filled (ib, bt, cb) are never dropped or
+ * moved past the load */
+#define TILE_LOAD(t, p, s)                                                                        \
+    do {                                                                                          \
+        __asm__ volatile("" ::: "memory");                                                        \
+        _tile_loadd(t, p, s);                                                                     \
+    } while (0)
 struct amx_cfg {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -626,15 +634,15 @@ AMX_TARGET static void amx_tiles(float *c, size_t ldc, const uint32_t *xa, size_
                     cb[r][n] = r < mr && n < nr ? (init ? init[n] : cm[r * ldc + n]) : 0.0f;
         }
         if (init && direct) {
-            _tile_loadd(0, ib[0], NR * 4);
-            _tile_loadd(1, ib[0] + AT, NR * 4);
-            _tile_loadd(2, ib[0], NR * 4);
-            _tile_loadd(3, ib[0] + AT, NR * 4);
+            TILE_LOAD(0, ib[0], NR * 4);
+            TILE_LOAD(1, ib[0] + AT, NR * 4);
+            TILE_LOAD(2, ib[0], NR * 4);
+            TILE_LOAD(3, ib[0] + AT, NR * 4);
         } else {
-            _tile_loadd(0, cs, lds * 4);
-            _tile_loadd(1, cs + AT, lds * 4);
-            _tile_loadd(2, cs + AT * lds, lds * 4);
-            _tile_loadd(3, cs + AT * lds + AT, lds * 4);
+            TILE_LOAD(0, cs, lds * 4);
+            TILE_LOAD(1, cs + AT, lds * 4);
+            TILE_LOAD(2, cs + AT * lds, lds * 4);
+            TILE_LOAD(3, cs + AT * lds + AT, lds * 4);
         }
         const uint32_t *a = xa + m * ks;
         for (size_t q = 0; two && q < nq; q += AT) {
@@ -648,21 +656,21 @@ AMX_TARGET static void amx_tiles(float *c, size_t ldc, const uint32_t *xa, size_
                     _mm_prefetch(pb + 128 * l + 64, _MM_HINT_T0);
                 }
             }
-            _tile_loadd(4, a + q * AT, AT * 4);
-            _tile_loadd(6, b, NR * 4);
+            TILE_LOAD(4, a + q * AT, AT * 4);
+            TILE_LOAD(6, b, NR * 4);
             _tile_dpbf16ps(0, 4, 6);
-            _tile_loadd(7, b + NR, NR * 4);
+            TILE_LOAD(7, b + NR, NR * 4);
             _tile_dpbf16ps(1, 4, 7);
-            _tile_loadd(5, a + AT * ks + q * AT, AT * 4);
+            TILE_LOAD(5, a + AT * ks + q * AT, AT * 4);
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
         }
         for (size_t q = 0; !two && q < nq; q += AT) {
             const uint16_t *b = q < nfull ? bp + q * NR * 2 : bt;
-            _tile_loadd(4, a + q * AT, AT * 4);
-            _tile_loadd(6, b, NR * 4);
+            TILE_LOAD(4, a + q * AT, AT * 4);
+            TILE_LOAD(6, b, NR * 4);
             _tile_dpbf16ps(0, 4, 6);
-            _tile_loadd(7, b + NR, NR * 4);
+            TILE_LOAD(7, b + NR, NR * 4);
             _tile_dpbf16ps(1, 4, 7);
         }
         _tile_stored(0, cs, lds * 4);
@@ -768,10 +776,15 @@ static int amx_usable(void) {
 }
 #endif
 
+static size_t amx_kc(void);
+
 int st_bf16_amx(void) {
 #ifdef X86
     static int v = -1;
-    if (v < 0) v = st_bf16_native() && !st_env_flag("ST_NO_AMX") && amx_usable();
+    if (v < 0) {
+        (void)amx_kc(); /* its cached setting too, on this (the first, single) call */
+        v = st_bf16_native() && !st_env_flag("ST_NO_AMX") && amx_usable();
+    }
     return v;
 #else
     return 0;

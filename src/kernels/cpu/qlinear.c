@@ -11,6 +11,7 @@
 
 #include "streamtune/bf16.h"
 #include "streamtune/core.h"
+#include "streamtune/f32.h"
 #include "streamtune/nf4.h"
 #include "streamtune/quant.h"
 
@@ -67,11 +68,9 @@ __attribute__((target("avx512f"))) static void nf4_block_avx512(float *d, const 
     }
 }
 
-static int nf4_avx512(void) {
-    static int v = -1;
-    if (v < 0) v = !st_env_flag("ST_NO_AVX512") && __builtin_cpu_supports("avx512f");
-    return v;
-}
+/* AVX-512F unless ST_NO_AVX512=1: the F32 kernels' check, cached by detect_once (cpu.c) at
+ * model load, not first made in the packing threads */
+static int nf4_avx512(void) { return st_f32_native(); }
 #endif
 
 void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, size_t n) {
