@@ -499,6 +499,27 @@ static void qweight_case(enum st_quant kind, int dq, size_t R, size_t C, enum st
             }
         CHECKF(le < 2e-5, "%s dq=%d %zux%zu BF16 from rounded X, low-rank term: %.3g of sum|xw|",
                st_quant_name(kind), dq, R, C, le);
+        /* the backward's _ex form: acc 0 writes dinp (poisoned first), and a rank-3 term s dxl A
+         * (A (3, C), the layout of a LoRA A) is added once over all tiles: the plain result (which
+         * started from 1.0) minus 1 plus the term */
+        float *dxl = xmalloc(N * rk * 4), *al = xmalloc(rk * C * 4), *d2 = xmalloc(N * C * 4);
+        for (size_t i = 0; i < N * rk; i++) dxl[i] = rng_gauss();
+        for (size_t i = 0; i < rk * C; i++) al[i] = rng_gauss();
+        for (size_t i = 0; i < N * C; i++) d2[i] = NAN;
+        struct st_lowrank lb = {dxl, rk, al, 1, C, 0.7f};
+        st_qlinear_backward_input_bf16_ex(d2, dout, &qw, scr, xs, N, 0, &lb, NULL);
+        double lbe = 0;
+        for (size_t i = 0; i < N; i++)
+            for (size_t c = 0; c < C; c++) {
+                double t = 0, a = 1e-30;
+                for (size_t j = 0; j < rk; j++) t += 0.7 * dxl[i * rk + j] * al[j * C + c];
+                for (size_t o = 0; o < R; o++) a += fabs((double)bf16r(dout[i * R + o]) * bf16r(deq[o * C + c]));
+                double want = (double)dinp[i * C + c] - 1.0 + t;
+                lbe = fmax(lbe, fabs(want - d2[i * C + c]) / (a + fabs(t) + 1.0));
+            }
+        CHECKF(lbe < 2e-5, "%s dq=%d %zux%zu BF16 backward, acc 0 + low-rank term: %.3g",
+               st_quant_name(kind), dq, R, C, lbe);
+        free(dxl), free(al), free(d2);
         free(xl), free(wl), free(o2);
     }
     free(xs);

@@ -60,18 +60,21 @@ void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xp, const uint16_t 
                      const float *bias, size_t M, size_t K, size_t N, int accumulate);
 
 /* The rows of a softmax cross-entropy for st_bf16_pack_ce_grad: row m's loss (lse - x[target],
- * as crossentropy_forward gives it), its target (< 0: ignored), and the loss's gradient dloss */
+ * as crossentropy_forward gives it), its target (< 0: ignored), the loss's gradient dloss, and
+ * col0: the vocabulary column of x's first column (0, or where a slice of the logits starts:
+ * a target outside the slice adds no -1 there, and its logit is read at x[target - col0]) */
 struct st_ce_rows {
     const float *loss;
     const int32_t *targets;
     float dloss;
+    size_t col0;
 };
 
 /* st_bf16_pack_x of the softmax cross-entropy's gradient rather than of x itself: row m of the
  * logits x (M, K; stride ldx) becomes dloss (softmax(x row) - onehot(targets[m])), all 0 for a
- * target < 0 (targets < K, as the loss checked). The gradient never exists in float
+ * target < 0 (targets below the vocabulary size, as the loss checked). The gradient never exists in float
  * (crossentropy_backward wrote it and st_bf16_pack_x read it back: two passes over a (M, vocab)
- * array). */
+ * array). With col0, x is the slice [col0, col0 + K) of rows of the whole logits. */
 void st_bf16_pack_ce_grad(uint32_t *xp, const float *logits, const struct st_ce_rows *ce, size_t M,
                           size_t K, size_t ldx);
 

@@ -68,6 +68,15 @@ void st_qlinear_forward_bf16_px(float *out, const uint32_t *xp, const struct st_
                                 const float *bias, float *scratch, size_t N,
                                 const struct st_lowrank *lr);
 
+/* st_qlinear_backward_input_bf16 where acc 0 writes dinp rather than adding to it, the low-rank
+ * term lr (NULL: none; bf16.h) is added once, and ce (NULL: dout is the gradient) says dout holds
+ * logits whose softmax cross-entropy gradient is the one to multiply (bf16.h st_ce_rows: rounded
+ * straight from the logits, each tile's columns with their offset in col0). */
+struct st_ce_rows;
+void st_qlinear_backward_input_bf16_ex(float *dinp, const float *dout, const struct st_qweight *w,
+                                       float *scratch, uint32_t *xscratch, size_t N, int acc,
+                                       const struct st_lowrank *lr, const struct st_ce_rows *ce);
+
 /* out (N, rows) = inp (N, cols) @ W^T + bias (may be NULL). scratch: st_qweight_scratch_floats. */
 void st_qlinear_forward(float *out, const float *inp, const struct st_qweight *w,
                         const float *bias, float *scratch, size_t N);

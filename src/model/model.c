@@ -304,7 +304,7 @@ static void panel_mm_src(const struct st_model *m, float *out, const float *x, c
         struct st_lowrank lc;
         if (lr) lc = *lr, lc.x = lr->x + r0 * lr->r; /* this chunk's rows of x */
         if (ce) {
-            struct st_ce_rows cc = {ce->loss + r0, ce->targets + r0, ce->dloss};
+            struct st_ce_rows cc = {ce->loss + r0, ce->targets + r0, ce->dloss, ce->col0};
             st_bf16_pack_ce_grad(m->bscratch, x + r0 * K, &cc, mr, K, K);
         }
         else
@@ -333,16 +333,32 @@ static void q_forward(const struct st_model *m, float *out, const float *x,
                                 m->bscratch, M - r0 < rows ? M - r0 : rows);
 }
 
-static void q_backward(const struct st_model *m, float *dx, const float *dy,
-                       const struct st_qweight *w, size_t M) {
+/* dx (M, cols) (+)= dy (M, rows) @ W: acc 0 writes dx; lr (BF16 only): a low-rank term added to
+ * dx; ce (BF16 only): dy holds logits, and the product is of their cross-entropy gradient */
+static void q_backward_ex(const struct st_model *m, float *dx, const float *dy,
+                          const struct st_qweight *w, size_t M, int acc,
+                          const struct st_lowrank *lr, const struct st_ce_rows *ce) {
     if (!m->bf16) {
+        ST_ASSERT(!lr && !ce);
+        if (!acc) memset(dx, 0, M * w->cols * sizeof(float));
         st_qlinear_backward_input(dx, dy, w, m->qscratch, M);
         return;
     }
     size_t rows = st_bf16_x_rows(m->bscratch_bytes, st_qweight_tile_rows(w));
-    for (size_t r0 = 0; r0 < M; r0 += rows)
-        st_qlinear_backward_input_bf16(dx + r0 * w->cols, dy + r0 * w->rows, w, m->qscratch,
-                                       m->bscratch, M - r0 < rows ? M - r0 : rows);
+    for (size_t r0 = 0; r0 < M; r0 += rows) {
+        struct st_lowrank lc;
+        struct st_ce_rows cc;
+        if (lr) lc = *lr, lc.x = lr->x + r0 * lr->r; /* this chunk's rows */
+        if (ce) cc = *ce, cc.loss = ce->loss + r0, cc.targets = ce->targets + r0;
+        st_qlinear_backward_input_bf16_ex(dx + r0 * w->cols, dy + r0 * w->rows, w, m->qscratch,
+                                          m->bscratch, M - r0 < rows ? M - r0 : rows, acc,
+                                          lr ? &lc : NULL, ce ? &cc : NULL);
+    }
+}
+
+static void q_backward(const struct st_model *m, float *dx, const float *dy,
+                       const struct st_qweight *w, size_t M) {
+    q_backward_ex(m, dx, dy, w, M, 1, NULL, NULL);
 }
 
 /* Quantise the requested tensors one by one into m->qarena, releasing each one's mapped pages. */
@@ -881,22 +897,25 @@ static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float
     const struct st_lora_module *lm = lo ? st_lora_get(lo, c->layer, mod) : NULL;
     /* BF16 panels, no dropout: the LoRA gradients and dxa first, then dxa a joins the GEMM's
      * tiles of dinp before they are stored */
-    if (lm && dinp && bb && !qw->kind && m->lora_fused && (size_t)lo->cfg.rank <= ST_LOWRANK_MAX &&
-        !(m->training && lo->cfg.dropout > 0)) {
+    if (lm && dinp && ((bb && !qw->kind) || (qw->kind && m->bf16)) && m->lora_fused &&
+        (size_t)lo->cfg.rank <= ST_LOWRANK_MAX && !(m->training && lo->cfg.dropout > 0)) {
         size_t r = (size_t)lo->cfg.rank;
         m->k->lora_backward(NULL, lm->ga, lm->gb, c->dxa, dout, inp, c->la->xa[mod], lm->a, lm->b,
                             lo->scale, N, C, OC, r);
         struct st_lowrank lr = {c->dxa, r, lm->a, 1, C, 1.0f};
-        panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite, &lr);
+        if (qw->kind)
+            q_backward_ex(m, dinp, dout, qw, N, !overwrite, &lr, NULL);
+        else
+            panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite, &lr);
         return;
     }
-    /* overwrite: dinp is not zeroed and this is its first term (a packed weight writes it
-     * directly, saving a memset and a read of dinp; the other paths zero it first) */
-    if (dinp && overwrite && !(bb && !qw->kind)) memset(dinp, 0, N * C * sizeof(float));
+    /* overwrite: dinp is not zeroed and this is its first term (a packed or quantised weight
+     * writes it directly, saving a memset and a read of dinp; the other paths zero it first) */
+    if (dinp && overwrite && !bb && !qw->kind) memset(dinp, 0, N * C * sizeof(float));
     if (!dinp)
         ; /* the LoRA gradients only */
     else if (qw->kind)
-        q_backward(m, dinp, dout, qw, N);
+        q_backward_ex(m, dinp, dout, qw, N, !overwrite, NULL, NULL);
     else if (bb)
         panel_mm(m, dinp, dout, bb, NULL, N, OC, C, !overwrite, NULL);
     else
@@ -1075,9 +1094,14 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
             }
         if (grad_scale == 0) continue;
         /* the head's backward for these rows: dxn rows += dlogits (nr, V) @ head (V, D) */
-        if (m->head_bb && !m->f32_panels) { /* BF16: dlogits never exist in float */
-            struct st_ce_rows ce = {a->losses + r0, tg, grad_scale};
-            panel_mm_src(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1, NULL, &ce);
+        if ((m->head_bb && !m->f32_panels) || (m->q_head.kind && m->bf16)) {
+            /* BF16: dlogits never exist in float */
+            struct st_ce_rows ce = {a->losses + r0, tg, grad_scale, 0};
+            if (m->q_head.kind)
+                q_backward_ex(m, a->dxn + r0 * D, a->logits, &m->q_head, nr, 1, NULL, &ce);
+            else
+                panel_mm_src(m, a->dxn + r0 * D, a->logits, m->head_bb, NULL, nr, V, D, 1, NULL,
+                             &ce);
             continue;
         }
         m->k->crossentropy_backward(a->logits, a->logits, tg, grad_scale, nr, V);

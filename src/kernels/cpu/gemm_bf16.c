@@ -20,6 +20,7 @@
  *
  * "wt" packs a weight W (OC, C) for out = X W^T (B[k][n] = W[n][k]); "w" packs it for
  * dX = dY W (B[k][n] = W[k][n]). */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,8 +367,14 @@ tile_avx512(uint32_t *d, const float *x, size_t ldx, size_t K, const float *lse,
 /* row m's lse (its loss plus its target's logit) and scale (dloss, or 0 for a target < 0) */
 static void ce_row(const struct st_ce_rows *ce, const float *row, size_t m, float *lse, float *sc) {
     int32_t t = ce->targets[m];
-    *lse = t < 0 ? 0.0f : ce->loss[m] + row[t];
+    *lse = t < 0 ? 0.0f : ce->loss[m] + row[(ptrdiff_t)t - (ptrdiff_t)ce->col0];
     *sc = t < 0 ? 0.0f : ce->dloss;
+}
+
+/* row m's target as a column of the slice x (K columns from ce->col0), or -1 outside it */
+static ptrdiff_t ce_col(const struct st_ce_rows *ce, size_t m, size_t K) {
+    ptrdiff_t t = (ptrdiff_t)ce->targets[m] - (ptrdiff_t)ce->col0;
+    return ce->targets[m] < 0 || t < 0 || t >= (ptrdiff_t)K ? -1 : t;
 }
 
 /* pairs [q0, q0 + qn) of a row of K floats (of sc exp(x - lse) when ce) into d[0..qn) */
@@ -388,7 +395,7 @@ static void row_pairs(uint32_t *d, const float *row, size_t q0, size_t qn, size_
 }
 
 /* the target tg's half of its pair u: sc (exp(x - lse) - 1) */
-static void ce_target(uint32_t *u, int32_t tg, const float *row, float lse, float sc) {
+static void ce_target(uint32_t *u, ptrdiff_t tg, const float *row, float lse, float sc) {
     uint16_t v = f2bf(sc * (fexp(row[tg] - lse) - 1.0f));
     *u = tg % 2 ? (*u & 0xffffu) | (uint32_t)v << 16 : (*u & 0xffff0000u) | v;
 }
@@ -410,7 +417,7 @@ static void pack_x_amx(uint32_t *xp, const float *x, size_t M, size_t K, size_t 
             row_pairs(t, x + m * ldx, q, qv, K, lse, sc, ce != NULL, 1);
             memset(t + qv, 0, (AT - qv) * sizeof(uint32_t));
         }
-        int32_t tg = ce && !zero ? ce->targets[m] : -1;
+        ptrdiff_t tg = ce && !zero ? ce_col(ce, m, K) : -1;
         if (tg >= 0)
             ce_target(d + (size_t)tg / 2 / AT * AT * AT + (size_t)tg / 2 % AT, tg, x + m * ldx, lse,
                       sc);
@@ -452,7 +459,7 @@ static void pack_x(uint32_t *xp, const float *x, size_t M, size_t K, size_t ldx,
         }
         /* each target's entry: sc (exp(x - lse) - 1) */
         for (size_t r = 0; ce && r < MR && t * MR + r < M; r++) {
-            int32_t tg = ce->targets[t * MR + r];
+            ptrdiff_t tg = ce_col(ce, t * MR + r, K);
             if (tg >= 0)
                 ce_target(xp + (t * kp + (size_t)tg / 2) * MR + r, tg,
                           x + (t * MR + r) * ldx, lse[r], sc[r]);

@@ -170,17 +170,32 @@ void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweig
     st_qlinear_forward_bf16_px(out, xscratch, w, bias, scratch, N, NULL);
 }
 
-void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct st_qweight *w,
-                                    float *scratch, uint32_t *xscratch, size_t N) {
+void st_qlinear_backward_input_bf16_ex(float *dinp, const float *dout, const struct st_qweight *w,
+                                       float *scratch, uint32_t *xscratch, size_t N, int acc,
+                                       const struct st_lowrank *lr, const struct st_ce_rows *ce) {
     size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
     uint16_t *pan = (uint16_t *)(scratch + tr * C);
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
         struct tile_rows t = {w, r0};
         st_bf16_pack_w_rows(pan, nr, C, tile_row, &t, scratch, tr);
-        /* dinp (N, C) += dout[:, r0:r0+nr] @ tile (nr, C) */
-        st_bf16_gemm(dinp, C, dout + r0, OC, pan, NULL, N, nr, C, 1, xscratch);
+        /* dinp (N, C) (+)= dout[:, r0:r0+nr] @ tile (nr, C); the first tile writes dinp unless
+         * acc, the last adds the low-rank term */
+        if (ce) {
+            struct st_ce_rows cc = *ce;
+            cc.col0 = ce->col0 + r0;
+            st_bf16_pack_ce_grad(xscratch, dout + r0, &cc, N, nr, OC);
+        } else {
+            st_bf16_pack_x(xscratch, dout + r0, N, nr, OC);
+        }
+        st_bf16_gemm_px_lr(dinp, C, xscratch, pan, NULL, N, nr, C, acc || r0 > 0,
+                           r0 + nr == OC ? lr : NULL);
     }
+}
+
+void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct st_qweight *w,
+                                    float *scratch, uint32_t *xscratch, size_t N) {
+    st_qlinear_backward_input_bf16_ex(dinp, dout, w, scratch, xscratch, N, 1, NULL, NULL);
 }
 
 void st_qlinear_forward(float *out, const float *inp, const struct st_qweight *w,
