@@ -532,6 +532,7 @@ TEST(qweight) {
     qweight_case(ST_QUANT_NF4, 1, 37, 100, ST_F32);   /* blocks straddle rows, odd total */
     qweight_case(ST_QUANT_NF4, 0, 37, 100, ST_F32);
     qweight_case(ST_QUANT_NF4, 1, 2100, 1027, ST_BF16); /* 3 tiles, > 1 chunk, ragged tail */
+    qweight_case(ST_QUANT_NF4, 1, 2100, 4100, ST_BF16); /* 3 of the BF16 matmuls' tiles too */
     qweight_case(ST_QUANT_NF4, 1, 1, 64 * 257 + 3, ST_F32); /* one row, > 256 blocks */
     qweight_case(ST_QUANT_INT8, 0, 37, 100, ST_F32);
     qweight_case(ST_QUANT_INT8, 0, 2100, 1027, ST_BF16);

@@ -49,9 +49,10 @@ size_t st_qweight_bytes(enum st_quant kind, size_t rows, size_t cols, int double
 /* Rows [r0, r0 + n) dequantised into dst (n, cols). */
 void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, size_t n);
 
-/* Rows of the scratch tile the matmuls use for this matrix, and the scratch floats it needs
- * (enough for the BF16 variants below too). */
+/* Rows of the scratch tile the matmuls use for this matrix (the F32 ones; the BF16 variants below
+ * take bigger tiles), and the scratch floats either needs. */
 size_t st_qweight_tile_rows(const struct st_qweight *w);
+size_t st_qweight_tile_rows_bf16(const struct st_qweight *w);
 size_t st_qweight_scratch_floats(const struct st_qweight *w);
 
 /* The same matmuls through the BF16 GEMM (bf16.h): each dequantised tile is packed into BF16

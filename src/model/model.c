@@ -344,7 +344,7 @@ static void q_backward_ex(const struct st_model *m, float *dx, const float *dy,
         st_qlinear_backward_input(dx, dy, w, m->qscratch, M);
         return;
     }
-    size_t rows = st_bf16_x_rows(m->bscratch_bytes, st_qweight_tile_rows(w));
+    size_t rows = st_bf16_x_rows(m->bscratch_bytes, st_qweight_tile_rows_bf16(w));
     for (size_t r0 = 0; r0 < M; r0 += rows) {
         struct st_lowrank lc;
         struct st_ce_rows cc;

@@ -117,24 +117,45 @@ void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, 
     }
 }
 
-/* Tiles of about 1M weights (4 MiB of floats, 2 MiB of BF16 panels): a 135M model's matrices
- * are one tile each, an 8B model's 14336 x 4096 ones 56. Each tile is one GEMM pass, and in the
- * backward one more read and write of the whole input gradient (256K-weight tiles made an NF4
- * step 15-20% slower). */
-size_t st_qweight_tile_rows(const struct st_qweight *w) {
-    size_t rows = ((size_t)1 << 20) / (w->cols ? w->cols : 1);
+/* Tiles of about 1M weights (4 MiB of floats) for the F32 matmuls, which dequantise a whole tile
+ * into floats for OpenBLAS: a 135M model's matrices are one tile each, an 8B model's 14336 x 4096
+ * ones 56. Each tile is one GEMM pass, and in the backward one more read and write of the whole
+ * input gradient (256K-weight tiles made an NF4 step 15-20% slower). */
+static size_t tile_rows_of(const struct st_qweight *w, size_t weights) {
+    size_t rows = weights / (w->cols ? w->cols : 1);
     if (rows < 16) rows = 16;
     if (rows > w->rows) rows = w->rows;
     return rows ? rows : 1;
 }
 
+size_t st_qweight_tile_rows(const struct st_qweight *w) {
+    return tile_rows_of(w, (size_t)1 << 20);
+}
+
+/* The BF16 matmuls dequantise 16 rows at a time per packing thread straight into BF16 panels, so
+ * their tiles are bigger: about 4M weights (8 MiB of panels). bench_qlinear, 110M Llama shapes at
+ * 2048 rows, NF4 over BF16 time with 1M-weight tiles: down (768 x 2048) backward x1.38, gate
+ * (2048 x 768) backward x1.12, the 32000 x 768 head forward x1.14. */
+size_t st_qweight_tile_rows_bf16(const struct st_qweight *w) {
+    return tile_rows_of(w, (size_t)1 << 22);
+}
+
+/* float rows the BF16 packings dequantise into: 16 per thread (pack_wt_src's groups) for at most
+ * 8 packing threads (the packings use fewer threads than that when they are more); a constant, so
+ * the scratch sized at load stays big enough whatever the thread count later */
+static size_t bf16_float_rows(void) { return 16 * 8; }
+
+/* the BF16 panels of a tile (the "wt" or "w" packing, whichever is bigger), in floats */
+static size_t bf16_panel_floats(const struct st_qweight *w) {
+    size_t tr = st_qweight_tile_rows_bf16(w);
+    size_t a = st_bf16_panels_bytes(w->cols, tr), b = st_bf16_panels_bytes(tr, w->cols);
+    return ((a > b ? a : b) + 63) / 64 * 16; /* whole cache lines, so the floats after stay aligned */
+}
+
 size_t st_qweight_scratch_floats(const struct st_qweight *w) {
-    /* the float tile, then its BF16 panels (at most the same bytes again, with padding) */
-    size_t tr = st_qweight_tile_rows(w);
-    size_t pan = st_bf16_panels_bytes(w->cols, tr) > st_bf16_panels_bytes(tr, w->cols)
-                     ? st_bf16_panels_bytes(w->cols, tr)
-                     : st_bf16_panels_bytes(tr, w->cols);
-    return tr * w->cols + (pan + 3) / 4;
+    size_t f32 = st_qweight_tile_rows(w) * w->cols;
+    size_t bf = bf16_panel_floats(w) + bf16_float_rows() * w->cols;
+    return f32 > bf ? f32 : bf;
 }
 
 /* Row r of a tile starting at row r0, dequantised (called from the packing threads). */
@@ -151,12 +172,13 @@ static void tile_row(void *ctx, size_t r, float *buf) {
 void st_qlinear_forward_bf16_px(float *out, const uint32_t *xp, const struct st_qweight *w,
                                 const float *bias, float *scratch, size_t N,
                                 const struct st_lowrank *lr) {
-    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
-    uint16_t *pan = (uint16_t *)(scratch + tr * C);
+    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows_bf16(w);
+    uint16_t *pan = (uint16_t *)scratch;
+    float *rows = scratch + bf16_panel_floats(w);
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
         struct tile_rows t = {w, r0};
-        st_bf16_pack_wt_rows(pan, nr, C, tile_row, &t, scratch, tr);
+        st_bf16_pack_wt_rows(pan, nr, C, tile_row, &t, rows, bf16_float_rows());
         struct st_lowrank lt; /* the tile's output columns r0.. of the low-rank term */
         if (lr) lt = *lr, lt.w = lr->w + r0 * lr->wn;
         st_bf16_gemm_px_lr(out + r0, OC, xp, pan, bias ? bias + r0 : NULL, N, C, nr, 0,
@@ -173,12 +195,13 @@ void st_qlinear_forward_bf16(float *out, const float *inp, const struct st_qweig
 void st_qlinear_backward_input_bf16_ex(float *dinp, const float *dout, const struct st_qweight *w,
                                        float *scratch, uint32_t *xscratch, size_t N, int acc,
                                        const struct st_lowrank *lr, const struct st_ce_rows *ce) {
-    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
-    uint16_t *pan = (uint16_t *)(scratch + tr * C);
+    size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows_bf16(w);
+    uint16_t *pan = (uint16_t *)scratch;
+    float *rows = scratch + bf16_panel_floats(w);
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
         struct tile_rows t = {w, r0};
-        st_bf16_pack_w_rows(pan, nr, C, tile_row, &t, scratch, tr);
+        st_bf16_pack_w_rows(pan, nr, C, tile_row, &t, rows, bf16_float_rows());
         /* dinp (N, C) (+)= dout[:, r0:r0+nr] @ tile (nr, C); the first tile writes dinp unless
          * acc, the last adds the low-rank term */
         if (ce) {
