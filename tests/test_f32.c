@@ -1,5 +1,6 @@
 /* test_f32.c: the F32 panel GEMM (include/streamtune/f32.h) against float64 loops on odd shapes
  * (edges of the 8 x 32 tile, K across k blocks, rows across blocks of 128), with bias,
+ * with X read in place and packed (14-row tiles, blocks of 126 rows: bitwise the same),
  * accumulate, both packings (X W^T and dY W), row strides, 1 and 3 threads (bitwise the same);
  * the AVX-512 kernel and the portable fallback (ST_NO_AVX512=1, rerun by ctest) alike, and the
  * AArch64 NEON kernel (ST_NO_NEON=1: portable) under qemu (tests/test_aarch64.sh). It prints
@@ -34,6 +35,9 @@ static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bia
     for (size_t i = 0; i < N; i++) bias[i] = urand();
     for (size_t i = 0; i < M * ldo; i++) out[i] = urand();
     memcpy(out1, out, M * ldo * 4);
+    float *out0 = malloc(M * ldo * 4); /* the start, for the packed call */
+    if (!out0) abort();
+    memcpy(out0, out, M * ldo * 4);
     /* w holds W (OC=N, C=K) for X W^T, or W (OC=K, C=N) for dY W */
     if (transposed)
         st_f32_pack_wt(panels, w, N, K);
@@ -63,6 +67,24 @@ static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bia
     omp_set_num_threads(saved);
     CHECKF(memcmp(out, out1, M * ldo * 4) == 0, "M=%zu K=%zu N=%zu: 1 and 3 threads differ", M, K, N);
 #endif
+    /* X packed first (st_f32_gemm_px): bitwise the in-place result, on 3 threads; the start of
+     * out starting from out0 */
+    {
+        float *xp = malloc(st_f32_x_floats(M, K) * 4 + 4), *outp = malloc(M * ldo * 4);
+        if (!xp || !outp) abort();
+        memcpy(outp, out0, M * ldo * 4);
+#ifdef _OPENMP
+        omp_set_num_threads(3);
+#endif
+        st_f32_pack_x(xp, x, M, K, ldx);
+        st_f32_gemm_px(outp, ldo, xp, panels, with_bias ? bias : NULL, M, K, N, acc);
+#ifdef _OPENMP
+        omp_set_num_threads(saved);
+#endif
+        CHECKF(memcmp(out, outp, M * ldo * 4) == 0, "M=%zu K=%zu N=%zu acc=%d: packed X differs "
+               "from in place", M, K, N, acc);
+        free(xp), free(outp);
+    }
     double worst = 0;
     for (size_t m = 0; m < M; m++)
         for (size_t n = 0; n < N; n++) {
@@ -73,6 +95,7 @@ static void gemm_case(size_t M, size_t K, size_t N, int transposed, int with_bia
            M, K, N, transposed ? "XW^T" : "dYW", with_bias, acc, pad, worst, st_f32_native());
     if (pad) CHECK(out[ldo - 1] == pad_canary); /* the stride's padding is not written */
     free(x), free(w), free(out), free(out1), free(bias), free(want), free(mag), free(panels);
+    free(out0);
 }
 
 TEST(gemm) {
@@ -91,6 +114,8 @@ TEST(gemm) {
     gemm_case(10, 0, 20, 0, 0, 1, 0);     /* K = 0, accumulate: out unchanged */
     gemm_case(5, 16385, 40, 1, 1, 0, 0);  /* K over three k blocks (5462 each), bias */
     gemm_case(9, 9001, 33, 0, 0, 1, 2);   /* two k blocks, the dY W packing, accumulate */
+    gemm_case(140, 70, 64, 1, 1, 1, 3);   /* packed X: a full block of 126 rows and one tile */
+    gemm_case(127, 33, 40, 0, 1, 0, 0);   /* packed X: a 1-row second block, K past 16 + 16 */
 }
 
 int main(void) {

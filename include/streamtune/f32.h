@@ -27,6 +27,18 @@ void st_f32_pack_w(float *dst, const float *w, size_t OC, size_t C);
 void st_f32_gemm(float *out, size_t ldo, const float *x, size_t ldx, const float *panels,
                  const float *bias, size_t M, size_t K, size_t N, int accumulate);
 
+/* The same product with X packed first (tiles of 14 rows interleaved by k: the AVX-512 kernel's
+ * broadcasts then walk one stream), bitwise equal to st_f32_gemm. st_f32_packed(): 1 where that
+ * is the faster path (x86-64 AVX-512; elsewhere it works, through the portable loop). xp holds
+ * st_f32_x_floats(M, K) floats; st_f32_x_rows(floats, K): the most rows of K floats a buffer of
+ * that many floats holds in whole row blocks (126 rows; 0: not one block). */
+int st_f32_packed(void);
+size_t st_f32_x_floats(size_t M, size_t K);
+size_t st_f32_x_rows(size_t floats, size_t K);
+void st_f32_pack_x(float *xp, const float *x, size_t M, size_t K, size_t ldx);
+void st_f32_gemm_px(float *out, size_t ldo, const float *xp, const float *panels,
+                    const float *bias, size_t M, size_t K, size_t N, int accumulate);
+
 #ifdef __cplusplus
 }
 #endif

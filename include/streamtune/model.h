@@ -79,7 +79,7 @@ struct st_model {
     int lora_fused;
     const void *head_bf, *head_bb;     // the head packed (NULL: plain F32 or quantised head)
     struct st_arena parena;            // packed panels and the activation scratch
-    uint32_t *bscratch;                // BF16 copy of a chunk of activation rows (as qscratch)
+    uint32_t *bscratch;                // BF16 copy (or F32 packed tiles) of a chunk of activation rows
     size_t bscratch_bytes;
     size_t n_params;
     size_t bytes_on_disk;      // sum of the tensors' stored bytes

@@ -259,7 +259,9 @@ static enum st_status pack_all(struct st_model *m, int pk, struct request *req, 
     kmax = kmax > D ? kmax : D;
     size_t bs = BSCRATCH_BYTES, need = st_arena_round(st_bf16_x_bytes(8, kmax));
     if (bs < need) bs = need;
-    if (pk == PK_F32) bs = 0; /* the F32 GEMM reads X in place */
+    /* the F32 GEMM packs X into it where that is faster (st_f32_packed), else reads X in place;
+     * a K too wide for one row block there (a head's backward) is read in place too */
+    if (pk == PK_F32) bs = st_f32_packed() ? BSCRATCH_BYTES : 0;
     enum st_status rc = st_arena_init(&m->parena, p_bytes + bs, err);
     if (rc) return rc;
     m->bf16 = pk == PK_BF16;
@@ -295,7 +297,16 @@ static void panel_mm_src(const struct st_model *m, float *out, const float *x, c
                          const struct st_lowrank *lr, const struct st_ce_rows *ce) {
     if (m->f32_panels) {
         ST_ASSERT(!lr && !ce);
-        st_f32_gemm(out, N, x, K, pan, bias, M, K, N, acc);
+        size_t rows = m->bscratch ? st_f32_x_rows(m->bscratch_bytes / sizeof(float), K) : 0;
+        if (!rows) {
+            st_f32_gemm(out, N, x, K, pan, bias, M, K, N, acc);
+            return;
+        }
+        for (size_t r0 = 0; r0 < M; r0 += rows) {
+            size_t mr = M - r0 < rows ? M - r0 : rows;
+            st_f32_pack_x((float *)m->bscratch, x + r0 * K, mr, K, K);
+            st_f32_gemm_px(out + r0 * N, N, (const float *)m->bscratch, pan, bias, mr, K, N, acc);
+        }
         return;
     }
     size_t rows = st_bf16_x_rows(m->bscratch_bytes, K); /* pack_all leaves room for one tile */

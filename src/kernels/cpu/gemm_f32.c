@@ -16,7 +16,12 @@
  * ST_NO_AVX512=1 (x86-64) and ST_NO_NEON=1 (AArch64) force the portable kernel.
  *
  * "wt" packs a weight W (OC, C) for out = X W^T (B[k][n] = W[n][k]); "w" packs it for
- * dX = dY W (B[k][n] = W[k][n]). */
+ * dX = dY W (B[k][n] = W[k][n]).
+ *
+ * Packed X (st_f32_gemm_px): X copied once into tiles of PR = 14 rows interleaved by k, so the
+ * kernel's broadcasts walk one stream and a 14 x 32 tile (28 accumulators) shares each panel
+ * line among 14 rows, with the panel prefetched 16 k ahead. Each output is the same FMA chain as
+ * in the in-place kernel: the results are bitwise those of st_f32_gemm. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,9 +76,10 @@ void st_f32_pack_w(float *dst, const float *w, size_t OC, size_t C) {
 }
 
 /* Portable micro-kernel: c (mr, nr valid of NR) = init + x rows @ panel block, or += when init
- * is NULL (init: NR floats, the starting value of every row). */
-static void kernel_generic(float *c, size_t ldc, const float *x, size_t ldx, const float *bp,
-                           size_t nk, size_t mr, size_t nr, const float *init) {
+ * is NULL (init: NR floats, the starting value of every row). X's (row r, k) is x[r rs + k ks]:
+ * rs = ldx, ks = 1 in place; rs = 1, ks = PR packed. */
+static void kernel_generic(float *c, size_t ldc, const float *x, size_t rs, size_t ks,
+                           const float *bp, size_t nk, size_t mr, size_t nr, const float *init) {
     for (size_t r = 0; r < mr; r++) {
         float acc[NR] = {0};
         if (init)
@@ -81,7 +87,7 @@ static void kernel_generic(float *c, size_t ldc, const float *x, size_t ldx, con
         else
             memcpy(acc, c + r * ldc, nr * sizeof(float));
         for (size_t k = 0; k < nk; k++) {
-            float xv = x[r * ldx + k];
+            float xv = x[r * rs + k * ks];
             const float *b = bp + k * NR;
 #pragma omp simd
             for (size_t n = 0; n < NR; n++) acc[n] += xv * b[n];
@@ -198,6 +204,122 @@ static void kernel_neon(float *c, size_t ldc, const float *x, size_t ldx, const 
 }
 #endif
 
+/* ---- packed X: tiles of PR rows, xp[(t K + k) PR + r] (rows past M zero); row blocks of PMC */
+#define PR 14
+#define PMC (9 * PR)
+
+#ifdef X86
+#include "transpose16.h"
+
+/* The tile's rows (mr valid) from x into d, 16 k at a time through a register transpose (rows
+ * 14 and 15 of the 16 x 16 block are padding); returns the k done. */
+__attribute__((target("avx512f"))) static size_t pack_tile_avx512(float *d, const float *x,
+                                                                  size_t ldx, size_t K,
+                                                                  size_t mr) {
+    size_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 a[16], o[16];
+        for (size_t r = 0; r < 16; r++)
+            a[r] = r < mr ? _mm512_loadu_ps(x + r * ldx + k) : _mm512_setzero_ps();
+        tr16(a, o);
+        for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(d + (k + (size_t)j) * PR, 0x3fff, o[j]);
+    }
+    return k;
+}
+
+/* c (mr of PR rows, nr valid columns) = init + X tile @ panel block, or += when init is NULL */
+__attribute__((target("avx512f"))) static void kernel_packed_avx512(float *c, size_t ldc,
+                                                                   const float *xt,
+                                                                   const float *bp, size_t nk,
+                                                                   size_t mr, size_t nr,
+                                                                   const float *init) {
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xffffu : (1u << (nr - 16)) - 1);
+    __m512 acc[PR][2];
+    _Pragma("GCC unroll 14") for (size_t r = 0; r < PR; r++) {
+        const float *src = init ? init : c + (r < mr ? r : 0) * ldc;
+        int live = init || r < mr;
+        acc[r][0] = live ? _mm512_maskz_loadu_ps(m0, src) : _mm512_setzero_ps();
+        acc[r][1] = live ? _mm512_maskz_loadu_ps(m1, src + 16) : _mm512_setzero_ps();
+    }
+    for (size_t k = 0; k < nk; k++) {
+        _mm_prefetch((const char *)(bp + (k + 16) * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bp + (k + 16) * NR + 16), _MM_HINT_T0);
+        __m512 b0 = _mm512_loadu_ps(bp + k * NR), b1 = _mm512_loadu_ps(bp + k * NR + 16);
+        _Pragma("GCC unroll 14") for (size_t r = 0; r < PR; r++) {
+            __m512 a = _mm512_set1_ps(xt[k * PR + r]);
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+    for (size_t r = 0; r < mr; r++) {
+        _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
+    }
+}
+#endif
+
+int st_f32_packed(void) {
+#ifdef X86
+    return st_f32_native();
+#else
+    return 0; /* the NEON kernel reads X in place faster than the portable packed loop */
+#endif
+}
+
+size_t st_f32_x_floats(size_t M, size_t K) { return (M + PR - 1) / PR * PR * K; }
+
+size_t st_f32_x_rows(size_t floats, size_t K) {
+    size_t rows = floats / (K ? K : 1);
+    return rows - rows % PMC;
+}
+
+void st_f32_pack_x(float *xp, const float *x, size_t M, size_t K, size_t ldx) {
+    size_t nt = (M + PR - 1) / PR;
+    int native = st_f32_native();
+    (void)native; /* x86 only */
+#pragma omp parallel for schedule(static) if (M * K > 16384)
+    for (size_t t = 0; t < nt; t++) {
+        size_t mr = M - t * PR < PR ? M - t * PR : PR, k0 = 0;
+        float *d = xp + t * K * PR;
+        const float *xr = x + t * PR * ldx;
+#ifdef X86
+        if (native) k0 = pack_tile_avx512(d, xr, ldx, K, mr);
+#endif
+        for (size_t k = k0; k < K; k++)
+            for (size_t r = 0; r < PR; r++) d[k * PR + r] = r < mr ? xr[r * ldx + k] : 0.0f;
+    }
+}
+
+struct f32p_args {
+    const float *xp, *panels;
+    size_t K;
+    int native;
+};
+
+static void f32p_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1, size_t k0,
+                      size_t nk, size_t p, size_t nr, const float *init) {
+    const struct f32p_args *g = ctx;
+    const float *bp = g->panels + (p * g->K + k0) * NR;
+    for (size_t m = m0; m < m1; m += PR, c += PR * ldc) { /* m0: a multiple of PMC */
+        size_t mr = m1 - m < PR ? m1 - m : PR;
+        const float *xt = g->xp + m * g->K + k0 * PR; /* tile m / PR starts at m K */
+#ifdef X86
+        if (g->native) {
+            kernel_packed_avx512(c, ldc, xt, bp, nk, mr, nr, init);
+            continue;
+        }
+#endif
+        kernel_generic(c, ldc, xt, 1, PR, bp, nk, mr, nr, init);
+    }
+}
+
+void st_f32_gemm_px(float *out, size_t ldo, const float *xp, const float *panels,
+                    const float *bias, size_t M, size_t K, size_t N, int accumulate) {
+    struct f32p_args g = {xp, panels, K, st_f32_native()};
+    gemm_drive(out, ldo, bias, M, K, N, gemm_kc(K, KC), PMC, accumulate, f32p_tile, &g);
+}
+
 int st_f32_native(void) {
 #ifdef X86
     static int v = -1;
@@ -239,7 +361,7 @@ static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1
             continue;
         }
 #endif
-        kernel_generic(c, ldc, x, g->ldx, bp, nk, mr, nr, init);
+        kernel_generic(c, ldc, x, g->ldx, 1, bp, nk, mr, nr, init);
     }
 }
 
