@@ -672,24 +672,9 @@ AVX512 INLINE void softmax_step(const int NV, float *P, float *M, float *lsum, f
  * B (16 pair rows x 16 columns), loaded in turn. */
 #define AT 16
 #define AMXA __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
-/* GCC's _tile_loadd declares no memory read: a compiler barrier first, so the operands just
- * written (P's pairs, the staging tile) are in memory when the tile unit reads them */
-#define TILE_LOAD(t, p, s)                                                                        \
-    do {                                                                                          \
-        __asm__ volatile("" ::: "memory");                                                        \
-        _tile_loadd(t, p, s);                                                                     \
-    } while (0)
-struct att_tilecfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
+#include "amx.h" /* TILE_LOAD: behind a compiler barrier */
 AMXA static void amx_att_release(void) { _tile_release(); }
-AMXA static void amx_att_config(void) {
-    struct att_tilecfg c = {.palette = 1};
-    for (int t = 0; t < 8; t++) c.colsb[t] = 64, c.rows[t] = AT;
-    _tile_loadconfig(&c);
-}
+AMXA static void amx_att_config(void) { amx_config_16x64(); }
 
 /* S (AT x KB floats, stride KB) = the rows qt (AT rows of hd / 2 pairs, stride hd / 2) times
  * the key block kt2 (hd / 2 pair rows x KB keys) */

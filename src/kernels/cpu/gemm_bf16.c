@@ -595,19 +595,7 @@ BF16_TARGET static void kernel_avx512(float *c, size_t ldc, const uint32_t *xp, 
  * 16 pairs' products in float (denormals flushed, as AVX512_BF16 does not): the same terms as the
  * other kernels, summed in another order. */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
-/* GCC's _tile_loadd is an asm that takes the address in a register and declares no memory read:
- * a compiler barrier first, so stores to a buffer just filled (ib, bt, cb) are never dropped or
- * moved past the load */
-#define TILE_LOAD(t, p, s)                                                                        \
-    do {                                                                                          \
-        __asm__ volatile("" ::: "memory");                                                        \
-        _tile_loadd(t, p, s);                                                                     \
-    } while (0)
-struct amx_cfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
+#include "amx.h" /* TILE_LOAD: behind a compiler barrier (ib, bt and cb are filled just before) */
 
 /* c (rows x nr; stride ldc) = init + X rows @ the panel's pairs [0, nq), or += when init is NULL;
  * xa: the first A tile (st_bf16_x_bytes's layout, rows zero-padded to whole pairs of tiles), bp:
@@ -617,9 +605,7 @@ struct amx_cfg {
 AMX_TARGET static void amx_tiles(float *c, size_t ldc, const uint32_t *xa, size_t ks, size_t rows,
                                  const uint16_t *bp, size_t nq, size_t nr, const float *init,
                                  const float *lw, const float *lx, size_t lr) {
-    struct amx_cfg cfg = {.palette = 1};
-    for (int t = 0; t < 8; t++) cfg.colsb[t] = 64, cfg.rows[t] = AT;
-    _tile_loadconfig(&cfg);
+    amx_config_16x64();
     _Alignas(64) uint16_t bt[AT * NR * 2];  /* the last partial tile of pair lines */
     _Alignas(64) float cb[2 * AT][NR];      /* C of a partial tile block */
     _Alignas(64) float ib[AT][NR];          /* init in every row */
