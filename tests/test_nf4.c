@@ -515,10 +515,53 @@ static void qweight_case(enum st_quant kind, int dq, size_t R, size_t C, enum st
                 for (size_t j = 0; j < rk; j++) t += 0.7 * dxl[i * rk + j] * al[j * C + c];
                 for (size_t o = 0; o < R; o++) a += fabs((double)bf16r(dout[i * R + o]) * bf16r(deq[o * C + c]));
                 double want = (double)dinp[i * C + c] - 1.0 + t;
-                lbe = fmax(lbe, fabs(want - d2[i * C + c]) / (a + fabs(t) + 1.0));
+                double e = fabs(want - d2[i * C + c]) / (a + fabs(t) + 1.0);
+                if (!(e <= lbe)) lbe = e; /* a NaN (the poison left) sticks */
             }
         CHECKF(lbe < 2e-5, "%s dq=%d %zux%zu BF16 backward, acc 0 + low-rank term: %.3g",
                st_quant_name(kind), dq, R, C, lbe);
+        /* ce: dout as logits over a vocabulary of R, the product of their cross-entropy gradient
+         * dloss (softmax - onehot), rounded from the logits tile by tile (col0), against float64
+         * within the gradient's BF16 rounding (2^-8 of sum |g w|); targets at 0, R - 1, the tile
+         * edges, and ignored rows */
+        int32_t *tg = xmalloc(N * 4);
+        float *loss = xmalloc(N * 4);
+        double *g = xmalloc(R * 8);
+        size_t trb = st_qweight_tile_rows_bf16(&qw);
+        for (size_t i = 0; i < N; i++) {
+            size_t t = i == 0 ? 0 : i == 1 ? R - 1 : i == 2 ? (trb < R ? trb : R / 2)
+                                                 : i == 3 ? (trb - 1 < R ? trb - 1 : R / 3)
+                                                          : (i * 7919) % R;
+            tg[i] = i == 4 ? -100 : (int32_t)t;
+            double mx = -INFINITY, se = 0;
+            for (size_t o = 0; o < R; o++) mx = fmax(mx, dout[i * R + o]);
+            for (size_t o = 0; o < R; o++) se += exp(dout[i * R + o] - mx);
+            loss[i] = tg[i] < 0 ? 0.0f : (float)(mx + log(se) - dout[i * R + t]);
+        }
+        for (size_t i = 0; i < N * C; i++) d2[i] = NAN;
+        struct st_ce_rows ce = {loss, tg, 0.37f, 0};
+        st_qlinear_backward_input_bf16_ex(d2, dout, &qw, scr, xs, N, 0, NULL, &ce);
+        double cee = 0;
+        for (size_t i = 0; i < N; i++) {
+            double mx = -INFINITY, se = 0;
+            for (size_t o = 0; o < R; o++) mx = fmax(mx, dout[i * R + o]);
+            for (size_t o = 0; o < R; o++) se += exp(dout[i * R + o] - mx);
+            for (size_t o = 0; o < R; o++)
+                g[o] = tg[i] < 0 ? 0 : 0.37 * (exp(dout[i * R + o] - mx) / se - (o == (size_t)tg[i]));
+            for (size_t c = 0; c < C; c++) {
+                double sum = 0, a = 1e-30;
+                for (size_t o = 0; o < R; o++) {
+                    double p = g[o] * bf16r(deq[o * C + c]);
+                    sum += p;
+                    a += fabs(p);
+                }
+                double e = fabs(sum - d2[i * C + c]) / a;
+                if (!(e <= cee)) cee = e;
+            }
+        }
+        CHECKF(cee < 4e-3, "%s dq=%d %zux%zu BF16 backward of the cross-entropy gradient (%zu-row "
+               "tiles): %.3g of sum|g w|", st_quant_name(kind), dq, R, C, trb, cee);
+        free(tg), free(loss), free(g);
         free(dxl), free(al), free(d2);
         free(xl), free(wl), free(o2);
     }

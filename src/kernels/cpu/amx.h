@@ -26,6 +26,7 @@ struct amx_cfg {
 __attribute__((target("amx-tile"), always_inline)) static inline void amx_config_16x64(void) {
     struct amx_cfg c = {.palette = 1};
     for (int t = 0; t < 8; t++) c.colsb[t] = 64, c.rows[t] = 16;
+    __asm__ volatile("" ::: "memory"); /* as TILE_LOAD: GCC's asm declares too small a read */
     _tile_loadconfig(&c);
 }
 #endif
