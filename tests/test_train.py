@@ -109,23 +109,24 @@ def fast():
         # gradients added in group order): the same training as the batch on one thread, to
         # float summation order, F32 and BF16 (BF16 rounding of activations amplifies the
         # summation order's last bits: 1e-3); 3 threads do not divide a batch of 4: no groups
-        for compute in ("f32", "bf16"):
+        # QLoRA too: each group dequantises the tiles it multiplies into its own view's scratch
+        for compute, quant in (("f32", "none"), ("bf16", "none"), ("f32", "nf4"), ("bf16", "nf4")):
             base = list(common)
             i = base.index("--threads")
             del base[i:i + 2]
             res = {}
             for threads in ("1", "2", "3"):
-                out = os.path.join(t, f"g{compute}{threads}")
+                out = os.path.join(t, f"g{compute}{quant}{threads}")
                 r = run("--verbose", "train", *base, "--threads", threads, "--steps", "12",
-                        "--compute", compute, "--out", out)
+                        "--compute", compute, "--quantize", quant, "--out", out)
                 res[threads] = (r.returncode, losses(out) if r.returncode == 0 else {}, r.stderr)
             (r1, l1, _), (r2, l2, e2), (r3, l3, e3) = res["1"], res["2"], res["3"]
             worst = max((abs(float(l1[k][0]) - float(l2[k][0])) / abs(float(l1[k][0])) for k in l1),
                         default=1.0) if l1 and set(l1) == set(l2) else 1.0
-            print(f"     {compute}: threads 1 vs 2 (2 groups of 2 rows), largest relative loss difference {worst:.2e}")
+            print(f"     {compute} {quant}: threads 1 vs 2 (2 groups of 2 rows), largest relative loss difference {worst:.2e}")
             check(r1 == 0 and r2 == 0 and r3 == 0 and "rows in 2 groups of 2" in e2 and
                   "groups" not in e3 and worst < (1e-5 if compute == "f32" else 1e-3),
-                  f"--compute {compute}: rows in parallel train as the batch on one thread")
+                  f"--compute {compute} --quantize {quant}: rows in parallel train as the batch on one thread")
         # gradient checkpointing: same numbers
         c = os.path.join(t, "c")
         rc = run("train", *common, "--out", c, "--grad-checkpoint")

@@ -714,15 +714,18 @@ static enum st_status evaluate(struct st_model *m, struct st_acts *a, const stru
 
 /* A micro-batch's rows split into groups of `per` consecutive rows, one group per thread, each
  * on its own model view (model.h), activations and adapter gradients (a gradient view of lo),
- * when the frozen matmuls are streamtune's own unquantised kernels (BF16 or packed F32 panels)
- * and there are threads and rows to share. A batch split over threads inside every kernel call
+ * when the frozen matmuls are streamtune's own kernels (BF16 or packed F32 panels, or quantised
+ * tiles) and there are threads and rows to share. A batch split over threads inside every kernel call
  * synchronises them some 600 times a step, and one of two cores sat idle ~5% of it; two
  * one-thread processes side by side made 813-820 tok/s against 731-747 for one two-thread process
  * (Llama 110M bf16, bench/NOTES.md). Group 0 runs on the model and the main activations; the
  * other groups' gradients and losses are added to lo's after the group, in group order, so a run
  * is reproducible for a given thread count (not across thread counts: the sums split
- * differently). Quantised bases keep the whole batch on all threads: each group would
- * dequantise every weight again, which ate the gain (QLoRA Llama 110M: 720-741 tok/s either way). */
+ * differently). Quantised bases too: each group dequantises every tile it multiplies into its
+ * own view's scratch, twice the dequantisation work in all, which ate the gain while it was
+ * scalar (QLoRA Llama 110M, AMD: 720-741 tok/s either way); with AVX-512 dequantisation and 4M
+ * tiles it is ~2.5% of a step, and groups made QLoRA steps ~10% faster (interleaved, SmolLM2-135M,
+ * BF16 and F32 compute: bench/NOTES.md, session 12). */
 #define DP_MAX 64
 
 struct dp {
@@ -994,7 +997,7 @@ enum st_status st_train(const struct st_train_options *o, st_train_cb cb, void *
     /* one group per thread, all of the same size (a thread without a group, or with fewer rows,
      * would sit idle: then the batch goes on all threads at once); the groups' activations
      * replace the batch's, plus one set of scratch and adapter gradients per extra group */
-    if (th > 1 && th <= DP_MAX && B % (size_t)th == 0 && (m.bf16 || m.f32_panels) && !m.quant) {
+    if (th > 1 && th <= DP_MAX && B % (size_t)th == 0 && (m.bf16 || m.f32_panels)) {
         size_t ab = st_acts_bytes(&m.cfg, B / (size_t)th, T, mode, lo.cfg.rank), extra = 0;
         int ok = ab != SIZE_MAX && !st_mul_size((size_t)th, ab, &b_dp) &&
                  !st_mul_size((size_t)(th - 1),
