@@ -50,10 +50,12 @@ size_t st_qweight_bytes(enum st_quant kind, size_t rows, size_t cols, int double
 void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, size_t n);
 
 /* Rows of the scratch tile the matmuls use for this matrix (the F32 ones; the BF16 variants below
- * take bigger tiles), and the scratch floats either needs. */
+ * take bigger tiles), the scratch floats either needs, and those of the F32 (bf16 0) or the BF16
+ * (bf16 1) matmuls alone. */
 size_t st_qweight_tile_rows(const struct st_qweight *w);
 size_t st_qweight_tile_rows_bf16(const struct st_qweight *w);
 size_t st_qweight_scratch_floats(const struct st_qweight *w);
+size_t st_qweight_scratch_floats_for(const struct st_qweight *w, int bf16);
 
 /* The same matmuls through the BF16 GEMM (bf16.h): each dequantised tile is packed into BF16
  * panels in the scratch and multiplied there (dequantisation fused into the GEMM's packing).

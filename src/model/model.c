@@ -499,8 +499,8 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
             if (found) {
                 struct st_qweight shape = {.kind = ST_QUANT_NF4, .rows = (size_t)req[i].shape[0],
                                            .cols = (size_t)req[i].shape[1]};
-                if (st_qweight_scratch_floats(&shape) > scratch)
-                    scratch = st_qweight_scratch_floats(&shape);
+                if (st_qweight_scratch_floats_for(&shape, pk == PK_BF16) > scratch)
+                    scratch = st_qweight_scratch_floats_for(&shape, pk == PK_BF16);
                 continue;
             }
         }
@@ -522,8 +522,10 @@ enum st_status st_model_load_ex(struct st_model *m, const char *dir,
             size_t nb = st_nf4_nblocks(rows * cols);
             if (nb > nb_max) nb_max = nb;
             struct st_qweight shape = {.kind = qk, .rows = rows, .cols = cols};
-            if (st_qweight_scratch_floats(&shape) > scratch)
-                scratch = st_qweight_scratch_floats(&shape);
+            /* the tiles of the compute's own matmuls (F32: ~4 MiB; BF16: ~8 MiB of panels):
+             * sized for both, an F32 QLoRA run held 16 MiB per view for an 8B down_proj */
+            if (st_qweight_scratch_floats_for(&shape, pk == PK_BF16) > scratch)
+                scratch = st_qweight_scratch_floats_for(&shape, pk == PK_BF16);
         } else if (needs_convert(t)) {
             convert_bytes += st_arena_round((size_t)st_tensor_numel(t) * 4);
         } else {

@@ -152,9 +152,12 @@ static size_t bf16_panel_floats(const struct st_qweight *w) {
     return ((a > b ? a : b) + 63) / 64 * 16; /* whole cache lines, so the floats after stay aligned */
 }
 
+size_t st_qweight_scratch_floats_for(const struct st_qweight *w, int bf16) {
+    if (!bf16) return st_qweight_tile_rows(w) * w->cols;
+    return bf16_panel_floats(w) + bf16_float_rows() * w->cols;
+}
 size_t st_qweight_scratch_floats(const struct st_qweight *w) {
-    size_t f32 = st_qweight_tile_rows(w) * w->cols;
-    size_t bf = bf16_panel_floats(w) + bf16_float_rows() * w->cols;
+    size_t f32 = st_qweight_scratch_floats_for(w, 0), bf = st_qweight_scratch_floats_for(w, 1);
     return f32 > bf ? f32 : bf;
 }
 
