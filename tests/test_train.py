@@ -158,15 +158,17 @@ def fast():
             rng = random.Random(9)
             for k in (400, 300, 700, 450, 200):
                 f.write(json.dumps({"ids": [rng.randrange(67) for _ in range(k)]}) + "\n")
-        for compute in ("f32", "bf16"):
-            outs = set()
+        for compute, quant in (("f32", "none"), ("bf16", "none"), ("f32", "nf4"), ("bf16", "nf4")):
+            outs, side = set(), False
             for threads in ("1", "3"):
-                e = run("--threads", threads, "eval", "--model", MODEL, "--adapter", a, "--data", rows,
-                        "--json", "--compute", compute)
+                e = run("--verbose", "--threads", threads, "eval", "--model", MODEL, "--adapter", a,
+                        "--data", rows, "--json", "--compute", compute, "--quantize", quant)
                 j = json.loads(e.stdout) if e.returncode == 0 else {}
                 outs.add((j["loss"], j["ppl"], j["tokens"]) if j else "error: " + e.stderr)
-            check(len(outs) == 1 and isinstance(next(iter(outs)), tuple),
-                  f"eval --adapter --compute {compute}: the same loss on 1 and 3 threads: {sorted(outs)}")
+                side = side or "eval: 3 rows at a time" in e.stderr
+            check(len(outs) == 1 and isinstance(next(iter(outs)), tuple) and side,
+                  f"eval --adapter --compute {compute} --quantize {quant}: 3 rows at a time on 3 "
+                  f"threads, the same loss as on 1: {sorted(outs)}")
         # QLoRA: an NF4 base trains (differently from the F32 base), and fuse dequantises, merges
         # and writes BF16 that scores as the quantised base + adapter (to BF16 rounding)
         q = os.path.join(t, "q")

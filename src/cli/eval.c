@@ -143,7 +143,8 @@ struct scorer {
 static int workers(const struct st_model *m, size_t pack) {
 #ifdef _OPENMP
     int t = st_threads_get();
-    if (t < 2 || !(m->bf16 || m->f32_panels) || (m->quant && !m->bf16)) return 1;
+    if (t < 2 || !(m->bf16 || m->f32_panels)) return 1; /* a quantised base too: each row's
+                                                          * view dequantises its own tiles */
     int rank = m->lora ? m->lora->cfg.rank : 0;
     size_t per = st_acts_bytes(&m->cfg, 1, pack, ST_ACTS_INFER | ST_ACTS_CHUNKED_HEAD, rank);
     if (per == SIZE_MAX) return 1; /* too big to plan */
