@@ -461,12 +461,21 @@ AVX512BF static void mkb_strips(int mode, size_t R, size_t hd, size_t K2, const 
     }
 }
 
+/* Rows of q, K, V, O and dO are qs or kvs floats apart (2304-3072 bytes at dim 576-768): a stride
+ * past what the L1 stride prefetcher follows (2 KiB), and each row only 2-4 lines, so reading
+ * them row by row waited on memory. PF_ROWS rows ahead are prefetched into L2 instead. */
+#define PF_ROWS 4
+INLINE void prefetch_row(const float *r, size_t w) {
+    for (size_t j = 0; j < w; j += 16) _mm_prefetch((const char *)(r + j), _MM_HINT_T1);
+}
+
 /* d row i (stride ds units) = row i of x (stride xs) as w / 2 pairs (2 j, 2 j + 1), for
  * i < n; w % 16 == 0 */
 AVX512BF static void rows_bf(uint32_t *d, size_t ds, const float *x, size_t n, size_t xs,
                              size_t w) {
     for (size_t i = 0; i < n; i++) {
         const float *r = x + i * xs;
+        if (i + PF_ROWS < n) prefetch_row(r + PF_ROWS * xs, w);
         uint32_t *o = d + i * ds;
         size_t j = 0;
         for (; j + 32 <= w; j += 32) /* cvtne2ps_pbh(a, b): b's values in the low half */
@@ -494,6 +503,10 @@ AVX512BF static void pairs_bf(uint32_t *d, size_t ds, const float *x, size_t n, 
     for (size_t p = 0; p < np; p++) {
         const float *r0 = x + 2 * p * xs, *r1 = r0 + xs;
         int h0 = 2 * p < n, h1 = 2 * p + 1 < n;
+        if (2 * p + PF_ROWS + 1 < n) {
+            prefetch_row(r0 + PF_ROWS * xs, w);
+            prefetch_row(r1 + PF_ROWS * xs, w);
+        }
         for (size_t j = 0; j < w; j += 16) {
             __m512 a = h0 ? _mm512_loadu_ps(r0 + j) : _mm512_setzero_ps();
             __m512 b = h1 ? _mm512_loadu_ps(r1 + j) : _mm512_setzero_ps();
@@ -1002,6 +1015,10 @@ AVX512 static void backward_task(float *dq, float *dkb, float *dvb, const float 
         for (size_t h = 0; h < group && Dh; h++)
             for (size_t i = 0; i < ni; i++) {
                 size_t o = h * hd + (i0 + i) * qs;
+                if (i + PF_ROWS < ni) {
+                    prefetch_row(dout + o + PF_ROWS * qs, hd);
+                    prefetch_row(out + o + PF_ROWS * qs, hd);
+                }
                 D[h * ni + i] = dot16(dout + o, out + o, hd);
             }
         for (size_t h = 0; bf && cvt && h < group; h++) {
