@@ -2,6 +2,7 @@
  * (edges of the 8 x 32 tile, K across k blocks, rows across blocks of 128), with bias,
  * with X read in place and packed (14-row tiles, blocks of 126 rows: bitwise the same),
  * accumulate, both packings (X W^T and dY W), row strides, 1 and 3 threads (bitwise the same);
+ * panels of 16 MB or more (row blocks of 512);
  * the AVX-512 kernel and the portable fallback (ST_NO_AVX512=1, rerun by ctest) alike, and the
  * AArch64 NEON kernel (ST_NO_NEON=1: portable) under qemu (tests/test_aarch64.sh). It prints
  * which kernel ran. The tolerance is 1e-5 of sum |x w| (float summation). */
@@ -128,8 +129,45 @@ TEST(gemm) {
     gemm_case(127, 33, 40, 0, 1, 0, 0);   /* packed X: a 1-row second block, K past 16 + 16 */
 }
 
+/* Panels of 16 MB or more (an LM head's backward, dY W with K = the vocabulary) run in row blocks
+ * of 512, not 128: 515 rows (a second, 3-row block), K = 4097, N = 1024 (16.8 MB of panels). The
+ * in-place result is bitwise the packed-X one (row blocks of 126) and, on rows at both blocks'
+ * edges, within 1e-5 of float64 (a full reference would cost 2G multiply-adds). */
+TEST(big_panels) {
+    size_t M = 515, K = 4097, N = 1024;
+    float *x = malloc(M * K * 4), *w = malloc(K * N * 4), *out = malloc(M * N * 4);
+    float *outp = malloc(M * N * 4), *panels = malloc(st_f32_panels_bytes(K, N));
+    float *xp = malloc(st_f32_x_floats(M, K) * 4);
+    if (!x || !w || !out || !outp || !panels || !xp) abort();
+    CHECK(st_f32_panels_bytes(K, N) >= ((size_t)16 << 20));
+    for (size_t i = 0; i < M * K; i++) x[i] = urand();
+    for (size_t i = 0; i < K * N; i++) w[i] = urand();
+    st_f32_pack_w(panels, w, K, N);
+    st_f32_gemm(out, N, x, K, panels, NULL, M, K, N, 0);
+    st_f32_pack_x(xp, x, M, K, K);
+    st_f32_gemm_px(outp, N, xp, panels, NULL, M, K, N, 0);
+    if (st_f32_packed() || !st_f32_native())
+        CHECK(memcmp(out, outp, M * N * 4) == 0);
+    static const size_t rows[] = {0, 127, 128, 511, 512, 514};
+    double worst = 0;
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
+        for (size_t n = 0; n < N; n++) {
+            size_t m = rows[i];
+            double s = 0, a = 0;
+            for (size_t k = 0; k < K; k++) {
+                double p = (double)x[m * K + k] * w[k * N + n];
+                s += p, a += fabs(p);
+            }
+            double e = fabs(out[m * N + n] - s) / (a + fabs(s) + 1e-30);
+            if (!(e <= worst)) worst = e;
+        }
+    CHECKF(worst < 1e-5, "big panels: rel error %.3g on the block edges' rows", worst);
+    free(x), free(w), free(out), free(outp), free(panels), free(xp);
+}
+
 int main(void) {
     printf("kernel: %s\n", st_f32_native() ? "native" : "portable");
     RUN(gemm);
+    RUN(big_panels);
     return test_finish();
 }

@@ -368,5 +368,9 @@ static void f32_tile(const void *ctx, float *c, size_t ldc, size_t m0, size_t m1
 void st_f32_gemm(float *out, size_t ldo, const float *x, size_t ldx, const float *panels,
                  const float *bias, size_t M, size_t K, size_t N, int accumulate) {
     struct f32_args g = {x, panels, ldx, K, st_f32_native()};
-    gemm_drive(out, ldo, bias, M, K, N, gemm_kc(K, KC), GEMM_MC, accumulate, f32_tile, &g);
+    /* rows per block: GEMM_MC, or 512 when the panels are big (an LM head's backward: 98 MB of
+     * F32 panels for 32000 x 768, K = 32000), so that they stream from memory once per 512 rows,
+     * not per 128 (the row blocks' X is read from L3 either way) */
+    size_t mc = N * K * sizeof(float) >= ((size_t)16 << 20) ? 512 : GEMM_MC;
+    gemm_drive(out, ldo, bias, M, K, N, gemm_kc(K, KC), mc, accumulate, f32_tile, &g);
 }
