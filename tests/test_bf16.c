@@ -154,7 +154,9 @@ TEST(gemm) {
  * the gradient's BF16 rounding (2^-8 of sum |g w|, 4e-3); rows whose target is < 0 give exactly
  * 0; 1 and 3 threads the same bits. Targets on both halves of a pair, at column 0 and K - 1. The
  * same product from slices of the logits' columns (col0; a QLoRA head's tiles): each slice's
- * gradient @ its rows of W, summed, within the same bound. */
+ * gradient @ its rows of W, summed, within the same bound. And from slices of 64 columns through
+ * st_bf16_gemm_px_k on the whole matrix's panels (the head's backward when K is too wide for the
+ * scratch): bitwise the single product (slices start on whole AMX tiles of pairs). */
 static void ce_case(size_t M, size_t K, size_t N, size_t pad) {
     size_t ldx = K + pad;
     float *x = malloc(M * ldx * 4), *w = malloc(K * N * 4), *loss = malloc(M * 4);
@@ -206,6 +208,14 @@ static void ce_case(size_t M, size_t K, size_t N, size_t pad) {
 #endif
     CHECKF(memcmp(out, out3, M * N * 4) == 0, "ce M=%zu K=%zu: 1 and 3 threads differ", M, K);
     (void)saved;
+    for (size_t c0 = 0; c0 < K; c0 += 64) { /* k slices of the whole panels, into out3 */
+        size_t kn = K - c0 < 64 ? K - c0 : 64;
+        struct st_ce_rows cs = {loss, tg, dloss, c0};
+        st_bf16_pack_ce_grad(xs, x + c0, &cs, M, kn, ldx);
+        st_bf16_gemm_px_k(out3, N, xs, panels, K, c0, M, kn, N, c0 > 0);
+    }
+    CHECKF(memcmp(out, out3, M * N * 4) == 0, "ce M=%zu K=%zu: k slices of 64 differ from one "
+           "product", M, K);
     double worst = 0, worst_s = 0;
     for (size_t m = 0; m < M; m++) {
         if (tg[m] < 0) {

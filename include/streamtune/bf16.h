@@ -89,6 +89,14 @@ struct st_lowrank {
     size_t wn, wj;
     float s;
 };
+/* st_bf16_gemm_px over a slice of k: out (M, N) (+)= X (M, K) @ rows [k0, k0 + K) of the B that
+ * panels packs (Kp rows in all), X packed from its K columns into xp (st_bf16_x_bytes(M, K)).
+ * k0 even, and K even unless the slice is the last (k0 + K == Kp). Slice by slice with accumulate
+ * after the first, the sums are bitwise those of one call over all Kp (each slice starts on a
+ * pair, and the partial sums stay F32). For a K too wide for all M rows of X in the scratch (an
+ * LM head's backward, K = the vocabulary): rows in chunks would stream all the panels per chunk. */
+void st_bf16_gemm_px_k(float *out, size_t ldo, const uint32_t *xp, const uint16_t *panels,
+                       size_t Kp, size_t k0, size_t M, size_t K, size_t N, int accumulate);
 /* st_bf16_gemm_px plus the low-rank term lr (NULL: none) */
 void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xp, const uint16_t *panels,
                         const float *bias, size_t M, size_t K, size_t N, int accumulate,

@@ -289,6 +289,15 @@ static enum st_status pack_all(struct st_model *m, int pk, struct request *req, 
     return rc;
 }
 
+/* The k per slice when all M rows of X, k columns of them, fit bytes of BF16 scratch: a multiple
+ * of 64 (whole pairs and whole AMX tiles of 16 pairs; st_bf16_gemm_px_k), at least 1024; or 0 */
+static size_t slice_k(size_t bytes, size_t M, size_t K) {
+    size_t k = 1024;
+    if (st_bf16_x_bytes(M, k) > bytes) return 0;
+    while (k < K && st_bf16_x_bytes(M, 2 * k) <= bytes) k *= 2;
+    return k;
+}
+
 /* out (M, N) (+)= x (M, K) @ panels: F32 panels in one call; BF16 ones in row chunks that fit
  * the model's BF16 scratch. ce: x holds logits, and X is their cross-entropy gradient, packed
  * straight from the logits and the rows' losses (st_bf16_pack_ce_grad; BF16 panels only). */
@@ -310,6 +319,24 @@ static void panel_mm_src(const struct st_model *m, float *out, const float *x, c
         return;
     }
     size_t rows = st_bf16_x_rows(m->bscratch_bytes, K); /* pack_all leaves room for one tile */
+    /* K too wide for all M rows (the head's backward, K = the vocabulary): slices of K over all
+     * the rows instead of chunks of rows over all K, when the panels are big (SmolLM2's 49152 x
+     * 576 head: chunks of 64 rows streamed its 56 MB of panels 16 times per 1024 rows) */
+    size_t ks = rows < M && !lr && !bias ? slice_k(m->bscratch_bytes, M, K) : 0;
+    if (ks && st_bf16_panels_bytes(K, N) >= ((size_t)16 << 20)) {
+        for (size_t k0 = 0; k0 < K; k0 += ks) {
+            size_t kn = K - k0 < ks ? K - k0 : ks;
+            if (ce) {
+                struct st_ce_rows cc = *ce;
+                cc.col0 = ce->col0 + k0;
+                st_bf16_pack_ce_grad(m->bscratch, x + k0, &cc, M, kn, K);
+            } else {
+                st_bf16_pack_x(m->bscratch, x + k0, M, kn, K);
+            }
+            st_bf16_gemm_px_k(out, N, m->bscratch, pan, K, k0, M, kn, N, acc || k0 > 0);
+        }
+        return;
+    }
     for (size_t r0 = 0; r0 < M; r0 += rows) {
         size_t mr = M - r0 < rows ? M - r0 : rows;
         struct st_lowrank lc;

@@ -814,7 +814,8 @@ static size_t amx_kc(void) {
 struct bf16_args {
     const uint32_t *xp;
     const uint16_t *panels;
-    size_t kp;
+    size_t kp;       /* X's pairs (the k slice's) */
+    size_t pkp, pq0; /* the panels' pairs per panel, and the slice's first pair in them */
     int native, amx;
     const struct st_lowrank *lr;
     const float *lw; /* NULL, or every panel's lowrank_w (panel p at p r NR) */
@@ -834,7 +835,7 @@ static void lowrank_w(float *wt, const struct st_lowrank *lr, size_t p, size_t n
 static void tiles(const struct bf16_args *g, float *c, size_t ldc, size_t m0, size_t m1,
                   size_t q0, size_t nq, size_t p, size_t nr, const float *init, const float *lw) {
     const uint32_t *xp = g->xp + m0 * g->kp + q0 * MR; /* X tiles MR * kp units apart */
-    const uint16_t *bp = g->panels + (p * g->kp + q0) * NR * 2;
+    const uint16_t *bp = g->panels + (p * g->pkp + g->pq0 + q0) * NR * 2;
     const struct st_lowrank *lr = lw ? g->lr : NULL;
 #ifdef X86
     if (g->amx) {
@@ -892,12 +893,15 @@ void st_bf16_gemm_px(float *out, size_t ldo, const uint32_t *xscratch, const uin
     st_bf16_gemm_px_lr(out, ldo, xscratch, panels, bias, M, K, N, accumulate, NULL);
 }
 
-void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
-                        const float *bias, size_t M, size_t K, size_t N, int accumulate,
-                        const struct st_lowrank *lr) {
+/* out (+)= X (M, K) @ the panels' k rows [k0, k0 + K) (panels of Kp rows; k0 even, and K even
+ * unless k0 + K == Kp); xscratch: X's K columns */
+static void gemm_slice(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
+                       size_t Kp, size_t k0, const float *bias, size_t M, size_t K, size_t N,
+                       int accumulate, const struct st_lowrank *lr) {
     ST_ASSERT(!lr || lr->r <= ST_LOWRANK_MAX);
-    struct bf16_args g = {xscratch, panels, (K + 1) / 2, st_bf16_native(), st_bf16_amx(),
-                          lr && lr->r > 0 ? lr : NULL, NULL};
+    ST_ASSERT(k0 % 2 == 0 && k0 + K <= Kp && (K % 2 == 0 || k0 + K == Kp));
+    struct bf16_args g = {xscratch, panels, (K + 1) / 2, (Kp + 1) / 2, k0 / 2, st_bf16_native(),
+                          st_bf16_amx(), lr && lr->r > 0 ? lr : NULL, NULL};
     /* the low-rank W tiles once per call, not per row block and panel (the scalar lowrank_w was
      * 0.4% of a training step); without the memory, each tile block builds its own */
     size_t np = (N + NR - 1) / NR;
@@ -918,4 +922,15 @@ void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xscratch, const 
     if (g.amx) kc = amx_ks(gemm_kc(g.kp, amx_kc())); /* blocks start on whole tiles */
     gemm_drive(out, ldo, bias, M, g.kp, N, kc, mc, accumulate, bf16_tile, &g);
     st_free(raw);
+}
+
+void st_bf16_gemm_px_lr(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
+                        const float *bias, size_t M, size_t K, size_t N, int accumulate,
+                        const struct st_lowrank *lr) {
+    gemm_slice(out, ldo, xscratch, panels, K, 0, bias, M, K, N, accumulate, lr);
+}
+
+void st_bf16_gemm_px_k(float *out, size_t ldo, const uint32_t *xscratch, const uint16_t *panels,
+                       size_t Kp, size_t k0, size_t M, size_t K, size_t N, int accumulate) {
+    gemm_slice(out, ldo, xscratch, panels, Kp, k0, NULL, M, K, N, accumulate, NULL);
 }
