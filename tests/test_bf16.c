@@ -256,6 +256,7 @@ TEST(ce_grad) {
     ce_case(24, 1000, 17, 0); /* whole tiles: the register path, on 3 threads */
     ce_case(21, 4097, 5, 1);  /* a 5-row last tile, odd K past the register groups */
     ce_case(8, 1, 3, 0);      /* one column: every gradient 0 */
+    ce_case(21, 4097, 40, 1); /* two panels: the k slices' panel stride */
 }
 
 /* The packings from rows given by a callback (st_bf16_pack_*_rows: dequantised tiles) equal the

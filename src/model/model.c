@@ -361,6 +361,8 @@ static void panel_mm(const struct st_model *m, float *out, const float *x, const
 /* Quantised matmuls through the BF16 GEMM, in row chunks that fit the BF16 scratch. */
 static void q_forward(const struct st_model *m, float *out, const float *x,
                       const struct st_qweight *w, const float *bias, size_t M) {
+    /* the scratch was sized for this compute's tiles only (st_qweight_scratch_floats_for) */
+    ST_ASSERT(m->qscratch_bytes >= 4 * st_qweight_scratch_floats_for(w, m->bf16));
     if (!m->bf16) {
         st_qlinear_forward(out, x, w, bias, m->qscratch, M);
         return;
@@ -376,6 +378,7 @@ static void q_forward(const struct st_model *m, float *out, const float *x,
 static void q_backward_ex(const struct st_model *m, float *dx, const float *dy,
                           const struct st_qweight *w, size_t M, int acc,
                           const struct st_lowrank *lr, const struct st_ce_rows *ce) {
+    ST_ASSERT(m->qscratch_bytes >= 4 * st_qweight_scratch_floats_for(w, m->bf16));
     if (!m->bf16) {
         ST_ASSERT(!lr && !ce);
         if (!acc) memset(dx, 0, M * w->cols * sizeof(float));

@@ -722,7 +722,7 @@ static enum st_status evaluate(struct st_model *m, struct st_acts *a, const stru
  * other groups' gradients and losses are added to lo's after the group, in group order, so a run
  * is reproducible for a given thread count (not across thread counts: the sums split
  * differently). Quantised bases too: each group dequantises every tile it multiplies into its
- * own view's scratch, twice the dequantisation work in all, which ate the gain while it was
+ * own view's scratch, the dequantisation done once per group, which ate the gain while it was
  * scalar (QLoRA Llama 110M, AMD: 720-741 tok/s either way); with AVX-512 dequantisation and 4M
  * tiles it is ~2.5% of a step, and groups made QLoRA steps ~10% faster (interleaved, SmolLM2-135M,
  * BF16 and F32 compute: bench/NOTES.md, session 12). */
