@@ -1,6 +1,10 @@
-/* test_core.c: status messages, allocator counting and fail-the-Nth, arena, rng, parsing. */
+/* test_core.c: status messages, allocator counting and fail-the-Nth, arena, rng, parsing, threads
+ * lent between row groups (st_share). */
 #include "harness.h"
 #include "streamtune/core.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 TEST(errors) {
     struct st_error err = {0};
@@ -89,6 +93,49 @@ TEST(parse) {
     CHECK(st_parse_f64("1e", &d) != 0);
 }
 
+/* Two groups: the one that ends first gives its thread back; the other, polling, takes it and its
+ * next team has 2 threads; when it ends too, both are spare. Polling outside a share changes
+ * nothing. */
+TEST(share) {
+#ifdef _OPENMP
+    struct st_share s = {0};
+    int levels = omp_get_max_active_levels(), outer = omp_get_max_threads();
+    omp_set_max_active_levels(2);
+    int two = 0, before = -1, after = -1, team = -1;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+        two = omp_get_num_threads() == 2;
+        st_share_join(&s);
+        if (two && omp_get_thread_num() == 1) {
+            st_share_leave();
+        } else if (two) {
+            before = omp_get_max_threads();
+            st_share_poll(); /* nothing to take yet, or the thread given back already */
+            double t0 = st_time_now(); /* thread 1 leaves at once: 10 s is a broken share */
+            while (omp_get_max_threads() < 2 && st_time_now() - t0 < 10) st_share_poll();
+            after = omp_get_max_threads();
+#pragma omp parallel
+            {
+#pragma omp master
+                team = omp_get_num_threads();
+            }
+            st_share_leave();
+        }
+    }
+    omp_set_max_active_levels(levels);
+    if (!two) {
+        printf("  (share: no second thread here, skipped)\n");
+        return;
+    }
+    CHECKF(before == 1 && after == 2 && team == 2, "before %d after %d team %d", before, after,
+           team);
+    CHECKF(s.spare == 2, "spare %d", s.spare);
+    st_share_poll();
+    CHECK(omp_get_max_threads() == outer);
+#endif
+}
+
 int main(void) {
     RUN(errors);
     RUN(alloc_counts);
@@ -96,5 +143,6 @@ int main(void) {
     RUN(arena);
     RUN(rng);
     RUN(parse);
+    RUN(share);
     return test_finish();
 }

@@ -112,6 +112,19 @@ int st_threads_get(void);
  * while several threads make BLAS calls of their own (OpenBLAS >= 0.3.7 takes concurrent calls),
  * st_threads_get() to restore. An OpenMP build of OpenBLAS sets OpenMP's count too. */
 void st_blas_threads(int n);
+/* Threads lent between row groups. train runs a micro-batch's rows in groups, one per thread; a
+ * group that ends first leaves its thread idle while the others finish (5-12% of a step on a VM
+ * whose two vCPUs run at different speeds). A thread that runs a group joins a share (its
+ * kernels then run on 1 thread); between ops it polls, taking the threads that the groups done so
+ * far gave back, and runs its next kernels on them too (nested OpenMP teams: the caller allows
+ * 2 active levels). Kernels sum every output on one thread in a fixed order, so the results are
+ * the same bits whoever helps. st_share_poll is a no-op on a thread outside a share. */
+struct st_share {
+    int spare; /* threads given back and not yet taken (atomic) */
+};
+void st_share_join(struct st_share *s);
+void st_share_leave(void); /* this group is done: its threads go back to the share */
+void st_share_poll(void);
 
 /* ---- small checked parsing helpers (no atoi/strtol surprises) ---- */
 /* Parse a whole string as a base-10 integer in [lo, hi]. Returns 0 on success. */

@@ -93,6 +93,36 @@ void st_threads_set(int n) {
 
 int st_threads_get(void) { return n_threads; }
 
+static _Thread_local struct st_share *share; /* the share this thread's group is in */
+static _Thread_local int share_n;                /* the threads its kernels run on */
+
+void st_share_join(struct st_share *s) {
+    share = s, share_n = 1;
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+}
+
+void st_share_leave(void) {
+    if (!share) return;
+    __atomic_add_fetch(&share->spare, share_n, __ATOMIC_ACQ_REL);
+    share = NULL, share_n = 0;
+}
+
+void st_share_poll(void) {
+    if (!share) return;
+    int sp = __atomic_load_n(&share->spare, __ATOMIC_ACQUIRE), took = 0;
+    while (sp > 0)
+        if (__atomic_compare_exchange_n(&share->spare, &sp, sp - 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            took++, sp--;
+    if (!took) return;
+    share_n += took;
+#ifdef _OPENMP
+    omp_set_num_threads(share_n);
+#endif
+}
+
 void st_blas_threads(int n) {
     if (openblas_set_num_threads) openblas_set_num_threads(n);
 }

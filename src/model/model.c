@@ -890,6 +890,7 @@ static const uint32_t *shared_x(const struct lin *c, const int *mods, int n, con
 static void lin_forward(const struct lin *c, int mod, float *out, const float *inp,
                         const uint32_t *xp, const float *w, const float *bias, size_t N, size_t C,
                         size_t OC) {
+    st_share_poll(); /* threads lent by row groups done first (core.h) */
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const void *bf = m->layers[c->layer].bf[mod];
@@ -934,6 +935,7 @@ static void lin_forward(const struct lin *c, int mod, float *out, const float *i
 static void lin_backward(const struct lin *c, int mod, struct st_lora *lo, float *dinp,
                          int overwrite, const float *dout, const float *inp, const float *w,
                          size_t N, size_t C, size_t OC) {
+    st_share_poll(); /* threads lent by row groups done first (core.h) */
     const struct st_model *m = c->m;
     const struct st_qweight *qw = &m->layers[c->layer].q[mod];
     const void *bb = m->layers[c->layer].bb[mod];
@@ -1043,6 +1045,7 @@ void st_block_forward(const struct st_model *m, int l, struct st_layer_acts *la,
     lin_forward(&lc, ST_LIN_V, vnew, la->xn1, xp, w->wv, w->bv, N, D, KD);
     k->rope_forward(la->q, la->q, cos_t, sin_t, pos, N, nh, hd);
     k->rope_forward(knew, knew, cos_t, sin_t, pos, N, nkv, hd);
+    st_share_poll();
     k->attention_forward(la->ay, la->lse, la->q, kall, vall, seg, 1.0f / sqrtf((float)hd),
                          st_config_layer_window(c, l), B, Tq, Tk, nh, nkv, hd);
     lin_forward(&lc, ST_LIN_O, tmp, la->ay, NULL, w->wo, w->bo, N, QD, D);
@@ -1128,6 +1131,7 @@ enum st_status st_model_forward_loss(const struct st_model *m, struct st_acts *a
     for (size_t r0 = 0; r0 < N; r0 += R) {
         size_t nr = N - r0 < R ? N - r0 : R;
         const int32_t *tg = targets + r0;
+        st_share_poll();
         st_model_head(m, a->logits, a->xf + r0 * D, nr);
         m->k->crossentropy_forward(a->losses + r0, a->logits, tg, nr, V);
         for (size_t i = 0; i < nr; i++)
@@ -1209,6 +1213,7 @@ static void block_backward(const struct st_model *m, int l, struct st_layer_acts
 
     // attention: res_mid = x_in + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))), xn1 = norm(x_in)
     lin_backward(&lc, ST_LIN_O, lo, a->day, 1, dres_mid, la->ay, w->wo, N, QD, D);
+    st_share_poll();
     k->attention_backward(a->dq, a->dk, a->dv, a->day, la->ay, la->lse, la->q, la->k, la->v, seg,
                           1.0f / sqrtf((float)hd), st_config_layer_window(c, l), B, T, T, nh, nkv,
                           hd);

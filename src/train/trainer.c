@@ -757,9 +757,14 @@ static enum st_status dp_step(struct dp *d, struct st_model *m, struct st_acts *
                               float scale, double *loss_sum, size_t *count, struct st_error *err) {
     size_t B = b->B, T = b->T, ng = (B + d->per - 1) / d->per;
     st_blas_threads(1); /* the adapters' BLAS calls: one thread each */
+    /* each group's kernels on its own thread, plus the threads of the groups done first (core.h:
+     * st_share; the model polls between ops): nested teams, one level inside the groups' */
+    struct st_share share = {0};
+    int levels = omp_get_max_active_levels();
+    omp_set_max_active_levels(2);
 #pragma omp parallel for num_threads((int)ng) schedule(static, 1)
     for (size_t w = 0; w < ng; w++) {
-        omp_set_num_threads(1); /* this group's kernels: this thread */
+        st_share_join(&share);
         size_t r0 = w * d->per, nr = B - r0 < d->per ? B - r0 : d->per;
         struct st_model *mw = w ? &d->view[w] : m;
         struct st_acts *aw = w ? &d->acts[w] : a;
@@ -780,7 +785,9 @@ static enum st_status dp_step(struct dp *d, struct st_model *m, struct st_acts *
             d->rc[w] = st_model_backward(mw, aw, b->ids + r0 * T, b->targets + r0 * T, seg, scale,
                                          gw, &d->err[w]);
         aw->B = saveB, aw->T = saveT;
+        st_share_leave();
     }
+    omp_set_max_active_levels(levels);
     st_blas_threads(st_threads_get());
     enum st_status rc = ST_OK;
     for (size_t w = 0; w < ng; w++) {
