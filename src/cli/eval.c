@@ -173,16 +173,23 @@ static enum st_status score_rows(struct scorer *sc, size_t first, size_t n,
                                     &rows[0].sum, &rows[0].count, &rows[0].err);
     } else {
         st_blas_threads(1); /* an adapter's BLAS calls: on each row's own thread */
+        /* each row's kernels on its own thread, plus the threads of the rows done first (a
+         * shorter row, a slower core: core.h, st_share) */
+        struct st_share share = {0};
 #ifdef _OPENMP
+        int levels = omp_get_max_active_levels();
+        omp_set_max_active_levels(2);
 #pragma omp parallel for num_threads((int)n) schedule(static, 1)
 #endif
         for (size_t i = 0; i < n; i++) {
-#ifdef _OPENMP
-            omp_set_num_threads(1); /* this thread's own kernels' loops: this row alone */
-#endif
+            st_share_join(&share);
             rows[i].rc = st_model_score(sc->m[i], sc->a[i], rows[i].ids, rows[i].seg,
                                         rows[i].used, &rows[i].sum, &rows[i].count, &rows[i].err);
+            st_share_leave();
         }
+#ifdef _OPENMP
+        omp_set_max_active_levels(levels);
+#endif
         st_blas_threads(st_threads_get());
     }
     enum st_status rc = ST_OK;
