@@ -118,7 +118,12 @@ void st_blas_threads(int n);
  * kernels then run on 1 thread); between ops it polls, taking the threads that the groups done so
  * far gave back, and runs its next kernels on them too (nested OpenMP teams: the caller allows
  * 2 active levels). Kernels sum every output on one thread in a fixed order, so the results are
- * the same bits whoever helps. st_share_poll is a no-op on a thread outside a share. */
+ * the same bits whoever helps. st_share_poll is a no-op on a thread outside a share. Every join
+ * has its leave on the same thread (a join while joined is a programming error: ST_ASSERT). A
+ * thread that runs several groups in turn (an outer team smaller than asked) gives its thread
+ * back at each leave and takes a new one at its next join: never more threads than groups run
+ * at once. Nested teams are new threads under libgomp (~0.1 ms per region): a few hundred per
+ * lent group, small against the idle time they fill. */
 struct st_share {
     int spare; /* threads given back and not yet taken (atomic) */
 };

@@ -97,6 +97,7 @@ static _Thread_local struct st_share *share; /* the share this thread's group is
 static _Thread_local int share_n;                /* the threads its kernels run on */
 
 void st_share_join(struct st_share *s) {
+    ST_ASSERT(!share); /* a join without its leave would keep a pointer to a dead share */
     share = s, share_n = 1;
 #ifdef _OPENMP
     omp_set_num_threads(1);
