@@ -4,7 +4,8 @@
  * DESIGN: a struct st_qweight describes one frozen (rows, cols) row-major matrix; its arrays point
  * either into a safetensors map (a checkpoint quantised by bitsandbytes) or into the model's
  * arena (quantised at load). Nothing ever holds a whole dequantised matrix: the matmuls dequantise
- * a tile of rows into a bounded scratch and multiply it with OpenBLAS. Dequantisation reproduces
+ * a tile of rows into a bounded scratch and multiply it (F32: the F32 panel GEMM, OpenBLAS on
+ * CPUs without its SIMD kernel; BF16: the BF16 GEMM). Dequantisation reproduces
  * bitsandbytes exactly (see nf4.h): absmax[b] = float32(float32(nested_map[aq[b]] *
  * nested_absmax[b / 256]) + offset) with double quantisation, w = float32(quant_map[code] *
  * absmax[b]). Int8: w = float32(q * scale[row]), scale = absmax(row) / 127, q = round(w / scale). */

@@ -1,5 +1,6 @@
 /* qlinear.c: quantised frozen weights (quant.h): dequantise tiles of rows into a bounded scratch
- * and multiply them with OpenBLAS; chunked quantisation of safetensors tensors at load.
+ * and multiply them (F32: the F32 panel GEMM where it has a SIMD kernel, else OpenBLAS; BF16:
+ * the BF16 GEMM); chunked quantisation of safetensors tensors at load.
  *
  * The tile is up to a few MiB (about 1M weights, 4 MiB of floats, at least 16 rows), so the
  * dequantisation (one pass over the codes per matmul) is cheap next to the GEMM for the batch
@@ -152,8 +153,15 @@ static size_t bf16_panel_floats(const struct st_qweight *w) {
     return ((a > b ? a : b) + 63) / 64 * 16; /* whole cache lines, so the floats after stay aligned */
 }
 
+/* the F32 panels of a tile (the "wt" or "w" packing, whichever is bigger), in floats */
+static size_t f32_panel_floats(const struct st_qweight *w) {
+    size_t tr = st_qweight_tile_rows(w);
+    size_t a = st_f32_panels_bytes(w->cols, tr), b = st_f32_panels_bytes(tr, w->cols);
+    return ((a > b ? a : b) + 63) / 64 * 16;
+}
+
 size_t st_qweight_scratch_floats_for(const struct st_qweight *w, int bf16) {
-    if (!bf16) return st_qweight_tile_rows(w) * w->cols;
+    if (!bf16) return f32_panel_floats(w) + st_qweight_tile_rows(w) * w->cols;
     return bf16_panel_floats(w) + bf16_float_rows() * w->cols;
 }
 size_t st_qweight_scratch_floats(const struct st_qweight *w) {
@@ -224,29 +232,57 @@ void st_qlinear_backward_input_bf16(float *dinp, const float *dout, const struct
     st_qlinear_backward_input_bf16_ex(dinp, dout, w, scratch, xscratch, N, 1, NULL, NULL);
 }
 
+/* Rows [r0, r0 + nr) dequantised into dst, 16-row slices over the threads (each element is
+ * written by one thread: the same floats on any thread count) */
+static void dequant_tile(float *dst, const struct st_qweight *w, size_t r0, size_t nr) {
+    size_t C = w->cols;
+#pragma omp parallel for schedule(static) if (nr * C >= 65536)
+    for (size_t i = 0; i < nr; i += 16)
+        st_qweight_dequant_rows(dst + i * C, w, r0 + i, nr - i < 16 ? nr - i : 16);
+}
+
+/* The F32 tiles go through the F32 panel GEMM (f32.h) where it has a SIMD kernel: each tile is
+ * packed into panels at the scratch's start, then multiplied. Its sums do not depend on the
+ * thread count; OpenBLAS's did (its Haswell kernels: an eval scored rows on 3 threads to a
+ * different perplexity than on 1), and it is the kernel the F32 model's unquantised matmuls use.
+ * Elsewhere (no AVX-512 nor NEON) OpenBLAS multiplies the dequantised floats. */
 void st_qlinear_forward(float *out, const float *inp, const struct st_qweight *w,
                         const float *bias, float *scratch, size_t N) {
     size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
-    if (bias)
+    float *pan = scratch, *rows = scratch + f32_panel_floats(w);
+    int native = st_f32_native();
+    if (bias && !native)
         for (size_t n = 0; n < N; n++) memcpy(out + n * OC, bias, OC * sizeof(float));
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
-        st_qweight_dequant_rows(scratch, w, r0, nr);
-        /* out[:, r0:r0+nr] (ld OC) = inp (N, C) @ tile (nr, C)^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)nr, (int)C, 1.0f, inp,
-                    (int)C, scratch, (int)C, bias ? 1.0f : 0.0f, out + r0, (int)OC);
+        dequant_tile(rows, w, r0, nr);
+        /* out[:, r0:r0+nr] (ld OC) = inp (N, C) @ tile (nr, C)^T (+ bias) */
+        if (native) {
+            st_f32_pack_wt(pan, rows, nr, C);
+            st_f32_gemm(out + r0, OC, inp, C, pan, bias ? bias + r0 : NULL, N, C, nr, 0);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)nr, (int)C, 1.0f,
+                        inp, (int)C, rows, (int)C, bias ? 1.0f : 0.0f, out + r0, (int)OC);
+        }
     }
 }
 
 void st_qlinear_backward_input(float *dinp, const float *dout, const struct st_qweight *w,
                                float *scratch, size_t N) {
     size_t OC = w->rows, C = w->cols, tr = st_qweight_tile_rows(w);
+    float *pan = scratch, *rows = scratch + f32_panel_floats(w);
+    int native = st_f32_native();
     for (size_t r0 = 0; r0 < OC; r0 += tr) {
         size_t nr = OC - r0 < tr ? OC - r0 : tr;
-        st_qweight_dequant_rows(scratch, w, r0, nr);
+        dequant_tile(rows, w, r0, nr);
         /* dinp (N, C) += dout[:, r0:r0+nr] (ld OC) @ tile (nr, C) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)nr, 1.0f,
-                    dout + r0, (int)OC, scratch, (int)C, 1.0f, dinp, (int)C);
+        if (native) {
+            st_f32_pack_w(pan, rows, nr, C);
+            st_f32_gemm(dinp, C, dout + r0, OC, pan, NULL, N, nr, C, 1);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)nr, 1.0f,
+                        dout + r0, (int)OC, rows, (int)C, 1.0f, dinp, (int)C);
+        }
     }
 }
 
