@@ -1157,7 +1157,10 @@ TEST(lora_large) {
         size_t N, C, OC, r;
     } cases[] = {{131, 200, 77, 8},    {70, 65, 130, 3},  {33, 97, 64, 17},
                  {100, 576, 192, 64}, {300, 700, 333, 9}, /* above the kernels' threading size */
-                 {37, 9, 5, 300}};
+                 {37, 9, 5, 300},
+                 /* K = OC > 512 in dout b (two k blocks), and on 3 threads several 256-column
+                  * slices per thread in the reductions */
+                 {150, 1100, 900, 8}};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         size_t N = cases[ci].N, C = cases[ci].C, OC = cases[ci].OC, r = cases[ci].r;
         float *inp = fnew(N * C), *a = fnew(r * C), *b = fnew(OC * r), *dout = fnew(N * OC);
@@ -1198,6 +1201,8 @@ TEST(lora_large) {
         CHECK(memcmp(di[0], di[1], N * C * sizeof(float)) == 0);
         CHECK(memcmp(da[0], da[1], r * C * sizeof(float)) == 0);
         CHECK(memcmp(db[0], db[1], OC * r * sizeof(float)) == 0);
+        CHECK(memcmp(xa[0], xa[1], N * r * sizeof(float)) == 0);
+        CHECK(memcmp(dxa[0], dxa[1], N * r * sizeof(float)) == 0);
         for (int i = 0; i < 3; i++)
             free(o[i]), free(xa[i]), free(di[i]), free(da[i]), free(db[i]), free(dxa[i]);
         free(inp), free(a), free(b), free(dout);

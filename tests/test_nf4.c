@@ -16,6 +16,8 @@
 #include <string.h>
 
 #include "harness.h"
+#include "streamtune/core.h"
+#include "streamtune/f32.h"
 #include "streamtune/formats.h"
 #include "streamtune/nf4.h"
 #include "streamtune/quant.h"
@@ -356,8 +358,10 @@ TEST(matmul) {
 /* Quantised weights (quant.h): a (rows, cols) F32/BF16 tensor quantised tensor by tensor through
  * st_qweight_quantize_tensor gives the same codes as st_nf4_quantize over the whole array (chunks
  * of whole blocks), st_qweight_dequant_rows of any row range equals st_nf4_dequantize with the
- * reconstructed absmax, and the tiled OpenBLAS matmuls equal float64 loops over the dequantised
- * matrix (1e-5 relative), on odd shapes where blocks straddle rows and tiles. INT8 likewise. */
+ * reconstructed absmax, and the tiled F32 matmuls (panel GEMM; OpenBLAS under ST_NO_AVX512=1:
+ * test_nf4_fallback) equal float64 loops over the dequantised matrix (1e-5 relative) and give
+ * the same bits on 1 and 3 threads, on odd shapes where blocks straddle rows and tiles. INT8
+ * likewise. */
 static void qweight_case(enum st_quant kind, int dq, size_t R, size_t C, enum st_dtype dt) {
     size_t n = R * C, nb = st_nf4_nblocks(n);
     float *w = xmalloc(n * 4);
@@ -446,6 +450,28 @@ static void qweight_case(enum st_quant kind, int dq, size_t R, size_t C, enum st
     CHECKF(emax / ref_max < MM_TOL && bmax / bref < MM_TOL,
            "%s dq=%d %zux%zu: forward %.3g, backward %.3g relative", st_quant_name(kind), dq, R, C,
            emax / ref_max, bmax / bref);
+    /* the same bits on 1 and 3 threads (eval compares losses across thread counts), on enough
+     * rows that the GEMM splits them; OpenBLAS (the fallback) promises no such thing */
+    if (st_f32_native()) {
+        size_t N2 = 45;
+        float *x2 = xmalloc(N2 * C * 4), *d2 = xmalloc(N2 * R * 4);
+        float *o[2], *g[2];
+        for (size_t i = 0; i < N2 * C; i++) x2[i] = rng_gauss();
+        for (size_t i = 0; i < N2 * R; i++) d2[i] = rng_gauss();
+        for (int t = 0; t < 2; t++) {
+            st_threads_set(t ? 3 : 1);
+            o[t] = xmalloc(N2 * R * 4), g[t] = xmalloc(N2 * C * 4);
+            memset(g[t], 0, N2 * C * 4);
+            st_qlinear_forward(o[t], x2, &qw, bias, scr, N2);
+            st_qlinear_backward_input(g[t], d2, &qw, scr, N2);
+        }
+        st_threads_set(0);
+        CHECKF(memcmp(o[0], o[1], N2 * R * 4) == 0 && memcmp(g[0], g[1], N2 * C * 4) == 0,
+               "%s %zux%zu: 1 and 3 threads give different bits", st_quant_name(kind), R, C);
+        for (int t = 0; t < 2; t++) free(o[t]), free(g[t]);
+        free(x2);
+        free(d2);
+    }
     /* the BF16 variants: float64 over the BF16-rounded dequantised weights and inputs; products
      * of BF16 values are exact in float, so 1e-5 of sum |x w| bounds the summation error */
     uint32_t *xs = xmalloc(st_bf16_x_bytes(N, R > C ? R : C));

@@ -59,5 +59,6 @@ int cli_compute(const char *v, struct st_model_load_options *o);
     "  --quantize nf4|int8  store the base quantised (as train --quantize; QLoRA adapters)\n"      \
     "  --no-double-quant, --keep-embeddings   see train --help\n"                               \
     "  --compute bf16|f32   BF16 matmuls for the frozen weights (AVX512_BF16; default f32;\n"    \
-    "                       f32-blas: plain F32 weights through BLAS calls)\n"
+    "                       f32-blas: plain F32 weights through BLAS calls; quantised\n"   \
+    "                       weights still go through the F32 panel GEMM)\n"
 #endif

@@ -81,16 +81,19 @@ size_t st_model_weight_bytes(const struct st_model_config *c,
         size_t b = qk ? qstore_bytes(qk, shapes[m][0], shapes[m][1], dq)
                       : shapes[m][0] * shapes[m][1] * 4;
         total += b * (size_t)c->n_layers;
+        /* the tile scratch of the biggest one, for this compute (as the load sizes it) */
+        struct st_qweight shape = {.kind = qk, .rows = shapes[m][0], .cols = shapes[m][1]};
+        size_t f = qk ? 4 * st_qweight_scratch_floats_for(&shape, o && o->compute_bf16) : 0;
+        if (f > scratch) scratch = f;
     }
     total += (size_t)c->n_layers * (2 * D + (c->qkv_bias ? QD + 2 * KD : 0) +
                                      (c->o_bias ? D : 0) + (c->mlp_bias ? 2 * H + D : 0)) * 4;
     size_t heads = c->tie_embeddings ? 1 : 2;
     total += heads * (qe ? qstore_bytes(qk, V, D, dq) : V * D * 4) + D * 4;
-    if (qk) { /* the tile scratch of the widest matrix */
-        size_t widest = H > D ? H : D;
-        scratch = ((size_t)1 << 18) / widest;
-        if (scratch < 16) scratch = 16;
-        scratch *= widest * 4;
+    if (qe) { /* a quantised head's tiles */
+        struct st_qweight shape = {.kind = qk, .rows = V, .cols = D};
+        size_t f = 4 * st_qweight_scratch_floats_for(&shape, o && o->compute_bf16);
+        if (f > scratch) scratch = f;
     }
     return total + scratch;
 }
