@@ -91,7 +91,8 @@ INLINE void reduce_cols(float *z, size_t zj, size_t zc, const float *x, size_t r
                         for (size_t n = n0; n < n1; n++)
                             for (size_t j = 0; j < nj; j++) {
                                 float a = x[n * r + j0 + j];
-                                for (size_t c = 0; c < w; c++) tc[j * SC + c] += a * yc[n * ldy + c];
+                                for (size_t c = 0; c < w; c++)
+                                    tc[j * SC + c] += a * yc[n * ldy + c];
                             }
                     }
                 }

@@ -120,8 +120,9 @@ void st_qweight_dequant_rows(float *dst, const struct st_qweight *w, size_t r0, 
 
 /* Tiles of about 1M weights (4 MiB of floats) for the F32 matmuls, which dequantise a whole tile
  * into floats and pack them into F32 panels (or hand the floats to OpenBLAS): a 135M model's
- * matrices are one tile each, an 8B model's 14336 x 4096 ones 56. Each tile is one GEMM pass, and in the backward one more read and write of the whole
- * input gradient (256K-weight tiles made an NF4 step 15-20% slower). */
+ * matrices are one tile each, an 8B model's 14336 x 4096 ones 56. Each tile is one GEMM pass,
+ * and in the backward one more read and write of the whole input gradient (256K-weight tiles
+ * made an NF4 step 15-20% slower). */
 static size_t tile_rows_of(const struct st_qweight *w, size_t weights) {
     size_t rows = weights / (w->cols ? w->cols : 1);
     if (rows < 16) rows = 16;
